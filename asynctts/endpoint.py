@@ -1,0 +1,104 @@
+"""`Endpoint`: where a model is served and how to talk to it. A frozen value; it opens
+nothing. The API key is read from the environment when needed and never shown."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from asynctts.errors import ConfigError
+
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """An OpenAI-compatible server (vLLM or any other) and the limits to respect on it.
+
+    Args:
+        base_url: e.g. "http://127.0.0.1:8000/v1" (a trailing "/v1" is optional).
+        model: the served model name, checked against the server's `/v1/models`.
+        mode: policy endpoints only. "completions" renders the chat template on the client
+            (needs the tokenizer, or `prompt_format`); "chat" sends messages and continues
+            the final assistant message.
+        scoring: PRM endpoints only. "pooling" for `*ForProcessRewardModel` served with
+            `--runner pooling`; "logprob" for generative PRMs judged by P("+") vs P("-").
+        tokenizer: Hugging Face name or local path of the tokenizer whose chat template is
+            rendered on the client; defaults to `model`.
+        prompt_format: a `str.format` pattern used instead of a chat template (models without
+            one). Policy: fields {system} and {problem}. PRM (pooling): {problem} and
+            {solution} (the steps, each followed by the step tag).
+        api_key_env: the environment variable holding the API key. When it is set explicitly
+            and the variable is missing, `api_key()` raises; the default variable may be unset
+            (a local vLLM needs no key).
+        max_in_flight: cap on requests in flight (and the HTTP connection limit).
+        rate_per_s / tokens_per_min: optional admission rates.
+        connect_timeout_s / read_timeout_s / total_timeout_s: per attempt.
+        max_attempts: tries per request (1 = no retry).
+        max_n_per_request: most siblings asked for in one request (`n`); more are split.
+        step_tag: pooling PRM step marker inserted after every step.
+        prompt_logprobs: logprob PRM: top-K prompt logprobs to ask for (<= --max-logprobs).
+    """
+
+    base_url: str
+    model: str
+    mode: Literal["completions", "chat"] = "completions"
+    scoring: Literal["pooling", "logprob"] = "pooling"
+    tokenizer: str | None = None
+    prompt_format: str | None = None
+    api_key_env: str | None = None
+    max_in_flight: int = 512
+    rate_per_s: float | None = None
+    tokens_per_min: float | None = None
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 600.0
+    total_timeout_s: float = 900.0
+    max_attempts: int = 4
+    max_n_per_request: int = 64
+    step_tag: str = "<extra_0>"
+    prompt_logprobs: int = 20
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"Endpoint base_url {self.base_url!r} needs a scheme and a host, "
+                "e.g. 'http://127.0.0.1:8000/v1'"
+            )
+        if not self.model:
+            raise ConfigError(f"Endpoint {self.base_url}: model name is empty")
+        if self.mode not in ("completions", "chat"):
+            raise ConfigError(f"Endpoint mode {self.mode!r}: use 'completions' or 'chat'")
+        if self.scoring not in ("pooling", "logprob"):
+            raise ConfigError(f"Endpoint scoring {self.scoring!r}: use 'pooling' or 'logprob'")
+        for name in ("max_in_flight", "max_attempts", "max_n_per_request", "prompt_logprobs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"Endpoint {name}={getattr(self, name)}: need >= 1")
+        for name in ("connect_timeout_s", "read_timeout_s", "total_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"Endpoint {name}={getattr(self, name)}: need > 0")
+        for name in ("rate_per_s", "tokens_per_min"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"Endpoint {name}={value}: need > 0 or None")
+
+    @property
+    def root_url(self) -> str:
+        """The server root: routes such as /v1/completions and /pooling hang off it."""
+        return self.base_url.rstrip("/").removesuffix("/v1")
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer or self.model
+
+    def api_key(self) -> str | None:
+        """The key from the environment; None when no key is configured (local servers)."""
+        env = self.api_key_env or DEFAULT_API_KEY_ENV
+        key = os.environ.get(env)
+        if key is None and self.api_key_env is not None:
+            raise ConfigError(
+                f"Endpoint {self.base_url}: API key variable {self.api_key_env} is not set"
+            )
+        return key or None
