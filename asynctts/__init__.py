@@ -1,0 +1,78 @@
+"""asynctts: test-time compute scaling for math over OpenAI-compatible endpoints.
+
+    from asynctts import Endpoint, solve
+    policy = Endpoint(base_url="http://127.0.0.1:8000/v1", model="meta-llama/Llama-3.2-1B-Instruct")
+    prm = Endpoint(base_url="http://127.0.0.1:8001/v1", model="Qwen/Qwen2.5-Math-PRM-7B")
+    sol = await solve("What is 1+1?", strategy="weighted_best_of_n", n=16,
+                      policy=policy, prm=prm, seed=0)
+"""
+
+from asynctts.api import STRATEGIES, Solver, solve, solve_many
+from asynctts.backends.context import DEFAULT_SYSTEM_PROMPT, Sampling
+from asynctts.endpoint import Endpoint
+from asynctts.errors import (
+    AsyncttsError,
+    BadResponse,
+    BranchLost,
+    ConfigError,
+    ConnectFailed,
+    ContextLengthExceeded,
+    EndpointError,
+    EndpointUnreachable,
+    ModelNotFound,
+    PromptTooLong,
+    RateLimited,
+    RequestRejected,
+    ServerError,
+    SolveFailed,
+    TimedOut,
+    TransportError,
+)
+from asynctts.ledger import Attempt, Ledger, Usage
+from asynctts.logs import configure_logging
+from asynctts.protocols import Finish, GenerateSteps, Path, ScoreSteps
+from asynctts.search.best_of_n import BestOfN
+from asynctts.search.majority_vote import MajorityVote
+from asynctts.search.weighted_best_of_n import WeightedBestOfN
+from asynctts.solution import Candidate, LostBranch, Solution, Votes
+
+__all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "STRATEGIES",
+    "AsyncttsError",
+    "Attempt",
+    "BadResponse",
+    "BestOfN",
+    "BranchLost",
+    "Candidate",
+    "ConfigError",
+    "ConnectFailed",
+    "ContextLengthExceeded",
+    "Endpoint",
+    "EndpointError",
+    "EndpointUnreachable",
+    "Finish",
+    "GenerateSteps",
+    "Ledger",
+    "LostBranch",
+    "MajorityVote",
+    "ModelNotFound",
+    "Path",
+    "PromptTooLong",
+    "RateLimited",
+    "RequestRejected",
+    "Sampling",
+    "ScoreSteps",
+    "ServerError",
+    "Solution",
+    "SolveFailed",
+    "Solver",
+    "TimedOut",
+    "TransportError",
+    "Usage",
+    "Votes",
+    "WeightedBestOfN",
+    "configure_logging",
+    "solve",
+    "solve_many",
+]

@@ -1,0 +1,431 @@
+"""`solve`, `solve_many` and `Solver`: the only place that wires strategies, backends and
+transports together. Everything is checked before the first request is sent; per-problem
+failures stay inside their problem."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from asynctts.backends.context import DEFAULT_SYSTEM_PROMPT, ProblemContext, Sampling
+from asynctts.backends.policy import PolicyClient
+from asynctts.backends.prm import LogprobPRM, PoolingPRM
+from asynctts.endpoint import Endpoint
+from asynctts.equivalence import Equivalence
+from asynctts.errors import (
+    BadResponse,
+    BranchLost,
+    ConfigError,
+    ConnectFailed,
+    EndpointError,
+    EndpointUnreachable,
+    ModelNotFound,
+    SolveFailed,
+    TimedOut,
+    TransportError,
+)
+from asynctts.ledger import Ledger
+from asynctts.logs import ensure_logging
+from asynctts.protocols import GenerateSteps, Path, ScoreSteps
+from asynctts.search.best_of_n import BestOfN
+from asynctts.search.majority_vote import MajorityVote
+from asynctts.search.strategy import Strategy
+from asynctts.search.weighted_best_of_n import WeightedBestOfN
+from asynctts.solution import Candidate, Solution, collect, pick, votes_of
+from asynctts.transport import Transport
+
+log = structlog.get_logger("asynctts.api")
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (MajorityVote, BestOfN, WeightedBestOfN)
+}
+
+ProblemItem = str | tuple[str, str] | Mapping[str, Any]
+
+
+def make_strategy(strategy: str | Strategy) -> Strategy:
+    """A strategy instance from its name (default settings) or as given."""
+    if isinstance(strategy, str):
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
+        return STRATEGIES[strategy]()
+    if not hasattr(strategy, "run"):
+        raise ConfigError(f"strategy {strategy!r} is neither a name nor a strategy object")
+    return strategy
+
+
+def check_request(problem: object, strategy: Strategy, n: object, has_prm: bool) -> None:
+    if not isinstance(problem, str):
+        raise ConfigError(f"problem must be a str, got {type(problem).__name__}")
+    if not problem.strip():
+        raise ConfigError("problem is empty")
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise ConfigError(f"n must be an int, got {n!r}")
+    if n < 1:
+        raise ConfigError(f"n={n}: the budget must be >= 1")
+    if strategy.needs_prm and not has_prm:
+        raise ConfigError(f"strategy {strategy.name!r} needs a PRM endpoint (prm=...)")
+    try:
+        strategy.check_budget(n)
+    except ValueError as err:
+        raise ConfigError(f"strategy {strategy.name!r}: {err}") from err
+
+
+def problem_key(problem: str) -> str:
+    """A stable id for a problem given without one (seeds derive from it)."""
+    return hashlib.blake2b(problem.encode(), digest_size=6).hexdigest()
+
+
+async def run_search(
+    *,
+    problem_id: str,
+    problem: str,
+    strategy: Strategy,
+    n: int,
+    generate: GenerateSteps,
+    score: ScoreSteps,
+    equivalence: Equivalence,
+    ledger: Ledger,
+) -> Solution:
+    """Run `strategy` over the two protocols and turn its results into a `Solution`.
+
+    Raises:
+        SolveFailed: every branch was lost.
+    """
+    ledger.start()
+    try:
+        results = await strategy.run(Path(), n, generate, score)
+    finally:
+        ledger.stop()
+    rows, lost = collect(results, strategy.aggregate)  # type: ignore[arg-type]
+    if not rows:
+        raise SolveFailed(problem_id, [r for r in results if isinstance(r, BranchLost)])
+    groups = await equivalence.group([answer for _, _, answer, _ in rows])
+    candidates = tuple(
+        Candidate(
+            index=index,
+            branch=".".join(map(str, path.key)) or "root",
+            steps=path.steps,
+            scores=path.scores,
+            value=value,
+            finish=path.finish,
+            answer=answer,
+            group=group,
+        )
+        for (index, path, answer, value), group in zip(rows, groups, strict=True)
+    )
+    answer = pick(votes_of(candidates, n), strategy.selection)
+    return Solution(
+        problem_id=problem_id,
+        problem=problem,
+        strategy=strategy.name,
+        n=n,
+        answer=answer,
+        candidates=candidates,
+        lost=tuple(lost),
+        ledger=ledger,
+    )
+
+
+class Solver:
+    """Long-lived connections to a policy (and PRM) endpoint, shared by every solve.
+
+    ```
+    async with Solver(policy=policy, prm=prm) as solver:
+        sol = await solver.solve("What is 1+1?", strategy="best_of_n", n=16, seed=0)
+    ```
+    Entering checks that each endpoint answers and serves its model
+    (`EndpointUnreachable`, `ModelNotFound`).
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: Endpoint,
+        prm: Endpoint | None = None,
+        sampling: Sampling | None = None,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        equivalence: Equivalence | None = None,
+    ) -> None:
+        if not isinstance(policy, Endpoint):
+            raise ConfigError(f"policy must be an Endpoint, got {type(policy).__name__}")
+        if prm is not None and not isinstance(prm, Endpoint):
+            raise ConfigError(f"prm must be an Endpoint or None, got {type(prm).__name__}")
+        self.policy = policy
+        self.prm = prm
+        self.sampling = sampling or Sampling()
+        self.system_prompt = system_prompt
+        self._equivalence = equivalence
+        self._stack = AsyncExitStack()
+        self._generator: PolicyClient | None = None
+        self._scorer: PoolingPRM | LogprobPRM | None = None
+        self._groups: Equivalence | None = None
+
+    async def __aenter__(self) -> Solver:
+        ensure_logging()
+        try:
+            await self._open()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _open(self) -> None:
+        stack = self._stack
+        policy_transport = await stack.enter_async_context(Transport(self.policy, name="policy"))
+        prm_transport = None
+        if self.prm is not None:
+            prm_transport = await stack.enter_async_context(Transport(self.prm, name="prm"))
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(_check_model(policy_transport, self.policy))
+            if prm_transport is not None and self.prm is not None:
+                tg.create_task(_check_model(prm_transport, self.prm))
+        self._generator = PolicyClient(self.policy, policy_transport, sampling=self.sampling)
+        if self.prm is not None and prm_transport is not None:
+            scorer_type = PoolingPRM if self.prm.scoring == "pooling" else LogprobPRM
+            scorer = scorer_type(self.prm, prm_transport)
+            stack.push_async_callback(scorer.aclose)
+            self._scorer = scorer
+        if self._equivalence is None:
+            self._groups = await stack.enter_async_context(Equivalence())
+        else:
+            self._groups = self._equivalence
+
+    async def solve(
+        self,
+        problem: str,
+        *,
+        strategy: str | Strategy,
+        n: int,
+        seed: int | None = None,
+        problem_id: str | None = None,
+    ) -> Solution:
+        """Solve one problem.
+
+        Args:
+            problem: the problem statement.
+            strategy: a name in `STRATEGIES` or a configured strategy object.
+            n: the budget (number of samples, beams or subtree leaves).
+            seed: makes every request seeded (same seed, same result); None samples freely.
+            problem_id: an id for logs, ledgers and seeds; default a hash of the problem.
+
+        Returns:
+            The `Solution`.
+
+        Raises:
+            ConfigError: bad arguments (nothing was sent).
+            SolveFailed: every branch was lost.
+            PromptTooLong: the problem does not fit the model's context.
+        """
+        chosen = make_strategy(strategy)
+        check_request(problem, chosen, n, self.prm is not None)
+        pid = problem_id if problem_id is not None else problem_key(problem)
+        return await self._solve(problem, chosen, n, seed, pid, Ledger())
+
+    async def _solve(
+        self, problem: str, chosen: Strategy, n: int, seed: int | None, pid: str, ledger: Ledger
+    ) -> Solution:
+        if self._generator is None or self._groups is None:
+            raise RuntimeError("Solver is not open: use `async with Solver(...) as solver`")
+        ctx = ProblemContext(
+            problem_id=pid,
+            problem=problem,
+            system_prompt=self.system_prompt,
+            seed=seed,
+            ledger=ledger,
+        )
+        generator, scorer = self._generator, self._scorer
+
+        async def generate(path: Path, k: int, *, to_end: bool = False) -> list[Path]:
+            return await generator.generate(ctx, path, k, to_end=to_end)
+
+        async def score(paths: Sequence[Path]) -> list[Path]:
+            if scorer is None:
+                raise ConfigError(f"strategy {chosen.name!r} asked for PRM scores; no prm set")
+            return await scorer.score(ctx, paths)
+
+        with structlog.contextvars.bound_contextvars(problem_id=pid):
+            solution = await run_search(
+                problem_id=pid,
+                problem=problem,
+                strategy=chosen,
+                n=n,
+                generate=generate,
+                score=score,
+                equivalence=self._groups,
+                ledger=ctx.ledger,
+            )
+            log.info(
+                "solved",
+                strategy=chosen.name,
+                n=n,
+                answer=solution.answer,
+                lost=len(solution.lost),
+                **ctx.ledger.summary(),
+            )
+            return solution
+
+    async def solve_many(
+        self,
+        problems: Iterable[ProblemItem],
+        *,
+        strategy: str | Strategy,
+        n: int,
+        seed: int | None = None,
+        max_problems_in_flight: int = 64,
+    ) -> AsyncIterator[Solution]:
+        """Solve many problems concurrently, yielding each `Solution` as it finishes.
+
+        Items are problem strings, (id, problem) pairs, or mappings with "problem" and an
+        optional "id" or "unique_id". At most `max_problems_in_flight` run at once. A
+        problem that fails as a whole is yielded with `error` set; it never stops the rest.
+        Arguments are checked for every problem before the first request is sent.
+        """
+        if max_problems_in_flight < 1:
+            raise ConfigError(f"max_problems_in_flight={max_problems_in_flight}: need >= 1")
+        chosen = make_strategy(strategy)
+        items = [_as_item(i, item) for i, item in enumerate(problems)]
+        for _, text in items:
+            check_request(text, chosen, n, self.prm is not None)
+        pending: set[asyncio.Task[Solution]] = set()
+        queue = iter(items)
+        try:
+            while True:
+                for pid, text in queue:
+                    pending.add(asyncio.create_task(self._solve_one(pid, text, chosen, n, seed)))
+                    if len(pending) >= max_problems_in_flight:
+                        break
+                if not pending:
+                    return
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield task.result()
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _solve_one(
+        self, pid: str, problem: str, strategy: Strategy, n: int, seed: int | None
+    ) -> Solution:
+        ledger = Ledger()
+        try:
+            return await self._solve(problem, strategy, n, seed, pid, ledger)
+        except (SolveFailed, EndpointError) as err:
+            log.warning("problem failed", problem_id=pid, error=str(err))
+            lost = collect(err.lost, strategy.aggregate)[1] if isinstance(err, SolveFailed) else []
+            return Solution(
+                problem_id=pid,
+                problem=problem,
+                strategy=strategy.name,
+                n=n,
+                answer=None,
+                candidates=(),
+                lost=tuple(lost),
+                ledger=ledger,
+                error=f"{type(err).__name__}: {err}",
+            )
+
+
+def _as_item(index: int, item: ProblemItem) -> tuple[str, str]:
+    if isinstance(item, str):
+        return f"p{index}", item
+    if isinstance(item, tuple) and len(item) == 2:
+        return str(item[0]), item[1]
+    if isinstance(item, Mapping):
+        if "problem" not in item:
+            raise ConfigError(f"problem #{index} has no 'problem' field: keys {sorted(item)}")
+        pid = item.get("id", item.get("unique_id", f"p{index}"))
+        return str(pid), item["problem"]
+    raise ConfigError(
+        f"problem #{index} is a {type(item).__name__}; give a str, an (id, problem) pair "
+        "or a mapping with 'problem'"
+    )
+
+
+async def _check_model(transport: Transport, endpoint: Endpoint) -> None:
+    try:
+        listing = await transport.get_json("/v1/models")
+    except (ConnectFailed, TimedOut) as err:
+        raise EndpointUnreachable(endpoint.base_url, str(err)) from err
+    except BadResponse as err:
+        raise EndpointUnreachable(
+            endpoint.base_url, f"it does not answer like an OpenAI-compatible server: {err}"
+        ) from err
+    except TransportError as err:
+        raise EndpointUnreachable(endpoint.base_url, f"GET /v1/models failed: {err}") from err
+    try:
+        served = [str(m["id"]) for m in listing["data"]]
+    except (KeyError, TypeError) as err:
+        raise EndpointUnreachable(
+            endpoint.base_url, f"GET /v1/models answered {str(listing)[:200]!r}"
+        ) from err
+    if endpoint.model not in served:
+        raise ModelNotFound(endpoint.base_url, endpoint.model, served)
+
+
+async def solve(
+    problem: str,
+    *,
+    strategy: str | Strategy,
+    n: int,
+    policy: Endpoint,
+    prm: Endpoint | None = None,
+    seed: int | None = None,
+    sampling: Sampling | None = None,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    problem_id: str | None = None,
+) -> Solution:
+    """Solve one problem with a fresh `Solver` (see `Solver.solve` for the arguments).
+
+    For many problems use `solve_many`, or keep a `Solver` open: it shares connections."""
+    chosen = make_strategy(strategy)
+    check_request(problem, chosen, n, prm is not None)
+    async with Solver(
+        policy=policy, prm=prm, sampling=sampling, system_prompt=system_prompt
+    ) as solver:
+        return await solver.solve(problem, strategy=chosen, n=n, seed=seed, problem_id=problem_id)
+
+
+async def solve_many(
+    problems: Iterable[ProblemItem],
+    *,
+    strategy: str | Strategy,
+    n: int,
+    policy: Endpoint,
+    prm: Endpoint | None = None,
+    seed: int | None = None,
+    sampling: Sampling | None = None,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    max_problems_in_flight: int = 64,
+) -> AsyncIterator[Solution]:
+    """Solve many problems concurrently in this event loop; yields each `Solution` as it
+    finishes (see `Solver.solve_many`)."""
+    async with Solver(
+        policy=policy, prm=prm, sampling=sampling, system_prompt=system_prompt
+    ) as solver:
+        async for solution in solver.solve_many(
+            problems,
+            strategy=strategy,
+            n=n,
+            seed=seed,
+            max_problems_in_flight=max_problems_in_flight,
+        ):
+            yield solution
+
+
+

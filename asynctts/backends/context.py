@@ -1,0 +1,99 @@
+"""What every backend request needs to know about its problem, and the one transport call it makes.
+
+Rules:
+- Values only: nothing here does I/O or holds a session.
+- Seeds derive from (base seed, problem id, tree position) through a cryptographic hash, so a
+  branch draws the same seed in every process and on every run (`hash()` is salted per process).
+- A backend sees the transport only through `PostJson`, so backends type-check and are tested
+  without aiohttp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from asynctts.errors import ConfigError
+from asynctts.ledger import Charge, Ledger
+
+# The system prompt search-and-learn used for Llama-3.2 Instruct on MATH (DESIGN.md section 3).
+DEFAULT_SYSTEM_PROMPT = (
+    "Solve the following math problem efficiently and clearly:\n\n"
+    "- For simple problems (2 steps or fewer):\n"
+    "Provide a concise solution with minimal explanation.\n\n"
+    "- For complex problems (3 steps or more):\n"
+    "Use this step-by-step format:\n\n"
+    "## Step 1: [Concise description]\n"
+    "[Brief explanation and calculations]\n\n"
+    "## Step 2: [Concise description]\n"
+    "[Brief explanation and calculations]\n\n"
+    "...\n\n"
+    "Regardless of the approach, always conclude with:\n\n"
+    "Therefore, the final answer is: $\\boxed{answer}$. I hope it is correct.\n\n"
+    "Where [answer] is just the final number or expression that solves the problem."
+)
+
+# vLLM gives child i of an `n`-sample request the seed `seed + i`
+# (vllm/v1/engine/parallel_sampling.py), so seeds leave room for 1024 children below 2**31 - 1.
+SEED_CHILD_ROOM = 1024
+MAX_SEED = 2**31 - 1 - SEED_CHILD_ROOM
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Sampling settings of the policy (search-and-learn's defaults)."""
+
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(f"Sampling temperature={self.temperature}: need a finite value >= 0")
+        if not (0 < self.top_p <= 1):
+            raise ConfigError(f"Sampling top_p={self.top_p}: need 0 < top_p <= 1")
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int):
+            raise ConfigError(f"Sampling max_tokens={self.max_tokens!r}: need an int")
+        if self.max_tokens < 1:
+            raise ConfigError(f"Sampling max_tokens={self.max_tokens}: need >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemContext:
+    """One problem as the backends see it: its id (for seeds and logs), its text, the system
+    prompt of the policy (None: none), the base seed (None: unseeded) and its ledger."""
+
+    problem_id: str
+    problem: str
+    system_prompt: str | None
+    seed: int | None
+    ledger: Ledger
+
+
+def derive_seed(base: int, problem_id: str, key: tuple[int, ...]) -> int:
+    """The seed of the request that samples the children of the path at `key`.
+
+    Stable across processes and runs, distinct (with overwhelming probability) across problems
+    and tree positions, and in [0, MAX_SEED] so that `seed + i` for a path's children stays a
+    valid 31-bit seed for up to SEED_CHILD_ROOM children.
+    """
+    material = f"{base}\x1f{problem_id}\x1f{'.'.join(map(str, key))}".encode()
+    digest = hashlib.blake2b(material, digest_size=8).digest()
+    return int.from_bytes(digest, "big") % (MAX_SEED + 1)
+
+
+class PostJson(Protocol):
+    """The part of `asynctts.transport.Transport` the backends use. It retries inside and
+    raises `asynctts.errors.TransportError` subclasses when it gives up."""
+
+    async def post_json(
+        self,
+        route: str,
+        body: Mapping[str, Any],
+        *,
+        charges: Sequence[Charge] = (),
+        tokens_hint: int = 0,
+    ) -> dict[str, Any]: ...

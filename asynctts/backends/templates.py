@@ -1,0 +1,367 @@
+"""Client-side prompt rendering: the policy's prompt in completions mode, the policy's messages in
+chat mode, and the inputs of both PRM kinds.
+
+Rules:
+- transformers (and jinja2, which renders chat templates) are imported lazily: the `hf` extra.
+  Without them `prompt_format` still works; asking for a chat template then is a `ConfigError`
+  that says what to install.
+- Prompts travel as text and vLLM tokenizes them with `add_special_tokens=True`. When the
+  tokenizer adds a BOS itself, a BOS that the template writes is dropped from the text, or the
+  model would see two.
+- The partial solution is appended to the rendered template, never passed through it: templates
+  that `trim` message bodies (Llama 3) would eat the trailing "\\n\\n" of the last step, and the
+  model would continue a different prefix from the one it wrote.
+- Nothing here mutates a tokenizer (search-and-learn rewrote the shared tokenizer's template).
+- Text that would make a PRM input ambiguous (a step containing the step tag) raises
+  `PromptRenderError` rather than being scored wrongly.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from asynctts.errors import AsyncttsError, ConfigError
+from asynctts.protocols import STEP_DELIMITER
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from asynctts.endpoint import Endpoint
+
+INSTALL_HINT = "pip install 'asynctts[hf]'"
+
+# The system prompt Qwen2.5-Math-PRM was trained with (its model card's usage example).
+PRM_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+
+# Stands in for each assistant label while the template renders, so the label's character
+# position can be found afterwards. Private-use characters: no math text contains them, and
+# `trim` does not strip them.
+_LABEL_PLACEHOLDER = "\ue000label\ue001"
+
+Message = dict[str, str]
+
+
+class PromptRenderError(AsyncttsError, ValueError):
+    """A problem or step that cannot be rendered faithfully (it contains the PRM's step tag,
+    or the template lost or duplicated a step's marker)."""
+
+
+@functools.lru_cache(maxsize=16)
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer (with its chat template) of a model, loaded once per name.
+
+    Raises:
+        ConfigError: transformers is not installed, or the tokenizer cannot be loaded.
+    """
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise ConfigError(
+            f"rendering the chat template of {name_or_path!r} needs transformers: {INSTALL_HINT}"
+        ) from exc
+    try:
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError, ImportError) as exc:
+        raise ConfigError(
+            f"cannot load tokenizer {name_or_path!r}: {exc}. The Hugging Face hub may be "
+            "unreachable: point `tokenizer=` at a local directory holding the tokenizer files, "
+            "or set `prompt_format=` to render prompts without a tokenizer"
+        ) from exc
+    return tokenizer
+
+
+class _ChatRenderer:
+    """A tokenizer's chat template rendered to text, with the doubled BOS removed."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(
+                f"tokenizer {self.name!r} has no chat template: set `prompt_format=` "
+                "(policy: {system} and {problem}; PRM: {problem} and {solution})"
+            )
+        self._leading_bos = _bos_added_by(tokenizer)
+
+    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool) -> str:
+        try:
+            from jinja2 import TemplateError
+        except ImportError as exc:
+            raise ConfigError(f"chat templates need jinja2: {INSTALL_HINT}") from exc
+        try:
+            text = self.tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except TemplateError as exc:
+            roles = [m["role"] for m in messages]
+            raise ConfigError(
+                f"the chat template of {self.name!r} failed for roles {roles}: {exc}"
+            ) from exc
+        if not isinstance(text, str):
+            raise TypeError(f"apply_chat_template returned {type(text).__name__}, not str")
+        return self.drop_doubled_bos(text)
+
+    def drop_doubled_bos(self, text: str) -> str:
+        if self._leading_bos is not None and text.startswith(self._leading_bos):
+            return text[len(self._leading_bos) :]
+        return text
+
+
+def _bos_added_by(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The BOS text when encoding with special tokens (as vLLM does) prepends the BOS token."""
+    bos_text, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    if not isinstance(bos_text, str) or not bos_text or bos_id is None:
+        return None
+    ids = tokenizer("", add_special_tokens=True)["input_ids"]
+    return bos_text if ids and ids[0] == bos_id else None
+
+
+def _check_format(pattern: str, fields: Mapping[str, str], what: str) -> None:
+    try:
+        pattern.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"{what} prompt_format {pattern!r} is not a valid pattern: {exc!r}; "
+            f"its fields are {sorted('{' + f + '}' for f in fields)}"
+        ) from exc
+
+
+class PolicyPrompt:
+    """The completions-mode prompt: the chat template rendered up to the start of the assistant
+    turn (the prefix, cached per problem and system prompt), then the partial solution raw."""
+
+    def __init__(
+        self,
+        *,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        prompt_format: str | None = None,
+        cache_size: int = 1024,
+    ) -> None:
+        if prompt_format is not None:
+            _check_format(prompt_format, {"system": "", "problem": ""}, "policy")
+            self._renderer: _ChatRenderer | None = None
+        elif tokenizer is not None:
+            self._renderer = _ChatRenderer(tokenizer)
+        else:
+            raise ConfigError("PolicyPrompt needs a tokenizer or a prompt_format")
+        self._format = prompt_format
+        # Bound per instance: the prefix is rendered for every request of a problem.
+        self._cached_prefix = functools.lru_cache(maxsize=cache_size)(self._render_prefix)
+
+    @classmethod
+    def for_endpoint(cls, endpoint: Endpoint) -> PolicyPrompt:
+        if endpoint.prompt_format is not None:
+            return cls(prompt_format=endpoint.prompt_format)
+        return cls(tokenizer=load_tokenizer(endpoint.tokenizer_name))
+
+    def prefix(self, problem: str, system: str | None) -> str:
+        return self._cached_prefix(problem, system)
+
+    def render(self, problem: str, system: str | None, partial: str) -> str:
+        """The prompt that continues `partial` (the concatenated steps so far)."""
+        return self.prefix(problem, system) + partial
+
+    def _render_prefix(self, problem: str, system: str | None) -> str:
+        if self._format is not None:
+            return self._format.format(system=system or "", problem=problem)
+        assert self._renderer is not None
+        messages = [*_system_messages(system), {"role": "user", "content": problem}]
+        return self._renderer.render(messages, add_generation_prompt=True)
+
+
+def _system_messages(system: str | None) -> list[Message]:
+    return [{"role": "system", "content": system}] if system else []
+
+
+def chat_fields(problem: str, system: str | None, partial: str) -> dict[str, Any]:
+    """The chat-mode request fields: the conversation, continuing the partial solution as the
+    final assistant message (vLLM keeps its trailing whitespace). At the root there is no
+    assistant message yet, so the server opens one instead."""
+    messages = [*_system_messages(system), {"role": "user", "content": problem}]
+    if partial:
+        messages.append({"role": "assistant", "content": partial})
+    return {
+        "messages": messages,
+        "add_generation_prompt": not partial,
+        "continue_final_message": bool(partial),
+    }
+
+
+def bare_step(step: str, delimiter: str) -> str:
+    """A step as the PRMs were trained on it: the delimiter that ended it and surrounding
+    whitespace removed (a solution split on "\\n\\n")."""
+    return step.removesuffix(delimiter).strip()
+
+
+class PoolingPrompt:
+    """The input of a `*ForProcessRewardModel` served with STEP pooling (Qwen2.5-Math-PRM): the
+    conversation with the step tag after every step, so the server returns one row per step."""
+
+    def __init__(
+        self,
+        *,
+        step_tag: str,
+        delimiter: str = STEP_DELIMITER,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        prompt_format: str | None = None,
+        system_prompt: str | None = PRM_SYSTEM_PROMPT,
+    ) -> None:
+        if not step_tag:
+            raise ConfigError("PoolingPrompt step_tag is empty")
+        if prompt_format is not None:
+            _check_format(prompt_format, {"problem": "", "solution": ""}, "PRM")
+            if step_tag in prompt_format:
+                raise ConfigError(
+                    f"PRM prompt_format {prompt_format!r} contains the step tag {step_tag!r}; "
+                    "the tags come from {solution}, one after every step"
+                )
+            self._renderer: _ChatRenderer | None = None
+        elif tokenizer is not None:
+            self._renderer = _ChatRenderer(tokenizer)
+        else:
+            raise ConfigError("PoolingPrompt needs a tokenizer or a prompt_format")
+        self.step_tag = step_tag
+        self._delimiter = delimiter
+        self._format = prompt_format
+        self._system = system_prompt
+
+    @classmethod
+    def for_endpoint(cls, endpoint: Endpoint, *, delimiter: str = STEP_DELIMITER) -> PoolingPrompt:
+        if endpoint.prompt_format is not None:
+            return cls(
+                step_tag=endpoint.step_tag,
+                delimiter=delimiter,
+                prompt_format=endpoint.prompt_format,
+            )
+        return cls(
+            step_tag=endpoint.step_tag,
+            delimiter=delimiter,
+            tokenizer=load_tokenizer(endpoint.tokenizer_name),
+        )
+
+    def render(self, problem: str, steps: Sequence[str]) -> str:
+        """The rendered conversation with exactly one step tag per step.
+
+        Raises:
+            PromptRenderError: the problem or a step contains the step tag, or the template
+                changed the number of tags.
+        """
+        tag = self.step_tag
+        if tag in problem:
+            raise PromptRenderError(f"the problem contains the PRM step tag {tag!r}")
+        for i, step in enumerate(steps):
+            if tag in step:
+                raise PromptRenderError(f"step {i} contains the PRM step tag {tag!r}: {step!r}")
+        solution = "".join(bare_step(step, self._delimiter) + tag for step in steps)
+        if self._format is not None:
+            return self._format.format(problem=problem, solution=solution)
+        assert self._renderer is not None
+        messages = [
+            *_system_messages(self._system),
+            {"role": "user", "content": problem},
+            {"role": "assistant", "content": solution},
+        ]
+        text = self._renderer.render(messages, add_generation_prompt=False)
+        if text.count(tag) != len(steps):
+            raise PromptRenderError(
+                f"the chat template of {self._renderer.name!r} rendered {text.count(tag)} "
+                f"step tags for {len(steps)} steps"
+            )
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledPrompt:
+    """A generative PRM's prompt and, per step, the index of its "+" label among the prompt's
+    tokens as vLLM sees them (BOS included): the index into `prompt_logprobs`."""
+
+    prompt: str
+    label_positions: tuple[int, ...]
+
+
+class LogprobPrompt:
+    """The input of a generative PRM judged by P("+") (RLHFlow/Llama3.1-8B-PRM-Deepseek-Data):
+    user = problem + " " + step 1, assistant "+", user = step 2, assistant "+", ..."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        delimiter: str = STEP_DELIMITER,
+        label: str = "+",
+    ) -> None:
+        self._renderer = _ChatRenderer(tokenizer)
+        if not tokenizer.is_fast:
+            raise ConfigError(
+                f"tokenizer {self._renderer.name!r} is not a fast tokenizer: locating the PRM "
+                "labels needs token offsets (`return_offsets_mapping`)"
+            )
+        self._tokenizer = tokenizer
+        self._delimiter = delimiter
+        self.label = label
+
+    @classmethod
+    def for_endpoint(cls, endpoint: Endpoint, *, delimiter: str = STEP_DELIMITER) -> LogprobPrompt:
+        if endpoint.prompt_format is not None:
+            raise ConfigError(
+                f"PRM endpoint {endpoint.base_url}: scoring='logprob' locates the labels with "
+                "the tokenizer's chat template; prompt_format is not supported there"
+            )
+        return cls(load_tokenizer(endpoint.tokenizer_name), delimiter=delimiter)
+
+    def render(self, problem: str, steps: Sequence[str]) -> LabelledPrompt:
+        """Raises:
+        PromptRenderError: the template lost or duplicated an assistant turn, or the text
+            contains the internal placeholder.
+        ConfigError: the tokenizer merges the label with its neighbours, so no prompt
+            position holds the label alone.
+        """
+        if not steps:
+            raise PromptRenderError("a PRM prompt needs at least one step")
+        texts = [problem + " " + bare_step(steps[0], self._delimiter)]
+        texts += [bare_step(step, self._delimiter) for step in steps[1:]]
+        if any(_LABEL_PLACEHOLDER in text for text in texts):
+            raise PromptRenderError("the problem or a step contains the label placeholder")
+        messages: list[Message] = []
+        for text in texts:
+            messages.append({"role": "user", "content": text})
+            messages.append({"role": "assistant", "content": _LABEL_PLACEHOLDER})
+        rendered = self._renderer.render(messages, add_generation_prompt=False)
+        pieces = rendered.split(_LABEL_PLACEHOLDER)
+        if len(pieces) != len(steps) + 1:
+            raise PromptRenderError(
+                f"the chat template of {self._renderer.name!r} rendered {len(pieces) - 1} "
+                f"assistant labels for {len(steps)} steps"
+            )
+        char_positions: list[int] = []
+        prompt = pieces[0]
+        for piece in pieces[1:]:
+            char_positions.append(len(prompt))
+            prompt += self.label + piece
+        return LabelledPrompt(prompt, self._token_positions(prompt, char_positions))
+
+    def _token_positions(self, prompt: str, char_positions: Sequence[int]) -> tuple[int, ...]:
+        # Encoded as vLLM encodes a text prompt, so special tokens it adds (BOS) are counted.
+        encoding = self._tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
+        offsets: list[tuple[int, int]] = encoding["offset_mapping"]
+        positions: list[int] = []
+        token = 0
+        for char in char_positions:
+            while token < len(offsets) and not offsets[token][0] <= char < offsets[token][1]:
+                token += 1
+            if token == len(offsets):
+                raise ConfigError(
+                    f"tokenizer {self._renderer.name!r}: no token covers the PRM label at "
+                    f"character {char}"
+                )
+            start, end = offsets[token]
+            if prompt[start:end].strip() != self.label:
+                raise ConfigError(
+                    f"tokenizer {self._renderer.name!r} merges the PRM label {self.label!r} "
+                    f"into the token {prompt[start:end]!r}: its logprob is not the label's"
+                )
+            positions.append(token)
+        return tuple(positions)

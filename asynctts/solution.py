@@ -1,0 +1,151 @@
+"""`Solution`: what one solve returns — the answer, every candidate in generation order,
+the branches that were lost and why, the votes at every sub-budget, and the ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from asynctts.answers import best_of, extract_boxed, majority_vote, normalize, weighted_vote
+from asynctts.errors import BranchLost, format_key
+from asynctts.ledger import Ledger
+from asynctts.protocols import Finish, Path
+from asynctts.search.aggregate import AggregateName, value_of
+from asynctts.search.strategy import Selection
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A path the search returned: its steps, per-step scores, aggregated value, why it
+    stopped, its normalised answer and its answer group (equivalent answers share one)."""
+
+    index: int  # position in generation order
+    branch: str
+    steps: tuple[str, ...]
+    scores: tuple[float, ...]
+    value: float | None
+    finish: Finish
+    answer: str | None
+    group: int | None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.steps)
+
+
+@dataclass(frozen=True, slots=True)
+class LostBranch:
+    index: int
+    branch: str
+    stage: str  # "generating" or "scoring"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Votes:
+    """The answers the three selection rules give on the first `n` samples."""
+
+    n: int
+    majority: str | None
+    best: str | None
+    weighted: str | None
+
+
+@dataclass(frozen=True)
+class Solution:
+    problem_id: str
+    problem: str
+    strategy: str
+    n: int
+    answer: str | None
+    candidates: tuple[Candidate, ...]
+    lost: tuple[LostBranch, ...]
+    ledger: Ledger
+    error: str | None = None  # set when the problem failed as a whole (solve_many only)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def votes(self, n: int | None = None) -> Votes:
+        """Votes over the candidates among the first `n` samples (all when None). For the
+        best-of-N family this is exactly what a run with budget `n` would have answered."""
+        budget = self.n if n is None else n
+        return votes_of([c for c in self.candidates if c.index < budget], budget)
+
+    def curve(self) -> list[Votes]:
+        """Votes at n = 1, 2, 4, ..., up to the budget (and the budget itself)."""
+        sizes = [1 << i for i in range(self.n.bit_length()) if 1 << i <= self.n]
+        if sizes[-1] != self.n:
+            sizes.append(self.n)
+        return [self.votes(size) for size in sizes]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record (answers, candidates, lost branches, ledger totals)."""
+        return {
+            "problem_id": self.problem_id,
+            "problem": self.problem,
+            "strategy": self.strategy,
+            "n": self.n,
+            "answer": self.answer,
+            "error": self.error,
+            "candidates": [
+                {
+                    "index": c.index,
+                    "branch": c.branch,
+                    "steps": list(c.steps),
+                    "scores": list(c.scores),
+                    "value": c.value,
+                    "finish": c.finish.value,
+                    "answer": c.answer,
+                    "group": c.group,
+                }
+                for c in self.candidates
+            ],
+            "lost": [
+                {"index": b.index, "branch": b.branch, "stage": b.stage, "reason": b.reason}
+                for b in self.lost
+            ],
+            "ledger": self.ledger.summary(),
+        }
+
+
+def votes_of(candidates: Sequence[Candidate], n: int) -> Votes:
+    def answer_at(index: int | None) -> str | None:
+        return None if index is None else candidates[index].answer
+
+    groups = [c.group for c in candidates]
+    values = [c.value for c in candidates]
+    has_scores = any(v is not None for v in values)
+    weights = [0.0 if v is None else v for v in values]
+    return Votes(
+        n=n,
+        majority=answer_at(majority_vote(groups)),
+        best=answer_at(best_of(values)) if has_scores else None,
+        weighted=answer_at(weighted_vote(groups, weights)) if has_scores else None,
+    )
+
+
+def answer_of(path: Path) -> str | None:
+    """The normalised content of the last \\boxed{} of a path; None when there is none."""
+    boxed = extract_boxed(path.text)
+    return None if boxed is None else normalize(boxed)
+
+
+def collect(
+    results: Sequence[Path | BranchLost], aggregate: AggregateName
+) -> tuple[list[tuple[int, Path, str | None, float | None]], list[LostBranch]]:
+    """Split a strategy's results into (index, path, answer, value) rows and lost branches."""
+    rows: list[tuple[int, Path, str | None, float | None]] = []
+    lost: list[LostBranch] = []
+    for index, result in enumerate(results):
+        if isinstance(result, BranchLost):
+            lost.append(LostBranch(index, format_key(result.key), result.stage, result.reason))
+        else:
+            rows.append((index, result, answer_of(result), value_of(result.scores, aggregate)))
+    return rows, lost
+
+
+def pick(votes: Votes, selection: Selection) -> str | None:
+    return {"majority": votes.majority, "best": votes.best, "weighted": votes.weighted}[selection]

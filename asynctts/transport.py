@@ -1,0 +1,645 @@
+"""The one place that talks to the network: one `Transport` per endpoint (policy, PRM).
+
+Rules:
+- One long-lived `aiohttp.ClientSession` per `Transport`, opened and closed by `async with`;
+  its connector limit is explicit (aiohttp's default of 100 would silently serialise thousands
+  of branches) and its keep-alive (4 s) is below vLLM's (5 s), so we never reuse a connection
+  the server is closing. Use before open or after close raises `RuntimeError`.
+- Admission, per attempt, in this order: an endpoint-wide pause (set by a 429/503 carrying
+  Retry-After), the optional request and token rates (aiolimiter; token admission is FIFO
+  because aiolimiter favours small weights), then a slot of the resizable in-flight cap. No
+  slot is held while a request sleeps before its retry.
+- Foreign exceptions never escape: every failure becomes a `TransportError` whose message names
+  the URL, route and status. Only transient ones are retried (tenacity, built per call, bounded
+  by `Endpoint.max_attempts`); `Retry-After` is honoured exactly, otherwise exponential backoff
+  with full jitter. Cancellation always propagates and frees the slot.
+- Every attempt, successful or not, is recorded in the ledger of every `Charge` of the call.
+- The API key goes into the Authorization header and nowhere else: not in logs, reprs, errors
+  or the ledger.
+- Nothing here knows what a step, a path or a model is: bodies are opaque JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Final
+
+import aiohttp
+import orjson
+import structlog
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from yarl import URL
+
+from asynctts.endpoint import Endpoint
+from asynctts.errors import (
+    BadResponse,
+    ConfigError,
+    ConnectFailed,
+    ContextLengthExceeded,
+    RateLimited,
+    RequestRejected,
+    ServerError,
+    TimedOut,
+    TransportError,
+)
+from asynctts.ledger import Attempt, Charge
+
+__all__ = ["Transport", "TransportStatistics"]
+
+_logger = structlog.get_logger("asynctts.transport")
+
+KEEPALIVE_TIMEOUT_S: Final = 4.0  # below vLLM's 5 s keep-alive (DESIGN.md section 8)
+BACKOFF_BASE_S: Final = 0.5
+BACKOFF_CAP_S: Final = 30.0
+RETRY_AFTER_CAP_S: Final = 120.0
+_MESSAGE_FALLBACK_CHARS: Final = 300
+_CONTEXT_LENGTH_MARKERS: Final = ("maximum context length", "max_model_len", "context length")
+_JSON_HEADERS: Final = {"Content-Type": "application/json"}
+
+# What to make of a 2xx body.
+_OBJECT: Final = 0  # a JSON object (post_json)
+_ANY_JSON: Final = 1  # any JSON value (get_json)
+_TEXT: Final = 2  # text (get_text)
+
+
+@dataclass(frozen=True, slots=True)
+class TransportStatistics:
+    """A snapshot of one transport's counters."""
+
+    in_flight: int  # requests holding a slot now
+    waiting: int  # requests waiting for a pause, a rate or a slot
+    peak_in_flight: int
+    requests: int  # calls of post_json / get_json / get_text
+    attempts: int  # HTTP attempts sent
+    retries: int  # attempts after the first of their call
+    failures: int  # calls that raised a TransportError
+    max_in_flight: int  # the current cap
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class _Gate:
+    """A FIFO cap on concurrent holders that can be resized at runtime. A released slot is
+    handed straight to the longest waiter, so late arrivals cannot barge past the queue."""
+
+    __slots__ = ("_waiters", "in_use", "limit", "peak")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self.peak = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        if self.in_use < self.limit and not self._waiters:
+            self._hold()
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot was handed to us as we were cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self.in_use -= 1
+        self._wake()
+
+    def resize(self, limit: int) -> None:
+        self.limit = limit  # shrinking takes effect as holders release
+        self._wake()
+
+    def _hold(self) -> None:
+        self.in_use += 1
+        if self.in_use > self.peak:
+            self.peak = self.in_use
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_use < self.limit:
+            waiter = self._waiters.popleft()
+            self._hold()
+            waiter.set_result(None)
+
+
+def _is_transient(error: BaseException) -> bool:
+    # A positive predicate: CancelledError and foreign exceptions are never retried.
+    return isinstance(error, TransportError) and error.transient
+
+
+_RETRY_TRANSIENT: Final = retry_if_exception(_is_transient)
+
+
+class Transport:
+    """HTTP to one endpoint with limits, rates, retries, timeouts and the ledger.
+
+    Args:
+        endpoint: where to send requests and the limits to respect there.
+        name: "policy" or "prm"; recorded as `Attempt.endpoint` in ledgers.
+        clock: time source for ledgers and the endpoint-wide pause (inject for tests).
+        sleep: how to wait for a retry or a pause (inject for tests).
+        rng: source of backoff jitter (inject for tests).
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        name: str,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._endpoint = endpoint
+        self._name = name
+        self._url = endpoint.root_url
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        self._state = _State.UNOPENED
+        self._session: aiohttp.ClientSession | None = None
+        self._log: Any = _logger
+        self._urls: dict[str, URL] = {}
+        self._gate = _Gate(endpoint.max_in_flight)
+        self._stop = stop_after_attempt(endpoint.max_attempts)
+        self._paused_until = 0.0  # clock() time before which no request is admitted
+        self._request_limiter = _request_limiter(endpoint.rate_per_s)
+        self._token_limiter = (
+            AsyncLimiter(endpoint.tokens_per_min, 60.0) if endpoint.tokens_per_min else None
+        )
+        self._token_turn = asyncio.Lock()  # FIFO: a large request is not starved by small ones
+        self._rate_limited = self._request_limiter is not None or self._token_limiter is not None
+        self._waiting = 0
+        self._requests = 0
+        self._attempts = 0
+        self._retries = 0
+        self._failures = 0
+
+    def __repr__(self) -> str:
+        return f"<Transport {self._name} {self._url} {self._state.value}>"
+
+    @property
+    def url(self) -> str:
+        """The endpoint's root URL (routes are appended to it)."""
+        return self._url
+
+    async def __aenter__(self) -> Transport:
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError(
+                f"Transport {self._name} for {self._url} is {self._state.value}; "
+                "a transport is opened once"
+            )
+        endpoint = self._endpoint
+        key = endpoint.api_key()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=endpoint.max_in_flight,
+                limit_per_host=0,
+                keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+            ),
+            timeout=aiohttp.ClientTimeout(
+                total=endpoint.total_timeout_s,
+                connect=endpoint.connect_timeout_s,
+                sock_read=endpoint.read_timeout_s,
+            ),
+            headers={"Authorization": f"Bearer {key}"} if key else None,
+        )
+        self._state = _State.OPEN
+        self._log = _logger.bind(endpoint=self._name, url=self._url)
+        self._log.info(
+            "transport open",
+            max_in_flight=endpoint.max_in_flight,
+            rate_per_s=endpoint.rate_per_s,
+            tokens_per_min=endpoint.tokens_per_min,
+            connect_timeout_s=endpoint.connect_timeout_s,
+            read_timeout_s=endpoint.read_timeout_s,
+            total_timeout_s=endpoint.total_timeout_s,
+            keepalive_timeout_s=KEEPALIVE_TIMEOUT_S,
+            max_attempts=endpoint.max_attempts,
+            authorized=key is not None,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session; later calls raise `RuntimeError`. Closing twice is harmless."""
+        self._state = _State.CLOSED
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+            self._log.info("transport closed", **_counters(self.statistics()))
+
+    def statistics(self) -> TransportStatistics:
+        gate = self._gate
+        return TransportStatistics(
+            in_flight=gate.in_use,
+            waiting=self._waiting,
+            peak_in_flight=gate.peak,
+            requests=self._requests,
+            attempts=self._attempts,
+            retries=self._retries,
+            failures=self._failures,
+            max_in_flight=gate.limit,
+        )
+
+    def set_max_in_flight(self, n: int) -> None:
+        """Resize the in-flight cap (adaptive concurrency). Waiters are admitted at once when
+        it grows; when it shrinks, requests in flight finish and no new one starts until the
+        count is below `n`.
+
+        Raises:
+            ConfigError: `n` is not in 1..endpoint.max_in_flight (the connection limit).
+        """
+        if not 1 <= n <= self._endpoint.max_in_flight:
+            raise ConfigError(
+                f"max_in_flight={n} for {self._url}: need 1..{self._endpoint.max_in_flight} "
+                "(Endpoint.max_in_flight is the connection limit)"
+            )
+        self._gate.resize(n)
+
+    async def post_json(
+        self,
+        route: str,
+        body: Mapping[str, Any],
+        *,
+        charges: Sequence[Charge] = (),
+        tokens_hint: int = 0,
+    ) -> dict[str, Any]:
+        """POST `body` as JSON to `route` ("/v1/completions", "/pooling", ...).
+
+        Args:
+            route: an absolute path under the endpoint's root URL.
+            body: the JSON object to send.
+            charges: the ledgers billed for every attempt, with their shares of the usage.
+            tokens_hint: the request's expected token count for the tokens-per-minute rate.
+
+        Returns:
+            The response's JSON object.
+
+        Raises:
+            RequestRejected: a 4xx other than 408/409/429 (not retried);
+                ContextLengthExceeded when the prompt does not fit the context.
+            ConnectFailed, TimedOut, RateLimited, ServerError, BadResponse: the last failure,
+                once `Endpoint.max_attempts` attempts are spent.
+            RuntimeError: the transport is not open.
+        """
+        try:
+            data = orjson.dumps(body if type(body) is dict else dict(body))
+        except TypeError as error:
+            raise TypeError(f"{self._url}{route}: request body is not JSON: {error}") from error
+        result: dict[str, Any] = await self._call(
+            "POST", route, data, _JSON_HEADERS, charges, tokens_hint, _OBJECT
+        )
+        return result
+
+    async def get_json(self, route: str) -> Any:
+        """GET `route` ("/v1/models") and return its JSON; retried like `post_json`, charged to
+        no ledger."""
+        return await self._call("GET", route, None, None, (), 0, _ANY_JSON)
+
+    async def get_text(self, route: str) -> str:
+        """GET `route` ("/metrics") and return its body as text; retried like `post_json`."""
+        text: str = await self._call("GET", route, None, None, (), 0, _TEXT)
+        return text
+
+    async def _call(
+        self,
+        method: str,
+        route: str,
+        data: bytes | None,
+        headers: Mapping[str, str] | None,
+        charges: Sequence[Charge],
+        tokens_hint: int,
+        expect: int,
+    ) -> Any:
+        url = self._urls.get(route)
+        if url is None:
+            if not route.startswith("/"):
+                raise ValueError(f"route {route!r} for {self._url}: must start with '/'")
+            url = self._urls[route] = URL(self._url + route)
+        self._requests += 1
+        attempt = 0
+
+        async def once() -> Any:
+            nonlocal attempt
+            attempt += 1
+            return await self._attempt(
+                method, route, url, data, headers, charges, tokens_hint, attempt, expect
+            )
+
+        # Built per call: tenacity's retrying objects keep per-call state.
+        retrying = AsyncRetrying(
+            stop=self._stop,
+            wait=self._wait,
+            retry=_RETRY_TRANSIENT,
+            reraise=True,
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+        )
+        try:
+            result: Any = await retrying(once)
+        except TransportError as error:
+            self._failures += 1
+            self._log.debug("request failed", route=route, attempts=attempt, error=str(error))
+            raise
+        self._log.debug("request done", route=route, attempts=attempt)
+        return result
+
+    async def _attempt(
+        self,
+        method: str,
+        route: str,
+        url: URL,
+        data: bytes | None,
+        headers: Mapping[str, str] | None,
+        charges: Sequence[Charge],
+        tokens_hint: int,
+        attempt: int,
+        expect: int,
+    ) -> Any:
+        session = self._session
+        if session is None:
+            raise RuntimeError(
+                f"Transport {self._name} for {self._url} is {self._state.value}: "
+                "use it inside `async with`"
+            )
+        if self._paused_until or self._rate_limited or not self._gate.try_take():
+            await self._admit(tokens_hint)
+        self._attempts += 1
+        if attempt > 1:
+            self._retries += 1
+        start_s = self._clock()
+        status: int | None = None
+        try:
+            retry_after: str | None = None
+            try:
+                try:
+                    async with session.request(method, url, data=data, headers=headers) as reply:
+                        status = reply.status
+                        raw = await reply.read()
+                        if status == 429 or status == 503:
+                            retry_after = reply.headers.get("Retry-After")
+                finally:
+                    self._gate.release()
+            # TimeoutError first: aiohttp's timeout errors are also connection errors.
+            except TimeoutError as error:
+                raise TimedOut(
+                    f"{self._url}{route}: timed out ({_describe(error)}; timeouts: "
+                    f"connect {self._endpoint.connect_timeout_s} s, "
+                    f"read {self._endpoint.read_timeout_s} s, "
+                    f"total {self._endpoint.total_timeout_s} s)"
+                ) from error
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as error:
+                raise ConnectFailed(
+                    f"{self._url}{route}: connection failed "
+                    f"{'before' if status is None else 'during'} the response: {_describe(error)}"
+                ) from error
+            except aiohttp.ClientError as error:  # e.g. a response that is not valid HTTP
+                raise BadResponse(f"{self._url}{route}: {_describe(error)}") from error
+            if 200 <= status < 300:
+                result = self._decode(route, status, raw, expect)
+            else:
+                raise self._status_error(route, status, raw, retry_after)
+        except TransportError as error:
+            if charges:
+                self._record(charges, route, attempt, start_s, status, _describe(error), None)
+            retry_after_s = getattr(error, "retry_after_s", None)
+            if retry_after_s is not None:
+                self._pause(retry_after_s)
+            raise
+        except asyncio.CancelledError:
+            if charges:
+                self._record(charges, route, attempt, start_s, status, "CancelledError", None)
+            raise
+        if charges:
+            self._record(charges, route, attempt, start_s, status, None, result)
+        return result
+
+    async def _admit(self, tokens_hint: int) -> None:
+        """Wait for the pause, the rates and a slot; return holding a slot."""
+        self._waiting += 1
+        try:
+            if self._request_limiter is not None:
+                await self._request_limiter.acquire()
+            if self._token_limiter is not None and tokens_hint > 0:
+                async with self._token_turn:
+                    await self._token_limiter.acquire(
+                        min(tokens_hint, self._token_limiter.max_rate)
+                    )
+            while True:
+                honoured = await self._wait_out_pause()
+                await self._gate.take()
+                if self._paused_until == honoured:
+                    return
+                # A new pause began while we queued for the slot: wait it out without the slot.
+                self._gate.release()
+        finally:
+            self._waiting -= 1
+
+    async def _wait_out_pause(self) -> float:
+        """Sleep until the endpoint-wide pause is over; return the deadline honoured."""
+        while True:
+            until = self._paused_until
+            delay = until - self._clock()
+            if delay <= 0:
+                self._paused_until = 0.0  # back on the fast path of `_attempt`
+                return 0.0
+            await self._sleep(delay)
+            if self._paused_until == until:
+                return until  # not extended while we slept
+
+    def _pause(self, retry_after_s: float) -> None:
+        until = self._clock() + min(retry_after_s, RETRY_AFTER_CAP_S)
+        if until > self._paused_until:
+            self._paused_until = until
+            self._log.warning("endpoint paused", retry_after_s=retry_after_s)
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Retry-After when the server sent one, else exponential backoff with full jitter."""
+        error = state.outcome.exception() if state.outcome is not None else None
+        retry_after_s = getattr(error, "retry_after_s", None)
+        if retry_after_s is not None:
+            return float(min(retry_after_s, RETRY_AFTER_CAP_S))
+        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (state.attempt_number - 1))
+        return self._rng.uniform(0.0, ceiling)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        self._log.warning(
+            "retrying request",
+            attempt=state.attempt_number,
+            max_attempts=self._endpoint.max_attempts,
+            wait_s=state.upcoming_sleep,
+            reason=_describe(error) if error is not None else None,
+        )
+
+    def _decode(self, route: str, status: int, raw: bytes, expect: int) -> Any:
+        if expect == _TEXT:
+            return raw.decode("utf-8", errors="replace")
+        try:
+            result = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            raise BadResponse(
+                f"{self._url}{route}: HTTP {status}: the body is not JSON ({error}): "
+                f"{_excerpt(raw)!r}"
+            ) from error
+        if expect == _OBJECT and not isinstance(result, dict):
+            raise BadResponse(
+                f"{self._url}{route}: HTTP {status}: expected a JSON object, got "
+                f"{type(result).__name__}: {_excerpt(raw)!r}"
+            )
+        return result
+
+    def _status_error(
+        self, route: str, status: int, raw: bytes, retry_after: str | None
+    ) -> TransportError:
+        message = f"{self._url}{route}: HTTP {status}: {_server_message(raw)}"
+        retry_after_s = _parse_retry_after(retry_after) if retry_after else None
+        if status == 429:
+            return RateLimited(message, retry_after_s)
+        if status in (408, 409) or status >= 500:
+            return ServerError(message, status, retry_after_s)
+        if status == 400 and any(m in message.lower() for m in _CONTEXT_LENGTH_MARKERS):
+            return ContextLengthExceeded(message, status)
+        return RequestRejected(message, status)  # other 4xx, or a status we cannot act on
+
+    def _record(
+        self,
+        charges: Sequence[Charge],
+        route: str,
+        attempt: int,
+        start_s: float,
+        status: int | None,
+        error: str | None,
+        result: Any,
+    ) -> None:
+        end_s = self._clock()
+        prompt, cached, completion = _usage(result)
+        for charge in charges:
+            share = charge.share
+            charge.ledger.record(
+                Attempt(
+                    endpoint=self._name,
+                    route=route,
+                    branches=charge.branches,
+                    attempt=attempt,
+                    start_s=start_s,
+                    end_s=end_s,
+                    status=status,
+                    error=error,
+                    prompt_tokens=prompt * share,
+                    cached_tokens=cached * share,
+                    completion_tokens=completion * share,
+                    share=share,
+                )
+            )
+
+
+def _request_limiter(rate_per_s: float | None) -> AsyncLimiter | None:
+    if rate_per_s is None:
+        return None
+    # aiolimiter's bucket holds max_rate; it must hold at least one request.
+    bucket = max(rate_per_s, 1.0)
+    return AsyncLimiter(bucket, bucket / rate_per_s)
+
+
+def _usage(result: Any) -> tuple[float, float, float]:
+    """OpenAI-style usage: prompt, cached prompt and completion tokens (0 when absent)."""
+    usage = result.get("usage") if isinstance(result, dict) else None
+    if not isinstance(usage, dict):
+        return 0.0, 0.0, 0.0
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return (
+        _number(usage.get("prompt_tokens")),
+        _number(cached),
+        _number(usage.get("completion_tokens")),
+    )
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return 0.0
+
+
+def _server_message(raw: bytes) -> str:
+    """The error message of a vLLM/OpenAI error body, else the start of the body."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        error = doc.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        if isinstance(doc.get("message"), str):
+            return str(doc["message"])
+    return _excerpt(raw) or "(empty body)"
+
+
+def _excerpt(raw: bytes) -> str:
+    return raw[: _MESSAGE_FALLBACK_CHARS * 4].decode("utf-8", errors="replace")[
+        :_MESSAGE_FALLBACK_CHARS
+    ]
+
+
+def _parse_retry_after(value: str) -> float | None:
+    """Retry-After as delay-seconds or an HTTP-date (RFC 9110 10.2.3); None if unreadable."""
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _counters(stats: TransportStatistics) -> dict[str, int]:
+    return {
+        "requests": stats.requests,
+        "attempts": stats.attempts,
+        "retries": stats.retries,
+        "failures": stats.failures,
+        "peak_in_flight": stats.peak_in_flight,
+    }

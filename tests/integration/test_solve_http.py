@@ -1,0 +1,189 @@
+"""`solve` and `solve_many` over real HTTP against the simulated vLLM-shaped server."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from asynctts import (
+    BestOfN,
+    ConfigError,
+    Endpoint,
+    EndpointUnreachable,
+    MajorityVote,
+    ModelNotFound,
+    PromptTooLong,
+    Solver,
+    solve,
+    solve_many,
+)
+from asynctts.answers import normalize
+from asynctts.testing import LatencyModel, SimProblem, SimulatedServer
+
+POLICY_FORMAT = "{system}\n\nProblem: {problem}\n\nSolution:\n"
+PRM_FORMAT = "Problem: {problem}\n\nSolution:\n{solution}"
+
+
+def policy_of(server: SimulatedServer, **kw: Any) -> Endpoint:
+    return Endpoint(base_url=server.base_url, model="sim-policy", prompt_format=POLICY_FORMAT, **kw)
+
+
+def prm_of(server: SimulatedServer, **kw: Any) -> Endpoint:
+    return Endpoint(base_url=server.base_url, model="sim-prm", prompt_format=PRM_FORMAT, **kw)
+
+
+@pytest.fixture
+def problems(math500: list[dict[str, Any]]) -> dict[str, SimProblem]:
+    return {r["problem"]: SimProblem(answer=r["answer"], slip_rate=0.0) for r in math500[:40]}
+
+
+@pytest.fixture
+async def server(problems: dict[str, SimProblem]) -> AsyncIterator[SimulatedServer]:
+    async with SimulatedServer(model="sim-policy", prm_model="sim-prm", problems=problems) as s:
+        yield s
+
+
+@pytest.mark.parametrize("strategy", ["majority", "best_of_n", "weighted_best_of_n"])
+@pytest.mark.parametrize("mode", ["completions", "chat"])
+async def test_each_strategy_solves_over_http(
+    server: SimulatedServer, math500: list[dict[str, Any]], strategy: str, mode: str
+) -> None:
+    record = math500[3]
+    sol = await solve(
+        record["problem"],
+        strategy=strategy,
+        n=8,
+        policy=policy_of(server, mode=mode),
+        prm=prm_of(server),
+        seed=1,
+    )
+    assert len(sol.candidates) == 8 and not sol.lost
+    assert all(c.finish.value == "eos" for c in sol.candidates)
+    assert sol.answer == normalize(record["answer"])
+    totals = sol.ledger.totals()
+    assert totals.requests >= 1 and totals.retries == 0 and totals.completion_tokens > 0
+    if strategy != "majority":
+        assert all(len(c.scores) == len(c.steps) for c in sol.candidates)
+        assert totals.prm_tokens > 0
+
+
+async def test_same_seed_same_solution(
+    server: SimulatedServer, problems: dict[str, SimProblem]
+) -> None:
+    problem = next(iter(problems))
+    args: dict[str, Any] = {
+        "strategy": "best_of_n",
+        "n": 4,
+        "policy": policy_of(server),
+        "prm": prm_of(server),
+    }
+    a = await solve(problem, seed=7, **args)
+    b = await solve(problem, seed=7, **args)
+    c = await solve(problem, seed=8, **args)
+    assert [x.text for x in a.candidates] == [x.text for x in b.candidates]
+    assert [x.text for x in a.candidates] != [x.text for x in c.candidates]
+
+
+async def test_two_thousand_branches_concurrently(math500: list[dict[str, Any]]) -> None:
+    problems = {r["problem"]: SimProblem(answer=r["answer"], slip_rate=0.0) for r in math500[:128]}
+    latency = LatencyModel.h200_1b(time_scale=1.0)
+    async with SimulatedServer(
+        model="sim-policy",
+        prm_model="sim-prm",
+        problems=problems,
+        latency=latency,
+        max_num_seqs=4096,
+    ) as server:
+        policy = policy_of(server, max_in_flight=4096)
+        prm = prm_of(server, max_in_flight=512)
+        solutions = [
+            s
+            async for s in solve_many(
+                [(str(i), p) for i, p in enumerate(problems)],
+                strategy=BestOfN(per_request=1),
+                n=16,
+                policy=policy,
+                prm=prm,
+                seed=0,
+                max_problems_in_flight=128,
+            )
+        ]
+        stats = server.stats
+    assert len(solutions) == 128
+    by_id = {s.problem_id: s for s in solutions}
+    assert sorted(by_id, key=int) == [str(i) for i in range(128)]
+    answers = list(problems.values())
+    for i, answer in enumerate(answers):
+        sol = by_id[str(i)]
+        assert sol.ok and not sol.lost and len(sol.candidates) == 16
+        assert sol.answer == normalize(answer.answer)
+    assert stats.peak_concurrent >= 2000
+    policy_attempts = [a for s in solutions for a in s.ledger.attempts if a.endpoint == "policy"]
+    assert len(policy_attempts) == stats.routes["/v1/completions"] == 128 * 16
+    assert (
+        sum(s.ledger.totals().completion_tokens for s in solutions)
+        == (stats.completion_tokens["/v1/completions"])
+    )
+    total_prm_tokens = sum(s.ledger.totals().prm_tokens for s in solutions)
+    assert total_prm_tokens == pytest.approx(stats.prompt_tokens["/pooling"])
+
+
+async def test_unreachable_endpoint_is_a_clear_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    policy = Endpoint(
+        base_url=f"http://127.0.0.1:{port}/v1",
+        model="m",
+        prompt_format=POLICY_FORMAT,
+        max_attempts=2,
+    )
+    with pytest.raises(EndpointUnreachable, match=f"127.0.0.1:{port}"):
+        await solve("1+1?", strategy="majority", n=1, policy=policy)
+
+
+async def test_wrong_model_name_is_a_clear_error(server: SimulatedServer) -> None:
+    policy = Endpoint(base_url=server.base_url, model="nope", prompt_format=POLICY_FORMAT)
+    with pytest.raises(ModelNotFound, match=r"'nope'.*sim-policy"):
+        await solve("1+1?", strategy="majority", n=1, policy=policy)
+
+
+async def test_prompt_over_context_is_a_clear_error(problems: dict[str, SimProblem]) -> None:
+    async with SimulatedServer(model="sim-policy", problems=problems, max_model_len=64) as s:
+        with pytest.raises(PromptTooLong, match="maximum context length is 64"):
+            await solve("word " * 100, strategy="majority", n=2, policy=policy_of(s))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"strategy": "nope", "n": 4}, "unknown strategy 'nope'"),
+        ({"strategy": "majority", "n": 0}, "n=0: the budget must be >= 1"),
+        ({"strategy": "majority", "n": "4"}, "n must be an int"),
+        ({"strategy": "best_of_n", "n": 4}, "'best_of_n' needs a PRM endpoint"),
+    ],
+)
+async def test_bad_arguments_fail_before_any_request(
+    server: SimulatedServer, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        await solve("1+1?", policy=policy_of(server), **kwargs)
+    assert sum(server.stats.routes.values()) == 0
+
+
+async def test_empty_problem_is_rejected(server: SimulatedServer) -> None:
+    with pytest.raises(ConfigError, match="problem is empty"):
+        await solve("  \n", strategy="majority", n=1, policy=policy_of(server))
+
+
+async def test_solver_shares_connections_across_solves(
+    server: SimulatedServer, problems: dict[str, SimProblem]
+) -> None:
+    async with Solver(policy=policy_of(server), prm=prm_of(server)) as solver:
+        for problem in list(problems)[:3]:
+            sol = await solver.solve(problem, strategy=MajorityVote(), n=2, seed=0)
+            assert sol.answer == normalize(problems[problem].answer)
+    assert server.stats.routes["/v1/models"] == 2
