@@ -1,10 +1,10 @@
 """asynctts: test-time compute scaling for math over OpenAI-compatible endpoints.
 
-    from asynctts import Endpoint, solve
-    policy = Endpoint(base_url="http://127.0.0.1:8000/v1", model="meta-llama/Llama-3.2-1B-Instruct")
-    prm = Endpoint(base_url="http://127.0.0.1:8001/v1", model="Qwen/Qwen2.5-Math-PRM-7B")
-    sol = await solve("What is 1+1?", strategy="weighted_best_of_n", n=16,
-                      policy=policy, prm=prm, seed=0)
+from asynctts import Endpoint, solve
+policy = Endpoint(base_url="http://127.0.0.1:8000/v1", model="meta-llama/Llama-3.2-1B-Instruct")
+prm = Endpoint(base_url="http://127.0.0.1:8001/v1", model="Qwen/Qwen2.5-Math-PRM-7B")
+sol = await solve("What is 1+1?", strategy="weighted_best_of_n", n=16,
+                  policy=policy, prm=prm, seed=0)
 """
 
 from asynctts.api import STRATEGIES, Solver, solve, solve_many
@@ -31,17 +31,21 @@ from asynctts.errors import (
 from asynctts.ledger import Attempt, Ledger, Usage
 from asynctts.logs import configure_logging
 from asynctts.protocols import Finish, GenerateSteps, Path, ScoreSteps
+from asynctts.search.beam_search import BeamSearch
 from asynctts.search.best_of_n import BestOfN
+from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 from asynctts.solution import Candidate, LostBranch, Solution, Votes
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
+    "DVTS",
     "STRATEGIES",
     "AsyncttsError",
     "Attempt",
     "BadResponse",
+    "BeamSearch",
     "BestOfN",
     "BranchLost",
     "Candidate",

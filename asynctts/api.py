@@ -19,6 +19,7 @@ from asynctts.backends.prm import LogprobPRM, PoolingPRM
 from asynctts.endpoint import Endpoint
 from asynctts.equivalence import Equivalence
 from asynctts.errors import (
+    AsyncttsError,
     BadResponse,
     BranchLost,
     ConfigError,
@@ -33,7 +34,9 @@ from asynctts.errors import (
 from asynctts.ledger import Ledger
 from asynctts.logs import ensure_logging
 from asynctts.protocols import GenerateSteps, Path, ScoreSteps
+from asynctts.search.beam_search import BeamSearch
 from asynctts.search.best_of_n import BestOfN
+from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
 from asynctts.search.strategy import Strategy
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
@@ -43,8 +46,10 @@ from asynctts.transport import Transport
 log = structlog.get_logger("asynctts.api")
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (MajorityVote, BestOfN, WeightedBestOfN)
+    cls.name: cls for cls in (MajorityVote, BestOfN, WeightedBestOfN, BeamSearch, DVTS)
 }
+
+ScoringClient = PoolingPRM | LogprobPRM
 
 ProblemItem = str | tuple[str, str] | Mapping[str, Any]
 
@@ -101,9 +106,14 @@ async def run_search(
     ledger.start()
     try:
         results = await strategy.run(Path(), n, generate, score)
+    except BaseExceptionGroup as group:
+        first = _first_of(group)
+        if first is group:
+            raise
+        raise first from None  # its own traceback still shows where it was raised
     finally:
         ledger.stop()
-    rows, lost = collect(results, strategy.aggregate)  # type: ignore[arg-type]
+    rows, lost = collect(results, strategy.aggregate)
     if not rows:
         raise SolveFailed(problem_id, [r for r in results if isinstance(r, BranchLost)])
     groups = await equivalence.group([answer for _, _, answer, _ in rows])
@@ -131,6 +141,21 @@ async def run_search(
         lost=tuple(lost),
         ledger=ledger,
     )
+
+
+def _first_of(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Strategies run branches in TaskGroups; a problem-level error (PromptTooLong, a bad PRM
+    response shape, ...) reaches the caller as itself rather than wrapped in a group."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        current = pending.pop(0)
+        if isinstance(current, BaseExceptionGroup):
+            pending[:0] = current.exceptions
+        else:
+            leaves.append(current)
+    errors = [e for e in leaves if isinstance(e, AsyncttsError)]
+    return errors[0] if errors and len(errors) == len(leaves) else group
 
 
 class Solver:
@@ -164,7 +189,7 @@ class Solver:
         self._equivalence = equivalence
         self._stack = AsyncExitStack()
         self._generator: PolicyClient | None = None
-        self._scorer: PoolingPRM | LogprobPRM | None = None
+        self._scorer: ScoringClient | None = None
         self._groups: Equivalence | None = None
 
     async def __aenter__(self) -> Solver:
@@ -190,14 +215,19 @@ class Solver:
         prm_transport = None
         if self.prm is not None:
             prm_transport = await stack.enter_async_context(Transport(self.prm, name="prm"))
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(_check_model(policy_transport, self.policy))
-            if prm_transport is not None and self.prm is not None:
-                tg.create_task(_check_model(prm_transport, self.prm))
-        self._generator = PolicyClient(self.policy, policy_transport, sampling=self.sampling)
+        checks = [_check_model(policy_transport, self.policy)]
+        if prm_transport is not None and self.prm is not None:
+            checks.append(_check_model(prm_transport, self.prm))
+        # both checks run to the end; the first error is raised as itself, not in a group
+        for outcome in await asyncio.gather(*checks, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        # clients may load a tokenizer (disk or hub): keep that off the event loop
+        self._generator = await asyncio.to_thread(
+            PolicyClient, self.policy, policy_transport, sampling=self.sampling
+        )
         if self.prm is not None and prm_transport is not None:
-            scorer_type = PoolingPRM if self.prm.scoring == "pooling" else LogprobPRM
-            scorer = scorer_type(self.prm, prm_transport)
+            scorer = await asyncio.to_thread(_scorer_for, self.prm, prm_transport)
             stack.push_async_callback(scorer.aclose)
             self._scorer = scorer
         if self._equivalence is None:
@@ -357,6 +387,12 @@ def _as_item(index: int, item: ProblemItem) -> tuple[str, str]:
     )
 
 
+def _scorer_for(endpoint: Endpoint, transport: Transport) -> ScoringClient:
+    if endpoint.scoring == "pooling":
+        return PoolingPRM(endpoint, transport)
+    return LogprobPRM(endpoint, transport)
+
+
 async def _check_model(transport: Transport, endpoint: Endpoint) -> None:
     try:
         listing = await transport.get_json("/v1/models")
@@ -426,6 +462,3 @@ async def solve_many(
             max_problems_in_flight=max_problems_in_flight,
         ):
             yield solution
-
-
-

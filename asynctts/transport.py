@@ -54,10 +54,9 @@ from asynctts.errors import (
 )
 from asynctts.ledger import Attempt, Charge
 
-__all__ = ["Transport", "TransportStatistics"]
+__all__ = ["FifoLimiter", "Transport", "TransportStatistics"]
 
-_logger = structlog.get_logger("asynctts.transport")
-
+_LOGGER_NAME: Final = "asynctts.transport"
 KEEPALIVE_TIMEOUT_S: Final = 4.0  # below vLLM's 5 s keep-alive (DESIGN.md section 8)
 BACKOFF_BASE_S: Final = 0.5
 BACKOFF_CAP_S: Final = 30.0
@@ -118,9 +117,9 @@ class _Gate:
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
+            if not waiter.cancelled():
                 self.release()  # the slot was handed to us as we were cancelled: pass it on
-            else:
+            elif waiter in self._waiters:  # `_wake` may have dropped it already
                 self._waiters.remove(waiter)
             raise
 
@@ -140,8 +139,30 @@ class _Gate:
     def _wake(self) -> None:
         while self._waiters and self.in_use < self.limit:
             waiter = self._waiters.popleft()
-            self._hold()
-            waiter.set_result(None)
+            if not waiter.done():  # skip waiters cancelled before their task ran
+                self._hold()
+                waiter.set_result(None)
+
+
+class FifoLimiter:
+    """aiolimiter's leaky bucket, admitting strictly first come, first served.
+
+    aiolimiter wakes its waiters smallest amount first, so under a steady flood of small
+    requests a large one waits until the flood ends (DESIGN.md section 8;
+    benchmarks/rate_limiters.py measures it). Here one waiter at a time queues at the bucket,
+    behind an `asyncio.Lock` (itself FIFO), so nobody is served before an earlier arrival.
+    Amounts above the bucket's size are clamped to it: the request then waits for a full bucket.
+    """
+
+    __slots__ = ("_bucket", "_turn")
+
+    def __init__(self, max_rate: float, time_period: float = 60.0) -> None:
+        self._bucket = AsyncLimiter(max_rate, time_period)
+        self._turn = asyncio.Lock()
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        async with self._turn:
+            await self._bucket.acquire(min(amount, self._bucket.max_rate))
 
 
 def _is_transient(error: BaseException) -> bool:
@@ -180,16 +201,15 @@ class Transport:
         self._rng = rng if rng is not None else random.Random()
         self._state = _State.UNOPENED
         self._session: aiohttp.ClientSession | None = None
-        self._log: Any = _logger
+        self._log: Any = structlog.get_logger(_LOGGER_NAME)
         self._urls: dict[str, URL] = {}
         self._gate = _Gate(endpoint.max_in_flight)
         self._stop = stop_after_attempt(endpoint.max_attempts)
         self._paused_until = 0.0  # clock() time before which no request is admitted
         self._request_limiter = _request_limiter(endpoint.rate_per_s)
         self._token_limiter = (
-            AsyncLimiter(endpoint.tokens_per_min, 60.0) if endpoint.tokens_per_min else None
+            FifoLimiter(endpoint.tokens_per_min, 60.0) if endpoint.tokens_per_min else None
         )
-        self._token_turn = asyncio.Lock()  # FIFO: a large request is not starved by small ones
         self._rate_limited = self._request_limiter is not None or self._token_limiter is not None
         self._waiting = 0
         self._requests = 0
@@ -227,7 +247,9 @@ class Transport:
             headers={"Authorization": f"Bearer {key}"} if key else None,
         )
         self._state = _State.OPEN
-        self._log = _logger.bind(endpoint=self._name, url=self._url)
+        # A fresh logger at open: it follows the logging configuration of that moment, even
+        # when structlog caches loggers on first use.
+        self._log = structlog.get_logger(_LOGGER_NAME).bind(endpoint=self._name, url=self._url)
         self._log.info(
             "transport open",
             max_in_flight=endpoint.max_in_flight,
@@ -347,10 +369,45 @@ class Transport:
                 raise ValueError(f"route {route!r} for {self._url}: must start with '/'")
             url = self._urls[route] = URL(self._url + route)
         self._requests += 1
-        attempt = 0
+        try:
+            # The first attempt runs without tenacity: building a retrying object per call
+            # costs ~40 us and leaves reference cycles for the garbage collector, which at
+            # thousands of requests in flight halved throughput (benchmarks/transport_overhead.py).
+            result = await self._attempt(
+                method, route, url, data, headers, charges, tokens_hint, 1, expect
+            )
+        except TransportError as error:
+            if not error.transient or self._endpoint.max_attempts == 1:
+                self._fail(route, 1, error)
+                raise
+            result = await self._retry(
+                error, method, route, url, data, headers, charges, tokens_hint, expect
+            )
+        else:
+            self._log.debug("request done", route=route, attempts=1)
+        return result
+
+    async def _retry(
+        self,
+        first_error: TransportError,
+        method: str,
+        route: str,
+        url: URL,
+        data: bytes | None,
+        headers: Mapping[str, str] | None,
+        charges: Sequence[Charge],
+        tokens_hint: int,
+        expect: int,
+    ) -> Any:
+        """Attempts 2..max_attempts after a transient first failure, under tenacity."""
+        pending: TransportError | None = first_error
+        attempt = 1
 
         async def once() -> Any:
-            nonlocal attempt
+            nonlocal attempt, pending
+            if pending is not None:  # tenacity's first attempt is the one already made
+                error, pending = pending, None
+                raise error
             attempt += 1
             return await self._attempt(
                 method, route, url, data, headers, charges, tokens_hint, attempt, expect
@@ -368,11 +425,14 @@ class Transport:
         try:
             result: Any = await retrying(once)
         except TransportError as error:
-            self._failures += 1
-            self._log.debug("request failed", route=route, attempts=attempt, error=str(error))
+            self._fail(route, attempt, error)
             raise
         self._log.debug("request done", route=route, attempts=attempt)
         return result
+
+    def _fail(self, route: str, attempts: int, error: TransportError) -> None:
+        self._failures += 1
+        self._log.debug("request failed", route=route, attempts=attempts, error=str(error))
 
     async def _attempt(
         self,
@@ -386,14 +446,14 @@ class Transport:
         attempt: int,
         expect: int,
     ) -> Any:
-        session = self._session
-        if session is None:
-            raise RuntimeError(
-                f"Transport {self._name} for {self._url} is {self._state.value}: "
-                "use it inside `async with`"
-            )
+        if self._session is None:
+            raise self._not_open()
         if self._paused_until or self._rate_limited or not self._gate.try_take():
             await self._admit(tokens_hint)
+        session = self._session
+        if session is None:  # closed while this request waited
+            self._gate.release()
+            raise self._not_open()
         self._attempts += 1
         if attempt > 1:
             self._retries += 1
@@ -406,8 +466,8 @@ class Transport:
                     async with session.request(method, url, data=data, headers=headers) as reply:
                         status = reply.status
                         raw = await reply.read()
-                        if status == 429 or status == 503:
-                            retry_after = reply.headers.get("Retry-After")
+                    if status == 429 or status == 503:
+                        retry_after = reply.headers.get("Retry-After")
                 finally:
                     self._gate.release()
             # TimeoutError first: aiohttp's timeout errors are also connection errors.
@@ -430,19 +490,23 @@ class Transport:
             else:
                 raise self._status_error(route, status, raw, retry_after)
         except TransportError as error:
-            if charges:
-                self._record(charges, route, attempt, start_s, status, _describe(error), None)
+            self._record(charges, route, attempt, start_s, status, _describe(error), None)
             retry_after_s = getattr(error, "retry_after_s", None)
             if retry_after_s is not None:
                 self._pause(retry_after_s)
             raise
         except asyncio.CancelledError:
-            if charges:
-                self._record(charges, route, attempt, start_s, status, "CancelledError", None)
+            self._record(charges, route, attempt, start_s, status, "CancelledError", None)
             raise
         if charges:
             self._record(charges, route, attempt, start_s, status, None, result)
         return result
+
+    def _not_open(self) -> RuntimeError:
+        return RuntimeError(
+            f"Transport {self._name} for {self._url} is {self._state.value}: "
+            "use it inside `async with`"
+        )
 
     async def _admit(self, tokens_hint: int) -> None:
         """Wait for the pause, the rates and a slot; return holding a slot."""
@@ -451,10 +515,7 @@ class Transport:
             if self._request_limiter is not None:
                 await self._request_limiter.acquire()
             if self._token_limiter is not None and tokens_hint > 0:
-                async with self._token_turn:
-                    await self._token_limiter.acquire(
-                        min(tokens_hint, self._token_limiter.max_rate)
-                    )
+                await self._token_limiter.acquire(tokens_hint)
             while True:
                 honoured = await self._wait_out_pause()
                 await self._gate.take()

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from asynctts.errors import BranchLost
 from asynctts.protocols import GenerateSteps, Path, ScoreSteps
+from asynctts.search.aggregate import AggregateName
 from asynctts.search.sampling import sample_solutions
 from asynctts.search.strategy import Selection
 
@@ -30,8 +31,8 @@ class MajorityVote:
             raise ValueError(f"per_request={self.per_request}: need >= 1")
 
     @property
-    def aggregate(self) -> str:
-        return "last"
+    def aggregate(self) -> AggregateName:
+        return "last"  # unused: majority has no scores
 
     def check_budget(self, n: int) -> None:
         return None

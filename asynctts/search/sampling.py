@@ -48,9 +48,5 @@ async def score_each(
         return scored
 
     async with asyncio.TaskGroup() as tg:
-        tasks = [
-            tg.create_task(kept(one(r))) if isinstance(r, Path) else None for r in results
-        ]
-    return [
-        r if task is None else task.result() for r, task in zip(results, tasks, strict=True)
-    ]
+        tasks = [tg.create_task(kept(one(r))) if isinstance(r, Path) else None for r in results]
+    return [r if task is None else task.result() for r, task in zip(results, tasks, strict=True)]

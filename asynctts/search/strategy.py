@@ -6,6 +6,7 @@ from typing import ClassVar, Literal, Protocol
 
 from asynctts.errors import BranchLost
 from asynctts.protocols import GenerateSteps, Path, ScoreSteps
+from asynctts.search.aggregate import AggregateName
 
 # How the final answer is chosen among the finished paths: the most frequent answer, the
 # answer of the highest-valued path, or the answer group with the largest summed value.
@@ -18,7 +19,7 @@ class Strategy(Protocol):
     selection: ClassVar[Selection]
 
     @property
-    def aggregate(self) -> str: ...
+    def aggregate(self) -> AggregateName: ...
 
     def check_budget(self, n: int) -> None:
         """Raise ValueError when this strategy cannot use budget `n`."""

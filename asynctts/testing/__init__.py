@@ -1,0 +1,55 @@
+"""Test helpers for asynctts and for applications built on it.
+
+- `FakePolicy`, `FakePRM`: in-memory implementations of the two protocols.
+- `SimulatedServer`: a real HTTP server on 127.0.0.1 that speaks vLLM's OpenAI-compatible
+  wire format, with a deterministic step-by-step model, a PRM, a continuous-batching latency
+  model and fault injection.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from asynctts.testing.fakes import FakePolicy, FakePRM
+    from asynctts.testing.server import (
+        Fault,
+        LatencyModel,
+        RequestRecord,
+        SimProblem,
+        SimStats,
+        SimulatedServer,
+        load_problems,
+    )
+
+_EXPORTS = {
+    "FakePolicy": "asynctts.testing.fakes",
+    "FakePRM": "asynctts.testing.fakes",
+    "Fault": "asynctts.testing.server",
+    "LatencyModel": "asynctts.testing.server",
+    "RequestRecord": "asynctts.testing.server",
+    "SimProblem": "asynctts.testing.server",
+    "SimStats": "asynctts.testing.server",
+    "SimulatedServer": "asynctts.testing.server",
+    "load_problems": "asynctts.testing.server",
+}
+
+__all__ = [
+    "FakePRM",
+    "FakePolicy",
+    "Fault",
+    "LatencyModel",
+    "RequestRecord",
+    "SimProblem",
+    "SimStats",
+    "SimulatedServer",
+    "load_problems",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # imported lazily so `python -m asynctts.testing.server` does not import itself twice
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'asynctts.testing' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -51,7 +51,8 @@ class FakePolicy:
     `step_fn` sees the child being built (its key is final, its steps grow) and an RNG seeded
     by (seed, child key), so a child's text depends only on its place in the tree.
     `fail(path)` -> True makes the call for `path` raise `BranchLost`. With `to_end`,
-    steps are drawn until one does not end in STEP (at most `max_steps`).
+    steps are drawn until one does not end in STEP (at most `max_steps`, then the child
+    is cut: LENGTH).
     """
 
     def __init__(
@@ -94,6 +95,8 @@ class FakePolicy:
             current = path.extend(index, steps, finish)
             if finish is not Finish.STEP:
                 break
+        if to_end and not current.done:  # out of steps: cut, as max_tokens would
+            current = path.extend(index, steps, Finish.LENGTH)
         return current
 
 

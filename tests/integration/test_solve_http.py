@@ -89,7 +89,8 @@ async def test_same_seed_same_solution(
 
 async def test_two_thousand_branches_concurrently(math500: list[dict[str, Any]]) -> None:
     problems = {r["problem"]: SimProblem(answer=r["answer"], slip_rate=0.0) for r in math500[:128]}
-    latency = LatencyModel.h200_1b(time_scale=1.0)
+    # every request is held ~1.5 s (50 tokens x 30 ms), so all 2,048 are in flight at once
+    latency = LatencyModel.constant(0.03)
     async with SimulatedServer(
         model="sim-policy",
         prm_model="sim-prm",

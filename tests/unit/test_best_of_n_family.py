@@ -4,7 +4,7 @@ exact answers, ties, equivalent answer forms, lost branches and the n = 1..N cur
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -21,12 +21,6 @@ from asynctts.search.strategy import Strategy
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 from asynctts.solution import Solution
 from asynctts.testing.fakes import FakePolicy, FakePRM
-
-
-@pytest.fixture(scope="module")
-async def equivalence() -> AsyncIterator[Equivalence]:
-    async with Equivalence() as eq:
-        yield eq
 
 
 def sample_index(path: Path, per_request: int) -> int:

@@ -1,0 +1,339 @@
+"""Step generation over an OpenAI-compatible endpoint (vLLM's /v1/completions or
+/v1/chat/completions): the k children of a path come from one request with `n=k`.
+
+Rules:
+- `encode_*` and `decode_*` are pure (sans-I/O) and tested on JSON fixtures; `PolicyClient` only
+  renders, calls `transport.post_json` and maps failures.
+- Finish mapping (search-and-learn mapped a missing stop reason to EOS, so truncation looked like
+  a finish; here every case is explicit):
+  "length" -> LENGTH; "stop" with stop_reason == delimiter -> STEP; "stop" with stop_reason null
+  (or a stop token id) -> EOS. Servers that send no `stop_reason` key at all cannot tell a step
+  boundary from EOS: "stop" is then taken as STEP (the delimiter appended if missing), and a
+  solution that had ended yields an empty next step, which ends it. New text that is empty or
+  whitespace -> EMPTY, with no step added (nothing to score).
+- Seeds: the request for children [offset, offset + m) of a path carries
+  `derive_seed(...) + offset`. vLLM gives child j of a request `seed + j`, so children draw the
+  same seeds however `k` is split across requests.
+- A failed request loses the branch (`BranchLost`), except that a prompt over the context
+  length is an honest truncation of a partial solution (LENGTH children) and, at the root,
+  means the problem itself does not fit (`PromptTooLong`). Cancellation always propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from asynctts.backends.context import PostJson, ProblemContext, Sampling, derive_seed
+from asynctts.backends.templates import PolicyPrompt, chat_fields
+from asynctts.endpoint import Endpoint
+from asynctts.errors import (
+    AsyncttsError,
+    BadResponse,
+    BranchLost,
+    ConfigError,
+    ContextLengthExceeded,
+    PromptTooLong,
+    TransportError,
+    format_key,
+)
+from asynctts.ledger import Charge
+from asynctts.protocols import STEP_DELIMITER, Finish, Path
+
+COMPLETIONS_ROUTE = "/v1/completions"
+CHAT_ROUTE = "/v1/chat/completions"
+
+log = structlog.get_logger("asynctts.backends.policy")
+
+NewSteps = tuple[tuple[str, ...], Finish]
+
+
+def sampling_fields(
+    sampling: Sampling, *, n: int, delimiter: str, to_end: bool, seed: int | None
+) -> dict[str, Any]:
+    """The sampling part of a request body, shared by both modes."""
+    body: dict[str, Any] = {
+        "n": n,
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+    }
+    if not to_end:
+        body["stop"] = [delimiter]
+    body["include_stop_str_in_output"] = True
+    if seed is not None:
+        body["seed"] = seed
+    return body
+
+
+def encode_completions(
+    *,
+    model: str,
+    prompt: str,
+    sampling: Sampling,
+    n: int,
+    delimiter: str = STEP_DELIMITER,
+    to_end: bool = False,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """The body of POST /v1/completions."""
+    return {
+        "model": model,
+        "prompt": prompt,
+        **sampling_fields(sampling, n=n, delimiter=delimiter, to_end=to_end, seed=seed),
+    }
+
+
+def encode_chat(
+    *,
+    model: str,
+    problem: str,
+    system: str | None,
+    partial: str,
+    sampling: Sampling,
+    n: int,
+    delimiter: str = STEP_DELIMITER,
+    to_end: bool = False,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """The body of POST /v1/chat/completions (vLLM reads the extra fields at top level)."""
+    return {
+        "model": model,
+        **chat_fields(problem, system, partial),
+        **sampling_fields(sampling, n=n, delimiter=delimiter, to_end=to_end, seed=seed),
+    }
+
+
+def split_steps(text: str, delimiter: str = STEP_DELIMITER) -> tuple[str, ...]:
+    """Split generated text into steps that keep their delimiter: "a\\n\\nb\\n\\nc" ->
+    ("a\\n\\n", "b\\n\\n", "c"). Whitespace-only pieces join their neighbour, so no step is
+    empty and the steps concatenate back to `text`; all-whitespace text has no steps."""
+    parts = text.split(delimiter)
+    pieces = [part + delimiter for part in parts[:-1]]
+    if parts[-1]:
+        pieces.append(parts[-1])
+    steps: list[str] = []
+    pending = ""
+    for piece in pieces:
+        if piece.strip():
+            steps.append(pending + piece)
+            pending = ""
+        elif steps:
+            steps[-1] += piece
+        else:
+            pending += piece
+    return tuple(steps)
+
+
+def decode_choices(
+    response: Mapping[str, Any],
+    *,
+    n: int,
+    route: str,
+    delimiter: str = STEP_DELIMITER,
+    to_end: bool = False,
+) -> list[NewSteps]:
+    """The new steps and finish of each choice, in index order.
+
+    Raises:
+        BadResponse: the response does not hold `n` well-formed choices (names the field).
+    """
+    choices = response.get("choices")
+    if not isinstance(choices, list):
+        raise BadResponse(f"{route}: 'choices' is {_kind(choices)}, expected a list")
+    if len(choices) != n:
+        raise BadResponse(f"{route}: {len(choices)} choices for n={n}")
+    ordered: list[Mapping[str, Any] | None] = [None] * n
+    for position, choice in enumerate(choices):
+        if not isinstance(choice, Mapping):
+            raise BadResponse(f"{route}: choices[{position}] is {_kind(choice)}, not an object")
+        index = choice.get("index", position)
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
+            raise BadResponse(f"{route}: choices[{position}].index is {index!r}, need 0..{n - 1}")
+        if ordered[index] is not None:
+            raise BadResponse(f"{route}: choices[{position}].index {index} is repeated")
+        ordered[index] = choice
+    return [
+        _decode_choice(choice, i, route=route, delimiter=delimiter, to_end=to_end)
+        for i, choice in enumerate(ordered)
+        if choice is not None
+    ]
+
+
+def _decode_choice(
+    choice: Mapping[str, Any], index: int, *, route: str, delimiter: str, to_end: bool
+) -> NewSteps:
+    text = _choice_text(choice, index, route)
+    reason = choice.get("finish_reason")
+    if reason == "length":
+        finish = Finish.LENGTH
+    elif reason != "stop":
+        raise BadResponse(
+            f"{route}: choices[{index}].finish_reason is {reason!r}, expected 'stop' or 'length'"
+        )
+    elif to_end:
+        # No stop string was sent: "stop" can only be the end of the solution.
+        finish = Finish.EOS
+    elif "stop_reason" not in choice:
+        finish = Finish.STEP  # a server without vLLM's stop_reason: see the module docstring
+    else:
+        stop_reason = choice["stop_reason"]
+        if stop_reason == delimiter:
+            finish = Finish.STEP
+        elif stop_reason is None or isinstance(stop_reason, int):
+            finish = Finish.EOS  # null at EOS; a token id when another stop token fired
+        else:
+            raise BadResponse(
+                f"{route}: choices[{index}].stop_reason is {stop_reason!r}, expected "
+                f"{delimiter!r}, null or a token id"
+            )
+    if not text.strip():
+        return (), Finish.EMPTY
+    if finish is Finish.STEP and not text.endswith(delimiter):
+        text += delimiter  # a server that dropped the stop string despite the request
+    if to_end:
+        return split_steps(text, delimiter), finish
+    return (text,), finish
+
+
+def _choice_text(choice: Mapping[str, Any], index: int, route: str) -> str:
+    if "message" in choice:
+        message = choice["message"]
+        if not isinstance(message, Mapping):
+            raise BadResponse(f"{route}: choices[{index}].message is {_kind(message)}")
+        text = message.get("content")
+        if text is None:
+            return ""  # OpenAI sends null content for an empty message
+        field = "message.content"
+    else:
+        text = choice.get("text")
+        field = "text"
+    if not isinstance(text, str):
+        raise BadResponse(f"{route}: choices[{index}].{field} is {_kind(text)}, expected a string")
+    return text
+
+
+def _kind(value: object) -> str:
+    return "missing" if value is None else type(value).__name__
+
+
+class PolicyClient:
+    """Step generation for one policy endpoint (implements `GenerateSteps` once bound to a
+    problem's `ProblemContext`)."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        transport: PostJson,
+        *,
+        sampling: Sampling,
+        delimiter: str = STEP_DELIMITER,
+    ) -> None:
+        if not delimiter:
+            raise ConfigError("PolicyClient delimiter is empty: steps need a delimiter")
+        self._endpoint = endpoint
+        self._transport = transport
+        self._sampling = sampling
+        self._delimiter = delimiter
+        # Completions mode renders the template here, so a missing tokenizer fails at
+        # construction, before any request.
+        self._prompt = (
+            PolicyPrompt.for_endpoint(endpoint) if endpoint.mode == "completions" else None
+        )
+
+    async def generate(
+        self, ctx: ProblemContext, path: Path, k: int, *, to_end: bool = False
+    ) -> list[Path]:
+        """The `k` children of `path` in index order (child i has key `path.key + (i,)`).
+
+        Raises:
+            PromptTooLong: the problem's prompt alone exceeds the endpoint's context.
+            BranchLost: a request failed for good.
+        """
+        if k < 1:
+            raise ValueError(f"k={k}: need >= 1")
+        seed = None if ctx.seed is None else derive_seed(ctx.seed, ctx.problem_id, path.key)
+        per_request = self._endpoint.max_n_per_request
+        if k <= per_request:
+            return await self._request(ctx, path, 0, k, seed, to_end)
+        chunks = [(offset, min(per_request, k - offset)) for offset in range(0, k, per_request)]
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._request(ctx, path, offset, n, seed, to_end))
+                    for offset, n in chunks
+                ]
+        except ExceptionGroup as failed:
+            # Every failure here concerns this one branch: report the first, as one request would.
+            if all(isinstance(exc, AsyncttsError) for exc in failed.exceptions):
+                raise failed.exceptions[0] from None
+            raise
+        return [child for task in tasks for child in task.result()]
+
+    async def _request(
+        self,
+        ctx: ProblemContext,
+        path: Path,
+        offset: int,
+        n: int,
+        seed: int | None,
+        to_end: bool,
+    ) -> list[Path]:
+        request_seed = None if seed is None else seed + offset
+        route, body, prompt_chars = self._encode(ctx, path, n, request_seed, to_end)
+        indexes = range(offset, offset + n)
+        charge = Charge(ctx.ledger, tuple(format_key((*path.key, i)) for i in indexes))
+        try:
+            response = await self._transport.post_json(
+                route,
+                body,
+                charges=(charge,),
+                tokens_hint=prompt_chars // 4 + n * self._sampling.max_tokens,
+            )
+            decoded = decode_choices(
+                response, n=n, route=route, delimiter=self._delimiter, to_end=to_end
+            )
+        except ContextLengthExceeded as exc:
+            if not path.steps:
+                raise PromptTooLong(self._endpoint.base_url, str(exc)) from exc
+            log.info(
+                "context_full",
+                problem_id=ctx.problem_id,
+                branch=format_key(path.key),
+                steps=len(path.steps),
+            )
+            return [path.extend(i, (), Finish.LENGTH) for i in indexes]
+        except TransportError as exc:
+            raise BranchLost(path.key, "generating", exc) from exc
+        return [
+            path.extend(i, steps, finish)
+            for i, (steps, finish) in zip(indexes, decoded, strict=True)
+        ]
+
+    def _encode(
+        self, ctx: ProblemContext, path: Path, n: int, seed: int | None, to_end: bool
+    ) -> tuple[str, dict[str, Any], int]:
+        common: dict[str, Any] = {
+            "sampling": self._sampling,
+            "n": n,
+            "delimiter": self._delimiter,
+            "to_end": to_end,
+            "seed": seed,
+        }
+        partial = path.text
+        if self._prompt is not None:
+            prompt = self._prompt.render(ctx.problem, ctx.system_prompt, partial)
+            body = encode_completions(model=self._endpoint.model, prompt=prompt, **common)
+            return COMPLETIONS_ROUTE, body, len(prompt)
+        body = encode_chat(
+            model=self._endpoint.model,
+            problem=ctx.problem,
+            system=ctx.system_prompt,
+            partial=partial,
+            **common,
+        )
+        chars = len(ctx.problem) + len(ctx.system_prompt or "") + len(partial)
+        return CHAT_ROUTE, body, chars

@@ -1,0 +1,380 @@
+"""Step scoring over a PRM endpoint: vLLM's /pooling (STEP pooling, Qwen2.5-Math-PRM style) or a
+generative PRM read through `prompt_logprobs` (RLHFlow/Llama3.1-8B-PRM-Deepseek-Data style).
+
+Rules:
+- `encode_*` and `decode_*` are pure (sans-I/O) and tested on JSON fixtures; the clients render,
+  coalesce and call `transport.post_json`.
+- Paths from concurrent `score` calls, from any problem, are coalesced into one request
+  (`Coalescer`); each problem's ledger is charged its share of the request's input characters.
+- A response that is wrong for one path (a wrong number of step scores) fails that path only;
+  a response of the wrong shape as a whole fails the batch.
+- Failures reach the caller as `BranchLost(path.key, "scoring", cause)` for the first failed
+  path of the call, after every path of the call has settled.
+- Logprob scores: P("+") / (P("+") + P("-")) at each label position. When "-" is not among the
+  top-K alternatives, P("-") is bounded by the K-th largest probability there: the score is then
+  a lower bound (a conservative estimate). If several alternatives decode to the same label
+  (e.g. "+" and " +"), the most probable is used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from asynctts.backends.coalesce import Coalescer, CoalescerClosed
+from asynctts.backends.context import PostJson, ProblemContext
+from asynctts.backends.templates import (
+    LabelledPrompt,
+    LogprobPrompt,
+    PoolingPrompt,
+    PromptRenderError,
+)
+from asynctts.endpoint import Endpoint
+from asynctts.errors import BadResponse, BranchLost, ConfigError, TransportError, format_key
+from asynctts.ledger import Charge, Ledger
+from asynctts.protocols import STEP_DELIMITER, Path
+
+POOLING_ROUTE = "/pooling"
+COMPLETIONS_ROUTE = "/v1/completions"
+
+Scores = tuple[float, ...]
+# One outcome per item of a batch: its scores, or why the response was wrong for it alone.
+Outcome = Scores | BadResponse
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreJob:
+    """One path to score, rendered, with what its charge and error messages need."""
+
+    ledger: Ledger
+    problem_id: str
+    path: Path
+    prompt: str
+    label_positions: tuple[int, ...] = ()  # logprob PRMs only
+
+    @property
+    def name(self) -> str:
+        return f"branch {format_key(self.path.key)} of problem {self.problem_id}"
+
+
+def coalesced_charges(jobs: Sequence[ScoreJob]) -> list[Charge]:
+    """One charge per problem ledger in the batch: the branches of its paths, and its share of
+    the input characters (the shares sum to 1)."""
+    total = sum(len(job.prompt) for job in jobs)
+    chars: dict[Ledger, int] = {}
+    branches: dict[Ledger, dict[str, None]] = {}
+    for job in jobs:
+        chars[job.ledger] = chars.get(job.ledger, 0) + len(job.prompt)
+        branches.setdefault(job.ledger, {})[format_key(job.path.key)] = None
+    return [
+        Charge(
+            ledger,
+            tuple(branches[ledger]),
+            share=count / total if total else 1 / len(chars),
+        )
+        for ledger, count in chars.items()
+    ]
+
+
+def encode_pooling(model: str, prompts: Sequence[str]) -> dict[str, Any]:
+    return {"model": model, "input": list(prompts)}
+
+
+def decode_pooling(response: Mapping[str, Any], jobs: Sequence[ScoreJob]) -> list[Outcome]:
+    """p_pos of every step-tag row, per job.
+
+    Raises:
+        BadResponse: `data` is not one entry per input with distinct indexes.
+    """
+    rows_by_job = _indexed(response, "data", len(jobs), POOLING_ROUTE)
+    outcomes: list[Outcome] = []
+    for job, item in zip(jobs, rows_by_job, strict=True):
+        rows = item.get("data")
+        steps = len(job.path.steps)
+        if not isinstance(rows, list):
+            outcomes.append(BadResponse(f"{POOLING_ROUTE}: no score rows for {job.name}"))
+        elif len(rows) != steps:
+            outcomes.append(
+                BadResponse(
+                    f"PRM returned {len(rows)} scores for {steps} steps of {job.name} "
+                    "(is the server's step_tag_id the step tag's id?)"
+                )
+            )
+        else:
+            outcomes.append(_pooled_scores(rows, job))
+    return outcomes
+
+
+def _pooled_scores(rows: list[Any], job: ScoreJob) -> Outcome:
+    scores: list[float] = []
+    for step, row in enumerate(rows):
+        if not (isinstance(row, list) and len(row) == 2 and all(map(_is_probability, row))):
+            return BadResponse(
+                f"{POOLING_ROUTE}: step {step} of {job.name} has row {row!r}, "
+                "expected [p_neg, p_pos] probabilities"
+            )
+        scores.append(float(row[1]))
+    return tuple(scores)
+
+
+def _is_probability(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def encode_logprob(model: str, prompts: Sequence[str], *, top_k: int) -> dict[str, Any]:
+    """One prompt as a string, several as a list (vLLM answers one choice per prompt)."""
+    return {
+        "model": model,
+        "prompt": prompts[0] if len(prompts) == 1 else list(prompts),
+        "max_tokens": 1,
+        "temperature": 0,
+        "prompt_logprobs": top_k,
+    }
+
+
+def decode_logprob(
+    response: Mapping[str, Any],
+    jobs: Sequence[ScoreJob],
+    *,
+    top_k: int,
+    labels: tuple[str, str] = ("+", "-"),
+) -> list[Outcome]:
+    """P(good) / (P(good) + P(bad)) at every label position, per job.
+
+    Raises:
+        BadResponse: `choices` is not one entry per prompt with distinct indexes.
+    """
+    choices = _indexed(response, "choices", len(jobs), COMPLETIONS_ROUTE)
+    outcomes: list[Outcome] = []
+    for job, choice in zip(jobs, choices, strict=True):
+        try:
+            outcomes.append(_label_scores(choice.get("prompt_logprobs"), job, top_k, labels))
+        except BadResponse as bad:
+            outcomes.append(bad)
+    return outcomes
+
+
+def _label_scores(
+    prompt_logprobs: object, job: ScoreJob, top_k: int, labels: tuple[str, str]
+) -> Scores:
+    good, bad = labels
+    if not isinstance(prompt_logprobs, list):
+        raise BadResponse(f"{COMPLETIONS_ROUTE}: no prompt_logprobs for {job.name}")
+    scores: list[float] = []
+    for step, position in enumerate(job.label_positions):
+        if position >= len(prompt_logprobs):
+            raise BadResponse(
+                f"{COMPLETIONS_ROUTE}: prompt_logprobs has {len(prompt_logprobs)} entries; "
+                f"the label of step {step} of {job.name} is at {position}"
+            )
+        entry = prompt_logprobs[position]
+        where = f"prompt_logprobs[{position}] (step {step} of {job.name})"
+        candidates = _label_logprobs(entry, where)
+        good_lp = candidates.get(good)
+        if good_lp is None:
+            raise BadResponse(
+                f"{COMPLETIONS_ROUTE}: {where} has no {good!r}: the prompt token there is not "
+                "the label (does the server's tokenizer match the client's?)"
+            )
+        bad_lp = candidates.get(bad)
+        if bad_lp is None:
+            bad_lp = _top_k_floor(entry, top_k)  # a bound: see the module docstring
+        if good_lp == bad_lp == -math.inf:
+            raise BadResponse(f"{COMPLETIONS_ROUTE}: {where}: {good!r} and {bad!r} both have p=0")
+        scores.append(_sigmoid(good_lp - bad_lp))
+    return tuple(scores)
+
+
+def _label_logprobs(entry: object, where: str) -> dict[str, float]:
+    """The best logprob per stripped decoded token of one `prompt_logprobs` entry."""
+    if not isinstance(entry, Mapping):
+        raise BadResponse(f"{COMPLETIONS_ROUTE}: {where} is {type(entry).__name__}, not an object")
+    best: dict[str, float] = {}
+    for token_id, info in entry.items():
+        logprob = info.get("logprob") if isinstance(info, Mapping) else None
+        decoded = info.get("decoded_token") if isinstance(info, Mapping) else None
+        if not isinstance(logprob, int | float) or not isinstance(decoded, str):
+            raise BadResponse(
+                f"{COMPLETIONS_ROUTE}: {where}[{token_id!r}] is {info!r}, expected "
+                "{'logprob': number, 'decoded_token': str, ...}"
+            )
+        text = decoded.strip()
+        best[text] = max(best.get(text, -math.inf), float(logprob))
+    return best
+
+
+def _top_k_floor(entry: Mapping[str, Any], top_k: int) -> float:
+    """The smallest logprob among the entry's top-K alternatives: any token outside the top K
+    (the actual token may be one) is at most this likely."""
+    ranked = [
+        float(info["logprob"])
+        for info in entry.values()
+        if not isinstance(info.get("rank"), int) or info["rank"] <= top_k
+    ]
+    return min(ranked) if ranked else min(float(info["logprob"]) for info in entry.values())
+
+
+def _sigmoid(x: float) -> float:
+    """1 / (1 + exp(-x)) without overflow: P(good) / (P(good) + P(bad)) from a logprob gap."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def _indexed(
+    response: Mapping[str, Any], field: str, n: int, route: str
+) -> list[Mapping[str, Any]]:
+    """`response[field]` reordered by each entry's "index" (default: its position)."""
+    items = response.get(field)
+    if not isinstance(items, list):
+        kind = "missing" if items is None else type(items).__name__
+        raise BadResponse(f"{route}: '{field}' is {kind}, expected a list")
+    if len(items) != n:
+        raise BadResponse(f"{route}: {len(items)} entries in '{field}' for {n} inputs")
+    ordered: list[Mapping[str, Any] | None] = [None] * n
+    for position, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise BadResponse(f"{route}: {field}[{position}] is {type(item).__name__}")
+        index = item.get("index", position)
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
+            raise BadResponse(f"{route}: {field}[{position}].index is {index!r}, need 0..{n - 1}")
+        if ordered[index] is not None:
+            raise BadResponse(f"{route}: {field}[{position}].index {index} is repeated")
+        ordered[index] = item
+    return [item for item in ordered if item is not None]
+
+
+class _CoalescedPRM:
+    """What both PRM kinds share: render per path, coalesce, charge, map failures."""
+
+    _route: str
+
+    def __init__(
+        self, endpoint: Endpoint, transport: PostJson, *, max_batch: int, window_s: float
+    ) -> None:
+        self._endpoint = endpoint
+        self._transport = transport
+        self._coalescer: Coalescer[ScoreJob, Outcome] = Coalescer(
+            self._send, max_batch=max_batch, window_s=window_s
+        )
+
+    async def score(self, ctx: ProblemContext, paths: Sequence[Path]) -> list[Path]:
+        """The same paths in the same order, with one score in [0, 1] per step.
+
+        Raises:
+            BranchLost: the first path (in order) whose scoring failed for good.
+        """
+        jobs: list[ScoreJob] = []
+        for path in paths:
+            if path.steps:
+                try:
+                    jobs.append(self._job(ctx, path))
+                except PromptRenderError as exc:
+                    raise BranchLost(path.key, "scoring", exc) from exc
+        outcomes = iter(await self._coalescer.submit_many(jobs))
+        scored: list[Path] = []
+        for path in paths:
+            if not path.steps:
+                scored.append(path.with_scores(()))  # nothing to score: no request
+                continue
+            outcome = next(outcomes)
+            if isinstance(outcome, TransportError | CoalescerClosed):
+                raise BranchLost(path.key, "scoring", outcome) from outcome
+            if isinstance(outcome, Exception):
+                raise outcome
+            scored.append(path.with_scores(outcome))
+        return scored
+
+    async def aclose(self) -> None:
+        """Finish the batches in flight; later `score` calls raise."""
+        await self._coalescer.aclose()
+
+    def _job(self, ctx: ProblemContext, path: Path) -> ScoreJob:
+        raise NotImplementedError
+
+    def _encode(self, jobs: Sequence[ScoreJob]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _decode(self, response: Mapping[str, Any], jobs: Sequence[ScoreJob]) -> list[Outcome]:
+        raise NotImplementedError
+
+    async def _send(self, jobs: Sequence[ScoreJob]) -> list[Outcome]:
+        response = await self._transport.post_json(
+            self._route,
+            self._encode(jobs),
+            charges=coalesced_charges(jobs),
+            tokens_hint=sum(len(job.prompt) for job in jobs) // 4,
+        )
+        return self._decode(response, jobs)
+
+
+def _check_scoring(endpoint: Endpoint, expected: str, cls: str) -> None:
+    if endpoint.scoring != expected:
+        raise ConfigError(
+            f"{cls} serves scoring={expected!r}, but endpoint {endpoint.base_url} has "
+            f"scoring={endpoint.scoring!r}"
+        )
+
+
+class PoolingPRM(_CoalescedPRM):
+    """A `*ForProcessRewardModel` served by vLLM with `--runner pooling` (STEP pooling)."""
+
+    _route = POOLING_ROUTE
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        transport: PostJson,
+        *,
+        max_batch: int = 64,
+        window_s: float = 0.002,
+        delimiter: str = STEP_DELIMITER,
+    ) -> None:
+        _check_scoring(endpoint, "pooling", "PoolingPRM")
+        super().__init__(endpoint, transport, max_batch=max_batch, window_s=window_s)
+        self._prompt = PoolingPrompt.for_endpoint(endpoint, delimiter=delimiter)
+
+    def _job(self, ctx: ProblemContext, path: Path) -> ScoreJob:
+        prompt = self._prompt.render(ctx.problem, path.steps)
+        return ScoreJob(ctx.ledger, ctx.problem_id, path, prompt)
+
+    def _encode(self, jobs: Sequence[ScoreJob]) -> dict[str, Any]:
+        return encode_pooling(self._endpoint.model, [job.prompt for job in jobs])
+
+    def _decode(self, response: Mapping[str, Any], jobs: Sequence[ScoreJob]) -> list[Outcome]:
+        return decode_pooling(response, jobs)
+
+
+class LogprobPRM(_CoalescedPRM):
+    """A generative PRM judged by P("+") vs P("-") at each assistant label, read from vLLM's
+    `prompt_logprobs` in one `max_tokens=1` completion per path (several paths per request)."""
+
+    _route = COMPLETIONS_ROUTE
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        transport: PostJson,
+        *,
+        max_batch: int = 64,
+        window_s: float = 0.002,
+        delimiter: str = STEP_DELIMITER,
+    ) -> None:
+        _check_scoring(endpoint, "logprob", "LogprobPRM")
+        super().__init__(endpoint, transport, max_batch=max_batch, window_s=window_s)
+        self._prompt = LogprobPrompt.for_endpoint(endpoint, delimiter=delimiter)
+
+    def _job(self, ctx: ProblemContext, path: Path) -> ScoreJob:
+        rendered: LabelledPrompt = self._prompt.render(ctx.problem, path.steps)
+        return ScoreJob(ctx.ledger, ctx.problem_id, path, rendered.prompt, rendered.label_positions)
+
+    def _encode(self, jobs: Sequence[ScoreJob]) -> dict[str, Any]:
+        prompts = [job.prompt for job in jobs]
+        return encode_logprob(self._endpoint.model, prompts, top_k=self._endpoint.prompt_logprobs)
+
+    def _decode(self, response: Mapping[str, Any], jobs: Sequence[ScoreJob]) -> list[Outcome]:
+        labels = (self._prompt.label, "-")
+        return decode_logprob(response, jobs, top_k=self._endpoint.prompt_logprobs, labels=labels)

@@ -1,0 +1,219 @@
+"""asynctts.equivalence: grouping and grading with math-verify in real worker processes.
+
+Worker processes are real (pebble, spawn); the hang and crash tests swap the module's worker
+function for one defined here, which the worker imports by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import NoReturn
+
+import pytest
+from structlog.testing import capture_logs
+
+from asynctts import equivalence as equivalence_module
+from asynctts.equivalence import Equivalence, EquivalenceStatistics
+from asynctts.errors import ConfigError
+
+# A comparison math-verify spends seconds on in interruptible Python code (3**10**8).
+SLOW = r"3^{10^{8}}"
+
+# Generous bound that turns a hang into a clear failure; not a timing assertion.
+NO_HANG_S = 60
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Equivalence]:
+    """One default Equivalence for the module: its worker starts once. Pebble's pool is not
+    bound to an event loop, so each test's loop can await it."""
+    instance = Equivalence()
+    yield instance
+    asyncio.run(instance.aclose())
+
+
+def stuck_in_c_code(*args: object) -> NoReturn:
+    """Stands in for a big-integer operation in C: the worker's SIGALRM timers cannot stop it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    while True:
+        time.sleep(60)
+
+
+def crash(*args: object) -> NoReturn:
+    os._exit(3)
+
+
+@pytest.mark.parametrize(
+    ("answers", "groups"),
+    [
+        (["0.5", r"\frac{1}{2}"], [0, 0]),
+        ([r"\frac{1}{2}", r"\dfrac12"], [0, 0]),
+        (["(1,2)", "(2,1)"], [0, 1]),  # tuples: order matters
+        (["[0,1)", "[0,1]"], [0, 1]),  # intervals: the brackets matter
+        ([r"\{1,2\}", r"\{2,1\}"], [0, 0]),  # sets: order does not
+        (["(1,2)", r"\{1,2\}"], [0, 1]),  # a tuple is not a set
+        ([r"10\%", "10"], [0, 0]),  # as math-verify (and normalize) decide
+        ([r"10\%", "0.1"], [0, 1]),  # so a percentage does not also equal its fraction
+        ([r"90^\circ", "90"], [0, 0]),
+        ([r"\text{(A)}", "A"], [0, 0]),  # MATH multiple choice
+        (["A", "B"], [0, 1]),
+        (["2", "3"], [0, 1]),
+        ([r"\sqrt{2}", r"2^{1/2}"], [0, 0]),
+        (["x = 3", "3"], [0, 0]),
+    ],
+)
+async def test_group_pairs(shared: Equivalence, answers: list[str], groups: list[int]) -> None:
+    assert await shared.group(answers) == groups
+
+
+async def test_group_ids_are_numbered_in_first_seen_order(shared: Equivalence) -> None:
+    answers = [
+        "7", None, "0.5", r"\frac{1}{2}", "(1,2)", "(2,1)", r"\{2,1\}", None, r"\{1,2\}",
+        "[0,1)", r"\dfrac12", "7.0", "[0,1]",
+    ]  # fmt: skip
+    assert await shared.group(answers) == [0, None, 1, 1, 2, 3, 4, None, 4, 5, 1, 0, 6]
+
+
+async def test_group_handles_none_and_empty_input(shared: Equivalence) -> None:
+    assert await shared.group([]) == []
+    assert await shared.group([None, None]) == [None, None]
+    assert await shared.group([None, "5"]) == [None, 0]
+
+
+async def test_equal_normalized_strings_never_reach_a_worker(shared: Equivalence) -> None:
+    before = shared.statistics()
+    answers = [r"\frac12", r"\dfrac{1}{2}", r"$\frac{1}{2}$.", None, r"\tfrac 12"]
+    assert await shared.group(answers) == [0, 0, 0, None, 0]
+    assert await shared.equal(r"\frac12", r"\dfrac{1}{2}") is True
+    assert shared.statistics() == before
+
+
+async def test_distinct_forms_are_grouped_in_one_worker_task(shared: Equivalence) -> None:
+    before = shared.statistics()
+    forms = ["0.5", r"\frac{1}{2}", "2", r"\frac{4}{2}", "3"]
+    assert await shared.group(forms * 50) == [0, 0, 1, 1, 2] * 50
+    after = shared.statistics()
+    assert after.worker_tasks == before.worker_tasks + 1
+    # "\frac{1}{2}" vs "0.5"; "2" vs "0.5"; "\frac{4}{2}" vs "0.5", "2"; "3" vs "0.5", "2"
+    assert after.comparisons - before.comparisons == 6
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer", "verdict"),
+    [
+        ("0.5", r"\frac{1}{2}", True),
+        (r"\frac{\sqrt{3}}{2}", r"\frac{1}{2}\sqrt{3}", True),
+        (r"\text{(C)}", "C", True),
+        ("(1,2)", "(2,1)", False),
+        ("5", "6", False),
+        (r"\frac{1}{2}", r"\boxed{\frac{1}{2}}", True),
+    ],
+)
+async def test_equal(shared: Equivalence, gold: str, answer: str, verdict: bool) -> None:
+    assert await shared.equal(gold, answer) is verdict
+
+
+async def test_bad_answers_are_named(shared: Equivalence) -> None:
+    with pytest.raises(TypeError, match=r"answers\[1\]=5: need a str or None"):
+        await shared.group(["1", 5])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"gold=None: need a str"):
+        await shared.equal(None, "1")  # type: ignore[arg-type]
+
+
+async def test_a_slow_comparison_falls_back_to_strings_for_that_pair_only() -> None:
+    async with Equivalence(comparison_timeout_s=0.2) as equivalence:
+        with capture_logs() as logs:
+            groups = await equivalence.group([SLOW, "0.5", r"\frac{1}{2}"])
+        assert await equivalence.equal(SLOW, "1") is None
+        stats = equivalence.statistics()
+    # "0.5" and "\frac{1}{2}" timed out against SLOW (not equal), then matched each other
+    assert groups == [0, 1, 1]
+    assert stats.timeouts == 3
+    assert stats.lost_tasks == 0
+    warning = next(e for e in logs if e["event"] == "equivalence.partly_grouped_by_string")
+    assert warning["log_level"] == "warning"
+    assert warning["timeouts"] == 2
+
+
+async def test_the_task_budget_leaves_the_rest_to_strings() -> None:
+    async with Equivalence(timeout_s=0.5, comparison_timeout_s=5.0) as equivalence:
+        groups = await equivalence.group([SLOW, "0.5", r"\frac{1}{2}"])
+        stats = equivalence.statistics()
+    # the first comparison spends the whole budget; "\frac{1}{2}" is never compared
+    assert groups == [0, 1, 2]
+    assert (stats.timeouts, stats.skipped_forms, stats.lost_tasks) == (1, 1, 0)
+
+
+async def test_max_pairs_caps_the_comparisons() -> None:
+    forms = ["0.5", "1", r"\frac{1}{2}"]
+    async with Equivalence(max_pairs=1) as capped:
+        with capture_logs() as logs:
+            assert await capped.group(forms) == [0, 1, 2]
+        assert capped.statistics().comparisons == 1
+        assert capped.statistics().skipped_forms == 1
+    assert any(e["event"] == "equivalence.partly_grouped_by_string" for e in logs)
+    async with Equivalence(max_pairs=0) as strings_only:
+        assert await strings_only.group(forms) == [0, 1, 2]
+        assert strings_only.statistics().worker_tasks == 0
+
+
+async def test_a_stuck_worker_is_killed_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with Equivalence(timeout_s=0.5, comparison_timeout_s=0.2) as equivalence:
+        monkeypatch.setattr(equivalence_module, "_group_in_worker", stuck_in_c_code)
+        with capture_logs() as logs:
+            async with asyncio.timeout(NO_HANG_S):
+                groups = await equivalence.group(["0.5", r"\frac{1}{2}", r"\dfrac12", "0.5"])
+        assert groups == [0, 1, 1, 0]  # by normalized string only
+        assert equivalence.statistics().lost_tasks == 1
+        lost = next(e for e in logs if e["event"] == "equivalence.worker_task_lost")
+        assert lost["log_level"] == "warning"
+        assert "worker killed" in lost["reason"]
+
+        monkeypatch.undo()
+        assert await equivalence.group(["0.5", r"\frac{1}{2}"]) == [0, 0]  # a new worker
+
+
+async def test_a_crashed_worker_leaves_equal_undecided(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with Equivalence() as equivalence:
+        monkeypatch.setattr(equivalence_module, "_equal_in_worker", crash)
+        with capture_logs() as logs:
+            async with asyncio.timeout(NO_HANG_S):
+                assert await equivalence.equal("0.5", r"\frac{1}{2}") is None
+        assert equivalence.statistics().lost_tasks == 1
+        lost = next(e for e in logs if e["event"] == "equivalence.worker_task_lost")
+        assert lost["reason"] == "worker died with exit code 3"
+
+        monkeypatch.undo()
+        assert await equivalence.equal("0.5", r"\frac{1}{2}") is True
+
+
+async def test_no_worker_starts_until_needed_and_closed_means_closed() -> None:
+    equivalence = Equivalence()
+    assert await equivalence.group(["1", "1.0", None]) == [0, 0, None]
+    assert equivalence.statistics() == EquivalenceStatistics()
+    await equivalence.aclose()
+    await equivalence.aclose()  # idempotent
+    with pytest.raises(RuntimeError, match="this Equivalence is closed"):
+        await equivalence.group(["1"])
+    with pytest.raises(RuntimeError, match="this Equivalence is closed"):
+        await equivalence.equal("1", "2")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"workers": 0}, r"workers=0: need an int >= 1"),
+        ({"workers": 1.5}, r"workers=1.5: need an int >= 1"),
+        ({"max_pairs": -1}, r"max_pairs=-1: need an int >= 0"),
+        ({"timeout_s": 0}, r"timeout_s=0: need a finite number of seconds > 0"),
+        ({"timeout_s": float("inf")}, r"timeout_s=inf: need a finite number"),
+        ({"comparison_timeout_s": -1.0}, r"comparison_timeout_s=-1.0: need a finite"),
+    ],
+)
+def test_bad_settings_are_named(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Equivalence(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,510 @@
+"""Step generation: request bodies, response decoding and failure mapping, on JSON fixtures.
+
+`ScriptedTransport` stands in for the transport through the `PostJson` protocol the client is
+written against: it records each call and answers from a script."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from asynctts.backends.context import (
+    DEFAULT_SYSTEM_PROMPT,
+    MAX_SEED,
+    ProblemContext,
+    Sampling,
+    derive_seed,
+)
+from asynctts.backends.policy import (
+    CHAT_ROUTE,
+    COMPLETIONS_ROUTE,
+    PolicyClient,
+    decode_choices,
+    encode_chat,
+    encode_completions,
+    split_steps,
+)
+from asynctts.endpoint import Endpoint
+from asynctts.errors import (
+    BadResponse,
+    BranchLost,
+    ConfigError,
+    ContextLengthExceeded,
+    PromptTooLong,
+    ServerError,
+)
+from asynctts.ledger import Charge, Ledger
+from asynctts.protocols import Finish, Path
+
+SAMPLING = Sampling(temperature=0.7, top_p=0.9, max_tokens=100)
+FORMAT = "{system}|{problem}|"
+
+
+@dataclass
+class Call:
+    route: str
+    body: dict[str, Any]
+    charges: tuple[Charge, ...]
+    tokens_hint: int
+
+
+Reply = Callable[[str, Mapping[str, Any]], dict[str, Any] | BaseException]
+
+
+@dataclass
+class ScriptedTransport:
+    reply: Reply
+    calls: list[Call] = field(default_factory=list)
+
+    async def post_json(
+        self,
+        route: str,
+        body: Mapping[str, Any],
+        *,
+        charges: Sequence[Charge] = (),
+        tokens_hint: int = 0,
+    ) -> dict[str, Any]:
+        self.calls.append(Call(route, dict(body), tuple(charges), tokens_hint))
+        await asyncio.sleep(0)
+        answer = self.reply(route, body)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+def completions(*choices: Mapping[str, Any]) -> dict[str, Any]:
+    return {"choices": [{"index": i, **c} for i, c in enumerate(choices)]}
+
+
+def step(text: str) -> dict[str, Any]:
+    return {"text": text, "finish_reason": "stop", "stop_reason": "\n\n"}
+
+
+def echo_steps(route: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """n choices; choice j's text names the seed it was drawn with (vLLM: seed + j)."""
+    seed = body.get("seed")
+    return completions(
+        *(step(f"s{None if seed is None else seed + j}\n\n") for j in range(body["n"]))
+    )
+
+
+def endpoint(**overrides: Any) -> Endpoint:
+    settings: dict[str, Any] = {
+        "base_url": "http://127.0.0.1:9/v1",
+        "model": "m",
+        "prompt_format": FORMAT,
+    }
+    return Endpoint(**(settings | overrides))
+
+
+def context(seed: int | None = 7, ledger: Ledger | None = None) -> ProblemContext:
+    return ProblemContext("p1", "Q?", "S", seed, ledger or Ledger())
+
+
+# --- context --------------------------------------------------------------------------------
+
+
+def test_derive_seed_is_pinned_across_runs_and_processes() -> None:
+    # hashlib, not hash(): these values must never change between releases or processes
+    assert derive_seed(0, "p1", ()) == 1709261890
+    assert derive_seed(0, "p1", (0,)) == 1752733904
+    assert derive_seed(1, "p1", ()) == 1895662836
+    assert derive_seed(0, "p2", ()) == 397971774
+    assert derive_seed(0, "p1", (1, 2)) != derive_seed(0, "p1", (12,))
+
+
+@given(st.integers(), st.text(), st.lists(st.integers(0, 10_000), max_size=8))
+def test_derive_seed_leaves_room_for_children(base: int, problem: str, key: list[int]) -> None:
+    seed = derive_seed(base, problem, tuple(key))
+    assert 0 <= seed <= MAX_SEED
+    assert seed + 1023 <= 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature": -0.1}, "temperature=-0.1"),
+        ({"temperature": float("nan")}, "temperature=nan"),
+        ({"top_p": 0.0}, "top_p=0.0"),
+        ({"top_p": 1.5}, "top_p=1.5"),
+        ({"max_tokens": 0}, "max_tokens=0"),
+        ({"max_tokens": 2.5}, "max_tokens=2.5"),
+    ],
+)
+def test_sampling_rejects_bad_values(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Sampling(**kwargs)
+
+
+def test_sampling_defaults_are_search_and_learns() -> None:
+    assert Sampling() == Sampling(temperature=0.8, top_p=1.0, max_tokens=2048)
+
+
+def test_default_system_prompt_is_the_llama_math_prompt() -> None:
+    assert DEFAULT_SYSTEM_PROMPT.startswith(
+        "Solve the following math problem efficiently and clearly:\n\n- For simple problems"
+    )
+    assert "calculations]\n\n...\n\nRegardless of the approach" in DEFAULT_SYSTEM_PROMPT
+    assert "the final answer is: $\\boxed{answer}$. I hope it is correct.\n\nWhere" in (
+        DEFAULT_SYSTEM_PROMPT
+    )
+    assert DEFAULT_SYSTEM_PROMPT.count("\\") == 1  # one real backslash, before "boxed"
+    assert DEFAULT_SYSTEM_PROMPT.endswith("the final number or expression that solves the problem.")
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def test_completions_body_with_seed() -> None:
+    body = encode_completions(model="m", prompt="P", sampling=SAMPLING, n=4, seed=11)
+    assert body == {
+        "model": "m",
+        "prompt": "P",
+        "n": 4,
+        "max_tokens": 100,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "stop": ["\n\n"],
+        "include_stop_str_in_output": True,
+        "seed": 11,
+    }
+
+
+def test_completions_body_to_the_end_without_seed() -> None:
+    body = encode_completions(model="m", prompt="P", sampling=SAMPLING, n=1, to_end=True)
+    assert body == {
+        "model": "m",
+        "prompt": "P",
+        "n": 1,
+        "max_tokens": 100,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "include_stop_str_in_output": True,
+    }
+
+
+def test_chat_body_continues_the_partial_solution() -> None:
+    body = encode_chat(
+        model="m", problem="Q?", system=None, partial="a\n\n", sampling=SAMPLING, n=2, seed=3
+    )
+    assert body == {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "Q?"},
+            {"role": "assistant", "content": "a\n\n"},
+        ],
+        "add_generation_prompt": False,
+        "continue_final_message": True,
+        "n": 2,
+        "max_tokens": 100,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "stop": ["\n\n"],
+        "include_stop_str_in_output": True,
+        "seed": 3,
+    }
+
+
+def test_custom_delimiter_is_the_stop_string() -> None:
+    body = encode_completions(model="m", prompt="P", sampling=SAMPLING, n=1, delimiter="\n")
+    assert body["stop"] == ["\n"]
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        (step("a\n\n"), (("a\n\n",), Finish.STEP)),
+        ({"text": "a", "finish_reason": "stop", "stop_reason": "\n\n"}, (("a\n\n",), Finish.STEP)),
+        ({"text": "a.", "finish_reason": "stop", "stop_reason": None}, (("a.",), Finish.EOS)),
+        ({"text": "a.", "finish_reason": "stop", "stop_reason": 128001}, (("a.",), Finish.EOS)),
+        ({"text": "a", "finish_reason": "length", "stop_reason": None}, (("a",), Finish.LENGTH)),
+        ({"text": "a", "finish_reason": "stop"}, (("a\n\n",), Finish.STEP)),  # no stop_reason key
+        ({"text": "a\n\n", "finish_reason": "stop"}, (("a\n\n",), Finish.STEP)),
+        ({"text": "", "finish_reason": "stop", "stop_reason": None}, ((), Finish.EMPTY)),
+        ({"text": " \n\n", "finish_reason": "stop", "stop_reason": "\n\n"}, ((), Finish.EMPTY)),
+        ({"text": "", "finish_reason": "stop"}, ((), Finish.EMPTY)),  # ended, no stop_reason
+        ({"text": "\n", "finish_reason": "length", "stop_reason": None}, ((), Finish.EMPTY)),
+    ],
+)
+def test_finish_mapping(choice: dict[str, Any], expected: tuple[tuple[str, ...], Finish]) -> None:
+    assert decode_choices(completions(choice), n=1, route=COMPLETIONS_ROUTE) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        (
+            {"text": "a\n\nb\n\nc", "finish_reason": "stop", "stop_reason": None},
+            (("a\n\n", "b\n\n", "c"), Finish.EOS),
+        ),
+        ({"text": "a\n\nb", "finish_reason": "stop"}, (("a\n\n", "b"), Finish.EOS)),
+        ({"text": "a\n\nb", "finish_reason": "length"}, (("a\n\n", "b"), Finish.LENGTH)),
+        ({"text": "\n\n", "finish_reason": "stop", "stop_reason": None}, ((), Finish.EMPTY)),
+    ],
+)
+def test_to_end_splits_into_steps(
+    choice: dict[str, Any], expected: tuple[tuple[str, ...], Finish]
+) -> None:
+    decoded = decode_choices(completions(choice), n=1, route=COMPLETIONS_ROUTE, to_end=True)
+    assert decoded == [expected]
+
+
+def test_chat_choices_read_the_message() -> None:
+    response = {
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "x\n\n"},
+             "finish_reason": "stop", "stop_reason": "\n\n"},
+            {"index": 1, "message": {"role": "assistant", "content": None},
+             "finish_reason": "stop", "stop_reason": None},
+        ]
+    }  # fmt: skip
+    assert decode_choices(response, n=2, route=CHAT_ROUTE) == [
+        (("x\n\n",), Finish.STEP),
+        ((), Finish.EMPTY),
+    ]
+
+
+def test_choices_are_ordered_by_index() -> None:
+    response = {"choices": [{"index": 1, **step("b\n\n")}, {"index": 0, **step("a\n\n")}]}
+    decoded = decode_choices(response, n=2, route=COMPLETIONS_ROUTE)
+    assert [steps for steps, _ in decoded] == [("a\n\n",), ("b\n\n",)]
+
+
+def test_split_steps_examples() -> None:
+    assert split_steps("a\n\nb\n\nc") == ("a\n\n", "b\n\n", "c")
+    assert split_steps("a\n\n") == ("a\n\n",)
+    assert split_steps("a\n\n\n\nb") == ("a\n\n\n\n", "b")
+    assert split_steps("\n\na\n\nb") == ("\n\na\n\n", "b")
+    assert split_steps(" \n\n") == ()
+    assert split_steps("a##b", "##") == ("a##", "b")
+
+
+@given(st.lists(st.sampled_from(["a", "b ", " ", "\n", "\n\n", "x\n\n"]), max_size=12))
+def test_split_steps_keeps_the_text_and_no_step_is_empty(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    steps = split_steps(text)
+    if text.strip():
+        assert "".join(steps) == text
+    else:
+        assert steps == ()
+    assert all(s.strip() for s in steps)
+    assert all(s.endswith("\n\n") for s in steps[:-1])
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        ({}, "'choices' is missing, expected a list"),
+        ({"choices": {}}, "'choices' is dict, expected a list"),
+        (completions(step("a")), "1 choices for n=2"),
+        ({"choices": [step("a"), 5]}, r"choices\[1\] is int, not an object"),
+        ({"choices": [{"index": 0, **step("a")}, {"index": 0, **step("b")}]},
+         r"choices\[1\].index 0 is repeated"),
+        ({"choices": [{"index": 2, **step("a")}, step("b")]},
+         r"choices\[0\].index is 2, need 0..1"),
+        (completions(step("a"), {"text": 3, "finish_reason": "stop"}),
+         r"choices\[1\].text is int, expected a string"),
+        (completions(step("a"), {"text": "b", "finish_reason": "abort"}),
+         r"choices\[1\].finish_reason is 'abort', expected 'stop' or 'length'"),
+        (completions(step("a"), {"text": "b", "finish_reason": "stop", "stop_reason": "##"}),
+         r"choices\[1\].stop_reason is '##', expected '\\n\\n', null or a token id"),
+    ],
+)  # fmt: skip
+def test_bad_shapes_are_bad_responses(response: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadResponse, match=message):
+        decode_choices(response, n=2, route=COMPLETIONS_ROUTE)
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+async def test_children_extend_the_path_in_index_order() -> None:
+    transport = ScriptedTransport(echo_steps)
+    client = PolicyClient(endpoint(), transport, sampling=SAMPLING)
+    parent = Path(steps=("a\n\n",), scores=(0.5,), key=(3,))
+    children = await client.generate(context(), parent, 2)
+    seed = derive_seed(7, "p1", (3,))
+    assert children == [
+        Path(steps=("a\n\n", f"s{seed}\n\n"), scores=(0.5,), finish=Finish.STEP, key=(3, 0)),
+        Path(steps=("a\n\n", f"s{seed + 1}\n\n"), scores=(0.5,), finish=Finish.STEP, key=(3, 1)),
+    ]
+    (call,) = transport.calls
+    assert call.route == COMPLETIONS_ROUTE
+    assert call.body["prompt"] == "S|Q?|a\n\n"
+    assert call.body["seed"] == seed
+    assert call.tokens_hint == len("S|Q?|a\n\n") // 4 + 2 * 100
+
+
+async def test_one_charge_names_the_children() -> None:
+    ledger = Ledger()
+    transport = ScriptedTransport(echo_steps)
+    client = PolicyClient(endpoint(), transport, sampling=SAMPLING)
+    await client.generate(context(ledger=ledger), Path(key=(1, 2)), 3)
+    assert transport.calls[0].charges == (Charge(ledger, ("1.2.0", "1.2.1", "1.2.2"), 1.0),)
+
+
+async def test_unseeded_problems_send_no_seed() -> None:
+    transport = ScriptedTransport(echo_steps)
+    client = PolicyClient(endpoint(), transport, sampling=SAMPLING)
+    children = await client.generate(context(seed=None), Path(), 1)
+    assert "seed" not in transport.calls[0].body
+    assert children[0].steps == ("sNone\n\n",)
+
+
+async def test_k_above_the_request_cap_is_split_with_offset_seeds() -> None:
+    transport = ScriptedTransport(echo_steps)
+    client = PolicyClient(endpoint(max_n_per_request=2), transport, sampling=SAMPLING)
+    children = await client.generate(context(), Path(key=(4,)), 5)
+    seed = derive_seed(7, "p1", (4,))
+    assert [c.key for c in children] == [(4, i) for i in range(5)]
+    # child i draws seed + i however k is split: the same children as one n=5 request
+    assert [c.steps for c in children] == [(f"s{seed + i}\n\n",) for i in range(5)]
+    calls = sorted(transport.calls, key=lambda c: c.body["seed"])
+    assert [(c.body["n"], c.body["seed"]) for c in calls] == [
+        (2, seed),
+        (2, seed + 2),
+        (1, seed + 4),
+    ]
+    assert [c.charges[0].branches for c in calls] == [("4.0", "4.1"), ("4.2", "4.3"), ("4.4",)]
+
+
+async def test_split_requests_run_concurrently() -> None:
+    started: list[int] = []
+    all_started = asyncio.Event()
+    release = asyncio.Event()
+
+    class Gated(ScriptedTransport):
+        async def post_json(self, route: str, body: Mapping[str, Any], **kw: Any) -> Any:
+            started.append(body["n"])
+            if len(started) == 3:
+                all_started.set()
+            await release.wait()
+            return echo_steps(route, body)
+
+    client = PolicyClient(endpoint(max_n_per_request=1), Gated(echo_steps), sampling=SAMPLING)
+    task = asyncio.create_task(client.generate(context(), Path(), 3))
+    await all_started.wait()  # all three in flight before any answers
+    release.set()
+    assert len(await task) == 3
+
+
+async def test_to_end_sends_no_stop_and_splits() -> None:
+    def reply(route: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return completions({"text": "b\n\nc", "finish_reason": "stop", "stop_reason": None})
+
+    transport = ScriptedTransport(reply)
+    client = PolicyClient(endpoint(), transport, sampling=SAMPLING)
+    (child,) = await client.generate(context(), Path(steps=("a\n\n",)), 1, to_end=True)
+    assert "stop" not in transport.calls[0].body
+    assert child.steps == ("a\n\n", "b\n\n", "c")
+    assert child.finish is Finish.EOS
+
+
+async def test_chat_mode_sends_messages() -> None:
+    def reply(route: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        message = {"role": "assistant", "content": "b\n\n"}
+        return {"choices": [{"index": 0, "message": message, "finish_reason": "stop",
+                             "stop_reason": "\n\n"}]}  # fmt: skip
+
+    transport = ScriptedTransport(reply)
+    client = PolicyClient(endpoint(mode="chat", prompt_format=None), transport, sampling=SAMPLING)
+    (child,) = await client.generate(context(seed=None), Path(steps=("a\n\n",)), 1)
+    (call,) = transport.calls
+    assert call.route == CHAT_ROUTE
+    assert call.body["messages"] == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Q?"},
+        {"role": "assistant", "content": "a\n\n"},
+    ]
+    assert call.body["continue_final_message"] is True
+    assert call.body["add_generation_prompt"] is False
+    assert child.steps == ("a\n\n", "b\n\n")
+
+
+async def test_the_delimiter_is_a_knob() -> None:
+    def reply(route: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return completions({"text": "b", "finish_reason": "stop", "stop_reason": "\n"})
+
+    transport = ScriptedTransport(reply)
+    client = PolicyClient(endpoint(), transport, sampling=SAMPLING, delimiter="\n")
+    (child,) = await client.generate(context(), Path(), 1)
+    assert transport.calls[0].body["stop"] == ["\n"]
+    assert child.steps == ("b\n",)
+    assert child.finish is Finish.STEP
+
+
+async def test_context_full_mid_solution_is_an_honest_truncation() -> None:
+    transport = ScriptedTransport(lambda r, b: ContextLengthExceeded("too long: 5000 > 4096", 400))
+    client = PolicyClient(endpoint(), transport, sampling=SAMPLING)
+    parent = Path(steps=("a\n\n",), scores=(0.9,), key=(2,))
+    children = await client.generate(context(), parent, 2)
+    assert children == [
+        Path(steps=("a\n\n",), scores=(0.9,), finish=Finish.LENGTH, key=(2, 0)),
+        Path(steps=("a\n\n",), scores=(0.9,), finish=Finish.LENGTH, key=(2, 1)),
+    ]
+
+
+async def test_context_full_at_the_root_means_the_prompt_is_too_long() -> None:
+    transport = ScriptedTransport(lambda r, b: ContextLengthExceeded("too long: 5000 > 4096", 400))
+    client = PolicyClient(endpoint(), transport, sampling=SAMPLING)
+    with pytest.raises(PromptTooLong) as caught:
+        await client.generate(context(), Path(), 2)
+    assert caught.value.url == "http://127.0.0.1:9/v1"
+    assert "too long: 5000 > 4096" in str(caught.value)
+
+
+async def test_context_full_at_the_root_with_split_requests_is_one_error() -> None:
+    transport = ScriptedTransport(lambda r, b: ContextLengthExceeded("too long", 400))
+    client = PolicyClient(endpoint(max_n_per_request=1), transport, sampling=SAMPLING)
+    with pytest.raises(PromptTooLong):
+        await client.generate(context(), Path(), 3)
+
+
+async def test_other_failures_lose_the_branch() -> None:
+    error = ServerError("503 from server", 503)
+    client = PolicyClient(endpoint(), ScriptedTransport(lambda r, b: error), sampling=SAMPLING)
+    with pytest.raises(BranchLost) as caught:
+        await client.generate(context(), Path(key=(1,)), 2)
+    assert caught.value.key == (1,)
+    assert caught.value.stage == "generating"
+    assert caught.value.cause is error
+
+
+async def test_a_bad_response_loses_the_branch() -> None:
+    transport = ScriptedTransport(lambda r, b: completions(step("a")))  # 1 choice for n=2
+    client = PolicyClient(endpoint(), transport, sampling=SAMPLING)
+    with pytest.raises(BranchLost, match="1 choices for n=2"):
+        await client.generate(context(), Path(key=(5,)), 2)
+
+
+async def test_cancellation_propagates() -> None:
+    class Hanging(ScriptedTransport):
+        async def post_json(self, route: str, body: Mapping[str, Any], **kw: Any) -> Any:
+            await asyncio.Event().wait()
+
+    client = PolicyClient(endpoint(), Hanging(echo_steps), sampling=SAMPLING)
+    task = asyncio.create_task(client.generate(context(), Path(), 2))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_k_must_be_positive() -> None:
+    client = PolicyClient(endpoint(), ScriptedTransport(echo_steps), sampling=SAMPLING)
+    with pytest.raises(ValueError, match="k=0"):
+        await client.generate(context(), Path(), 0)
+
+
+def test_an_empty_delimiter_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="delimiter is empty"):
+        PolicyClient(endpoint(), ScriptedTransport(echo_steps), sampling=SAMPLING, delimiter="")

@@ -1,0 +1,360 @@
+"""Prompt rendering against tokenizers built locally (no hub): a Llama-3-like one (BOS added by
+the tokenizer and written by its template, message bodies trimmed) and a ChatML (Qwen-like) one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from asynctts.backends.templates import (
+    PRM_SYSTEM_PROMPT,
+    LogprobPrompt,
+    PolicyPrompt,
+    PoolingPrompt,
+    PromptRenderError,
+    bare_step,
+    chat_fields,
+    load_tokenizer,
+)
+from asynctts.errors import ConfigError
+
+BOS = "<|begin_of_text|>"
+SPECIALS = [
+    BOS,
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<extra_0>",
+]
+LLAMA_TEMPLATE = (
+    "{{- bos_token }}{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
+)
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+CORPUS = [
+    "What is 1+1? Step 1: add the numbers 1 and 1.\n\nStep 2: so the answer is $\\boxed{2}$.\n\n",
+    "system user assistant + - Please reason step by step, and put your final answer within",
+] * 20
+PROBLEM = "What is 1+1?"
+SYSTEM = "Be brief."
+
+
+def build_tokenizer(
+    directory: Path, *, template: str | None, adds_bos: bool, name: str
+) -> PreTrainedTokenizerBase:
+    """Train a tiny byte-level BPE, wrap it, save it and load it back through load_tokenizer."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    if adds_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
+        )
+    wrapped = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tok,
+        bos_token=BOS if adds_bos or template == LLAMA_TEMPLATE else None,
+        eos_token="<|eot_id|>",
+        chat_template=template,
+    )
+    path = directory / name
+    wrapped.save_pretrained(path)
+    return load_tokenizer(str(path))
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerBase:
+    root = tmp_path_factory.mktemp("tok")
+    return build_tokenizer(root, template=LLAMA_TEMPLATE, adds_bos=True, name="llama")
+
+
+@pytest.fixture(scope="module")
+def chatml(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerBase:
+    root = tmp_path_factory.mktemp("tok")
+    return build_tokenizer(root, template=CHATML_TEMPLATE, adds_bos=False, name="chatml")
+
+
+def vllm_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """How vLLM tokenizes a text prompt."""
+    ids: list[int] = tokenizer(text, add_special_tokens=True)["input_ids"]
+    return ids
+
+
+# --- load_tokenizer -------------------------------------------------------------------------
+
+
+def test_load_tokenizer_caches_per_name(llama: PreTrainedTokenizerBase) -> None:
+    assert load_tokenizer(llama.name_or_path) is llama
+
+
+def test_load_tokenizer_failure_names_the_tokenizer_and_the_ways_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = str(tmp_path / "no-such-tokenizer")
+    with pytest.raises(ConfigError) as caught:
+        load_tokenizer(missing)
+    message = str(caught.value)
+    assert repr(missing) in message
+    assert "hub may be unreachable" in message
+    assert "tokenizer=" in message
+    assert "prompt_format=" in message
+
+
+def test_load_tokenizer_without_transformers_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes the import fail
+    with pytest.raises(ConfigError, match=r"pip install 'asynctts\[hf\]'"):
+        load_tokenizer.__wrapped__("some/model")
+
+
+# --- policy, completions mode ---------------------------------------------------------------
+
+
+def test_llama_prefix_is_the_template_without_the_bos_vllm_adds(
+    llama: PreTrainedTokenizerBase,
+) -> None:
+    prefix = PolicyPrompt(tokenizer=llama).prefix(PROBLEM, SYSTEM)
+    assert prefix == (
+        "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nWhat is 1+1?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    ids = vllm_ids(llama, prefix)
+    assert ids[0] == llama.bos_token_id
+    assert ids.count(llama.bos_token_id) == 1
+
+
+def test_partial_solution_keeps_its_trailing_delimiter(llama: PreTrainedTokenizerBase) -> None:
+    prompt = PolicyPrompt(tokenizer=llama)
+    partial = "Step 1: add the numbers.\n\n"
+    rendered = prompt.render(PROBLEM, SYSTEM, partial)
+    assert rendered == prompt.prefix(PROBLEM, SYSTEM) + partial
+    assert rendered.endswith("<|end_header_id|>\n\nStep 1: add the numbers.\n\n")
+
+
+def test_no_system_prompt_renders_no_system_turn(llama: PreTrainedTokenizerBase) -> None:
+    prefix = PolicyPrompt(tokenizer=llama).prefix(PROBLEM, None)
+    assert prefix == (
+        "<|start_header_id|>user<|end_header_id|>\n\nWhat is 1+1?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+def test_chatml_prefix(chatml: PreTrainedTokenizerBase) -> None:
+    prefix = PolicyPrompt(tokenizer=chatml).prefix(PROBLEM, SYSTEM)
+    assert prefix == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\nWhat is 1+1?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_bos_written_by_the_template_stays_when_the_tokenizer_adds_none(
+    tmp_path: Path,
+) -> None:
+    tokenizer = build_tokenizer(tmp_path, template=LLAMA_TEMPLATE, adds_bos=False, name="nobos")
+    prefix = PolicyPrompt(tokenizer=tokenizer).prefix(PROBLEM, None)
+    assert prefix.startswith(BOS + "<|start_header_id|>user")
+    assert vllm_ids(tokenizer, prefix).count(tokenizer.bos_token_id) == 1
+
+
+def test_prefix_is_rendered_once_per_problem_and_system(
+    llama: PreTrainedTokenizerBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[object] = []
+    original = llama.apply_chat_template
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(llama, "apply_chat_template", counting)
+    prompt = PolicyPrompt(tokenizer=llama, cache_size=1)
+    prompt.render(PROBLEM, SYSTEM, "a\n\n")
+    prompt.render(PROBLEM, SYSTEM, "a\n\nb\n\n")
+    assert len(calls) == 1
+    prompt.render("Another problem", SYSTEM, "")  # evicts the first (cache_size=1)
+    prompt.render(PROBLEM, SYSTEM, "")
+    assert len(calls) == 3
+
+
+def test_policy_prompt_format() -> None:
+    prompt = PolicyPrompt(prompt_format="[{system}] Q: {problem}\nA: ")
+    assert prompt.render(PROBLEM, None, "x\n\n") == "[] Q: What is 1+1?\nA: x\n\n"
+    assert prompt.prefix(PROBLEM, SYSTEM) == "[Be brief.] Q: What is 1+1?\nA: "
+
+
+def test_policy_prompt_format_with_an_unknown_field_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"'Q: \{question\}'.*KeyError\('question'\)"):
+        PolicyPrompt(prompt_format="Q: {question}")
+
+
+def test_policy_prompt_needs_a_tokenizer_or_a_format() -> None:
+    with pytest.raises(ConfigError, match="needs a tokenizer or a prompt_format"):
+        PolicyPrompt()
+
+
+def test_tokenizer_without_chat_template_is_a_config_error(tmp_path: Path) -> None:
+    tokenizer = build_tokenizer(tmp_path, template=None, adds_bos=False, name="plain")
+    with pytest.raises(ConfigError, match="has no chat template: set `prompt_format=`"):
+        PolicyPrompt(tokenizer=tokenizer)
+
+
+# --- policy, chat mode ----------------------------------------------------------------------
+
+
+def test_chat_fields_continue_the_partial_solution() -> None:
+    assert chat_fields(PROBLEM, SYSTEM, "Step 1.\n\n") == {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": PROBLEM},
+            {"role": "assistant", "content": "Step 1.\n\n"},
+        ],
+        "add_generation_prompt": False,
+        "continue_final_message": True,
+    }
+
+
+def test_chat_fields_at_the_root_open_an_assistant_turn() -> None:
+    assert chat_fields(PROBLEM, None, "") == {
+        "messages": [{"role": "user", "content": PROBLEM}],
+        "add_generation_prompt": True,
+        "continue_final_message": False,
+    }
+
+
+# --- pooling PRM ----------------------------------------------------------------------------
+
+
+def test_bare_step_drops_the_delimiter_and_surrounding_whitespace() -> None:
+    assert bare_step("Step 1: x.\n\n", "\n\n") == "Step 1: x."
+    assert bare_step("  y \n\n\n\n", "\n\n") == "y"
+    assert bare_step("z", "\n\n") == "z"
+
+
+def test_pooling_input_has_one_tag_per_step(chatml: PreTrainedTokenizerBase) -> None:
+    prompt = PoolingPrompt(step_tag="<extra_0>", tokenizer=chatml)
+    rendered = prompt.render(PROBLEM, ["Step 1: add.\n\n", "So $\\boxed{2}$."])
+    assert rendered == (
+        f"<|im_start|>system\n{PRM_SYSTEM_PROMPT}<|im_end|>\n"
+        "<|im_start|>user\nWhat is 1+1?<|im_end|>\n"
+        "<|im_start|>assistant\nStep 1: add.<extra_0>So $\\boxed{2}$.<extra_0><|im_end|>\n"
+    )
+
+
+def test_pooling_input_drops_the_doubled_bos(llama: PreTrainedTokenizerBase) -> None:
+    rendered = PoolingPrompt(step_tag="<extra_0>", tokenizer=llama).render(PROBLEM, ["a\n\n"])
+    assert rendered.startswith("<|start_header_id|>system")
+    assert vllm_ids(llama, rendered).count(llama.bos_token_id) == 1
+
+
+def test_pooling_rejects_a_step_containing_the_tag(chatml: PreTrainedTokenizerBase) -> None:
+    prompt = PoolingPrompt(step_tag="<extra_0>", tokenizer=chatml)
+    with pytest.raises(PromptRenderError, match=r"step 1 contains the PRM step tag '<extra_0>'"):
+        prompt.render(PROBLEM, ["a\n\n", "b<extra_0>\n\n"])
+    with pytest.raises(PromptRenderError, match="the problem contains the PRM step tag"):
+        prompt.render("What is <extra_0>?", ["a\n\n"])
+
+
+def test_pooling_prompt_format() -> None:
+    prompt = PoolingPrompt(step_tag="<t>", prompt_format="Q: {problem}\nA: {solution}")
+    assert prompt.render(PROBLEM, ["a\n\n", "b"]) == "Q: What is 1+1?\nA: a<t>b<t>"
+
+
+def test_pooling_prompt_format_must_not_hold_the_tag() -> None:
+    with pytest.raises(ConfigError, match="contains the step tag '<t>'"):
+        PoolingPrompt(step_tag="<t>", prompt_format="{problem}<t>{solution}")
+
+
+def test_pooling_delimiter_is_what_gets_stripped() -> None:
+    prompt = PoolingPrompt(step_tag="<t>", delimiter="##", prompt_format="{solution}")
+    assert prompt.render(PROBLEM, ["a\n\n##", "b##"]) == "a<t>b<t>"
+
+
+# --- logprob PRM ----------------------------------------------------------------------------
+
+
+def test_logprob_prompt_text(llama: PreTrainedTokenizerBase) -> None:
+    labelled = LogprobPrompt(llama).render(PROBLEM, ["Step 1: add.\n\n", "So 2.\n\n", "Done."])
+    assert labelled.prompt == (
+        "<|start_header_id|>user<|end_header_id|>\n\nWhat is 1+1? Step 1: add.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n+<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nSo 2.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n+<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nDone.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n+<|eot_id|>"
+    )
+
+
+@pytest.mark.parametrize("which", ["llama", "chatml"])
+def test_logprob_label_positions_index_the_plus_tokens_vllm_sees(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    tokenizer: PreTrainedTokenizerBase = request.getfixturevalue(which)
+    steps = ["Step 1: add 1 + 1.\n\n", "+ so 2.\n\n", "Answer: 2"]  # "+" inside the text too
+    labelled = LogprobPrompt(tokenizer).render("Is 1+1 = 2?", steps)
+    ids = vllm_ids(tokenizer, labelled.prompt)
+    plus = tokenizer.convert_tokens_to_ids(tokenizer.tokenize("+"))
+    assert len(labelled.label_positions) == 3
+    assert [ids[p : p + 1] for p in labelled.label_positions] == [plus] * 3
+    # each label is the token right after the assistant header
+    header = "assistant<|end_header_id|>\n\n" if which == "llama" else "<|im_start|>assistant\n"
+    for position in labelled.label_positions:
+        before = tokenizer.decode(ids[:position])
+        assert isinstance(before, str)
+        assert before.endswith(header)
+    if which == "llama":  # vLLM's BOS is token 0: the positions count it
+        assert ids[0] == tokenizer.bos_token_id
+        assert ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_logprob_rejects_a_tokenizer_that_merges_the_label(tmp_path: Path) -> None:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<e>"], show_progress=False)
+    tok.train_from_iterator(["assistant:+ user:x"] * 50, trainer)
+    wrapped = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tok,
+        eos_token="<e>",
+        chat_template="{% for m in messages %}{{ m['role'] + ':' + m['content'] }} {% endfor %}",
+    )
+    with pytest.raises(
+        ConfigError, match=r"merges the PRM label '\+' into the token 'assistant:\+'"
+    ):
+        LogprobPrompt(wrapped).render("x", ["y"])
+
+
+def test_logprob_needs_a_step(llama: PreTrainedTokenizerBase) -> None:
+    with pytest.raises(PromptRenderError, match="at least one step"):
+        LogprobPrompt(llama).render(PROBLEM, [])
+
+
+def test_saved_tokenizer_files_hold_the_template(llama: PreTrainedTokenizerBase) -> None:
+    # guards the fixture itself: the template came from disk, not from the Python object
+    config = json.loads((Path(llama.name_or_path) / "tokenizer_config.json").read_text())
+    on_disk = (Path(llama.name_or_path) / "chat_template.jinja").read_text()
+    assert config.get("chat_template", on_disk) == LLAMA_TEMPLATE
