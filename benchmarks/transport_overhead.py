@@ -28,7 +28,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -99,8 +99,26 @@ async def timed(n: int, workers: int, send: Callable[[], Awaitable[None]]) -> di
 
 
 async def bare(url: str, n: int, c: int) -> dict[str, float]:
-    connector = aiohttp.TCPConnector(limit=c)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    return await bare_loop(url, n, c, aiohttp.TCPConnector(limit=c), aiohttp.client.DEFAULT_TIMEOUT)
+
+
+async def bare_configured(url: str, n: int, c: int) -> dict[str, float]:
+    """The bare loop with the transport's session settings (keep-alive, and the read timeout
+    whose per-chunk timer aiohttp reschedules), to separate their cost from the transport's."""
+    endpoint = Endpoint(base_url=url, model="bench", max_in_flight=c)
+    connector = aiohttp.TCPConnector(limit=c, limit_per_host=0, keepalive_timeout=4.0)
+    timeout = aiohttp.ClientTimeout(
+        total=endpoint.total_timeout_s,
+        connect=endpoint.connect_timeout_s,
+        sock_read=endpoint.read_timeout_s,
+    )
+    return await bare_loop(url, n, c, connector, timeout)
+
+
+async def bare_loop(
+    url: str, n: int, c: int, connector: aiohttp.TCPConnector, limits: aiohttp.ClientTimeout
+) -> dict[str, float]:
+    async with aiohttp.ClientSession(connector=connector, timeout=limits) as session:
         headers = {"Content-Type": "application/json"}
 
         async def send() -> None:
@@ -128,6 +146,13 @@ async def through_transport(url: str, n: int, c: int) -> dict[str, float]:
     return result
 
 
+CLIENTS: dict[str, Callable[[str, int, int], Coroutine[Any, Any, dict[str, float]]]] = {
+    "bare": bare,
+    "bare_configured": bare_configured,
+    "transport": through_transport,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--requests", type=int, default=20_000)
@@ -152,7 +177,7 @@ def main() -> None:
         runs: dict[tuple[int, str], list[dict[str, float]]] = {}
         for _ in range(args.repeats):
             for c in args.concurrency:
-                for client, run in (("bare", bare), ("transport", through_transport)):
+                for client, run in CLIENTS.items():
                     result = asyncio.run(run(url, args.requests, c))
                     runs.setdefault((c, client), []).append(result)
     finally:
@@ -162,7 +187,7 @@ def main() -> None:
     rows = []
     for c in args.concurrency:
         row: dict[str, Any] = {"concurrency": c}
-        for client in ("bare", "transport"):
+        for client in CLIENTS:
             cell = runs[(c, client)]
             row[f"{client}_rps"] = statistics.median(r["rps"] for r in cell)
             row[f"{client}_cpu_us_per_request"] = statistics.median(
@@ -170,18 +195,36 @@ def main() -> None:
             )
             row[f"{client}_rps_runs"] = [round(r["rps"], 1) for r in cell]
         row["ratio"] = row["transport_rps"] / row["bare_rps"]
+        # Each round runs the clients back to back, so a per-round ratio cancels slow drifts
+        # of a shared machine.
+        paired = [
+            t["rps"] / b["rps"]
+            for t, b in zip(runs[(c, "transport")], runs[(c, "bare")], strict=True)
+        ]
+        row["ratio_paired_median"] = statistics.median(paired)
+        row["ratio_vs_bare_configured"] = row["transport_rps"] / row["bare_configured_rps"]
+        row["cpu_ratio"] = row["bare_cpu_us_per_request"] / row["transport_cpu_us_per_request"]
         rows.append(row)
 
-    print(f"{args.requests} requests per cell, median of {args.repeats} interleaved runs")
+    print(f"{args.requests} requests per cell, median of {args.repeats} interleaved rounds")
     print(
-        f"{'C':>6} | {'bare req/s':>10} | {'transport req/s':>15} | {'ratio':>5} | "
-        f"{'bare CPU us/req':>15} | {'transport CPU us/req':>20}"
+        "(a) bare aiohttp loop; (a') the same with the transport's session settings; "
+        "(b) Transport.post_json"
+    )
+    print(
+        f"{'C':>5} | {'(a) req/s':>9} | {'(a′) req/s':>10} | {'(b) req/s':>9} | {'b/a':>5} | "
+        f"{'b/a paired':>10} | {'b/a′':>5} | {'CPU us/req a | a′ | b':>21} | {'CPU a/b':>7}"
     )
     for row in rows:
+        cpu = "{:>5.0f} | {:>4.0f} | {:>4.0f}".format(
+            *(row[f"{k}_cpu_us_per_request"] for k in CLIENTS)
+        )
         print(
-            f"{row['concurrency']:>6} | {row['bare_rps']:>10.0f} | {row['transport_rps']:>15.0f} | "
-            f"{row['ratio']:>5.2f} | {row['bare_cpu_us_per_request']:>15.0f} | "
-            f"{row['transport_cpu_us_per_request']:>20.0f}"
+            f"{row['concurrency']:>5} | {row['bare_rps']:>9.0f} | "
+            f"{row['bare_configured_rps']:>10.0f} | {row['transport_rps']:>9.0f} | "
+            f"{row['ratio']:>5.2f} | "
+            f"{row['ratio_paired_median']:>10.2f} | {row['ratio_vs_bare_configured']:>5.2f} | "
+            f"{cpu:>21} | {row['cpu_ratio']:>7.2f}"
         )
     report = {
         "benchmark": "transport_overhead",

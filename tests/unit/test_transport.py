@@ -93,14 +93,6 @@ def status(code: int, body: Any, headers: dict[str, str] | None = None) -> Fault
     return fault
 
 
-def delay(seconds: float) -> Fault:
-    async def fault(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(seconds)
-        return web.json_response(OK_BODY)
-
-    return fault
-
-
 def hold(release: asyncio.Event) -> Fault:
     async def fault(request: web.Request) -> web.StreamResponse:
         await release.wait()
@@ -359,17 +351,20 @@ async def test_backoff_ceiling_is_capped_at_30_s(serve: Serve) -> None:
 
 
 async def test_read_timeout_is_retried_then_succeeds(serve: Serve) -> None:
-    url = await serve(Scripted(delay(0.3)))
+    stalled = asyncio.Event()  # the server answers the first request only after the test
+    url = await serve(Scripted(hold(stalled)))
     vt = VirtualTime()
     ledger = Ledger()
-    async with transport(url, vt, read_timeout_s=0.05) as t:
+    async with transport(url, vt, read_timeout_s=0.25) as t:
         assert await t.post_json(ROUTE, {}, charges=[Charge(ledger, ("0",))]) == OK_BODY
+    stalled.set()
     assert statuses(ledger) == [None, 200]
     assert (ledger.attempts[0].error or "").startswith("TimedOut: ")
 
 
 async def test_read_timeouts_exhaust_attempts_into_timed_out(serve: Serve) -> None:
-    server = Scripted(delay(0.3), delay(0.3))
+    stalled = asyncio.Event()
+    server = Scripted(hold(stalled), hold(stalled))
     url = await serve(server)
     vt = VirtualTime()
     async with transport(url, vt, read_timeout_s=0.05, max_attempts=2) as t:
@@ -378,6 +373,7 @@ async def test_read_timeouts_exhaust_attempts_into_timed_out(serve: Serve) -> No
         ):
             await t.post_json(ROUTE, {})
         assert t.statistics().failures == 1
+    stalled.set()
     assert len(server.seen) == 2
 
 
@@ -701,13 +697,15 @@ async def test_a_pause_that_begins_while_queued_for_the_slot_is_honoured(serve: 
 async def test_token_admission_is_fifo_and_clamps_big_hints(serve: Serve) -> None:
     server = Scripted()
     url = await serve(server)
-    # A 60,000-token bucket refilling 1,000 tokens/s: waits of a few tens of milliseconds.
+    # A 60,000-token bucket refilling 1,000 tokens/s: 50 ms between admissions of small ones.
     endpoint = Endpoint(base_url=url, model="m", tokens_per_min=60_000, rate_per_s=1000)
     async with Transport(endpoint, name="policy") as t:
         await t.post_json(ROUTE, {"i": "drain"}, tokens_hint=10**9)  # clamped to the bucket
-        big = asyncio.create_task(t.post_json(ROUTE, {"i": "big"}, tokens_hint=40))
+        big = asyncio.create_task(t.post_json(ROUTE, {"i": "big"}, tokens_hint=200))
         await eventually(lambda: t.statistics().waiting == 1)
-        small = [asyncio.create_task(t.post_json(ROUTE, {"i": i}, tokens_hint=5)) for i in range(3)]
+        small = [
+            asyncio.create_task(t.post_json(ROUTE, {"i": i}, tokens_hint=50)) for i in range(3)
+        ]
         await asyncio.gather(big, *small)
         assert t.statistics().requests == 5
     order = [orjson.loads(body)["i"] for _, _, _, body in server.seen]
