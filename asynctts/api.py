@@ -30,17 +30,19 @@ from asynctts.errors import (
     SolveFailed,
     TimedOut,
     TransportError,
+    format_key,
 )
 from asynctts.ledger import Ledger
 from asynctts.logs import ensure_logging
-from asynctts.protocols import GenerateSteps, Path, ScoreSteps
+from asynctts.protocols import Finish, GenerateSteps, Path, ScoreSteps
 from asynctts.search.beam_search import BeamSearch
 from asynctts.search.best_of_n import BestOfN
 from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
 from asynctts.search.strategy import Strategy
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
-from asynctts.solution import Candidate, Solution, collect, pick, votes_of
+from asynctts.solution import Candidate, Degradation, Solution, collect, pick, votes_of
+from asynctts.trace import Trace
 from asynctts.transport import Transport
 
 log = structlog.get_logger("asynctts.api")
@@ -97,15 +99,18 @@ async def run_search(
     score: ScoreSteps,
     equivalence: Equivalence,
     ledger: Ledger,
+    keep_trace: bool = False,
 ) -> Solution:
     """Run `strategy` over the two protocols and turn its results into a `Solution`.
 
     Raises:
         SolveFailed: every branch was lost.
     """
+    trace = Trace()
+    traced_generate, traced_score = trace.wrap(generate, score)
     ledger.start()
     try:
-        results = await strategy.run(Path(), n, generate, score)
+        results = await strategy.run(Path(), n, traced_generate, traced_score)
     except BaseExceptionGroup as group:
         first = _first_of(group)
         if first is group:
@@ -113,33 +118,44 @@ async def run_search(
         raise first from None  # its own traceback still shows where it was raised
     finally:
         ledger.stop()
-    rows, lost = collect(results, strategy.aggregate)
+    trace.close(results)
+    rows, lost, unfinished = collect(results, strategy.aggregate)
     if not rows:
         raise SolveFailed(problem_id, [r for r in results if isinstance(r, BranchLost)])
-    groups = await equivalence.group([answer for _, _, answer, _ in rows])
+    groups = await equivalence.group([row.answer for row in rows])
     candidates = tuple(
         Candidate(
-            index=index,
-            branch=".".join(map(str, path.key)) or "root",
-            steps=path.steps,
-            scores=path.scores,
-            value=value,
-            finish=path.finish,
-            answer=answer,
+            index=row.index,
+            branch=format_key(row.path.key),
+            steps=row.path.steps,
+            scores=row.path.scores,
+            value=row.value,
+            finish=row.path.finish,
+            answer=row.answer,
             group=group,
         )
-        for (index, path, answer, value), group in zip(rows, groups, strict=True)
+        for row, group in zip(rows, groups, strict=True)
     )
-    answer = pick(votes_of(candidates, n), strategy.selection)
+    width = getattr(strategy, "width", None)
+    degradation = Degradation(
+        lost_generating=sum(1 for b in lost if b.stage == "generating"),
+        lost_scoring=sum(1 for b in lost if b.stage == "scoring"),
+        cut=sum(1 for c in candidates if c.finish is Finish.LENGTH),
+        unfinished=unfinished,
+        widths=trace.iteration_widths(),
+        planned_width=n // width if isinstance(width, int) else None,
+    )
     return Solution(
         problem_id=problem_id,
         problem=problem,
         strategy=strategy.name,
         n=n,
-        answer=answer,
+        answer=pick(votes_of(candidates, n), strategy.selection),
         candidates=candidates,
         lost=tuple(lost),
         ledger=ledger,
+        degradation=degradation,
+        trace=trace if keep_trace else None,
     )
 
 
@@ -243,6 +259,7 @@ class Solver:
         n: int,
         seed: int | None = None,
         problem_id: str | None = None,
+        trace: bool = False,
     ) -> Solution:
         """Solve one problem.
 
@@ -252,6 +269,7 @@ class Solver:
             n: the budget (number of samples, beams or subtree leaves).
             seed: makes every request seeded (same seed, same result); None samples freely.
             problem_id: an id for logs, ledgers and seeds; default a hash of the problem.
+            trace: keep the search tree in `Solution.trace` (JSON and a picture on demand).
 
         Returns:
             The `Solution`.
@@ -264,10 +282,17 @@ class Solver:
         chosen = make_strategy(strategy)
         check_request(problem, chosen, n, self.prm is not None)
         pid = problem_id if problem_id is not None else problem_key(problem)
-        return await self._solve(problem, chosen, n, seed, pid, Ledger())
+        return await self._solve(problem, chosen, n, seed, pid, Ledger(), trace)
 
     async def _solve(
-        self, problem: str, chosen: Strategy, n: int, seed: int | None, pid: str, ledger: Ledger
+        self,
+        problem: str,
+        chosen: Strategy,
+        n: int,
+        seed: int | None,
+        pid: str,
+        ledger: Ledger,
+        trace: bool,
     ) -> Solution:
         if self._generator is None or self._groups is None:
             raise RuntimeError("Solver is not open: use `async with Solver(...) as solver`")
@@ -298,6 +323,7 @@ class Solver:
                 score=score,
                 equivalence=self._groups,
                 ledger=ctx.ledger,
+                keep_trace=trace,
             )
             log.info(
                 "solved",
@@ -305,6 +331,7 @@ class Solver:
                 n=n,
                 answer=solution.answer,
                 lost=len(solution.lost),
+                degraded=solution.degradation.notes() or None,
                 **ctx.ledger.summary(),
             )
             return solution
@@ -354,7 +381,7 @@ class Solver:
     ) -> Solution:
         ledger = Ledger()
         try:
-            return await self._solve(problem, strategy, n, seed, pid, ledger)
+            return await self._solve(problem, strategy, n, seed, pid, ledger, trace=False)
         except (SolveFailed, EndpointError) as err:
             log.warning("problem failed", problem_id=pid, error=str(err))
             lost = collect(err.lost, strategy.aggregate)[1] if isinstance(err, SolveFailed) else []
@@ -425,6 +452,7 @@ async def solve(
     sampling: Sampling | None = None,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     problem_id: str | None = None,
+    trace: bool = False,
 ) -> Solution:
     """Solve one problem with a fresh `Solver` (see `Solver.solve` for the arguments).
 
@@ -434,7 +462,9 @@ async def solve(
     async with Solver(
         policy=policy, prm=prm, sampling=sampling, system_prompt=system_prompt
     ) as solver:
-        return await solver.solve(problem, strategy=chosen, n=n, seed=seed, problem_id=problem_id)
+        return await solver.solve(
+            problem, strategy=chosen, n=n, seed=seed, problem_id=problem_id, trace=trace
+        )
 
 
 async def solve_many(

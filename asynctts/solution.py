@@ -13,6 +13,7 @@ from asynctts.ledger import Ledger
 from asynctts.protocols import Finish, Path
 from asynctts.search.aggregate import AggregateName, value_of
 from asynctts.search.strategy import Selection
+from asynctts.trace import Trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,57 @@ class LostBranch:
 
 
 @dataclass(frozen=True, slots=True)
+class Degradation:
+    """What fell short of the plan in one solve, and why."""
+
+    lost_generating: int = 0  # branches whose generation request failed for good
+    lost_scoring: int = 0  # branches whose PRM request failed for good
+    cut: int = 0  # candidates whose last step was cut by max_tokens or the context length
+    unfinished: int = 0  # paths that reached the depth limit unfinished (not candidates)
+    widths: tuple[int, ...] = ()  # paths expanded at each iteration (iteration 0: the root)
+    planned_width: int | None = None  # n // width for tree searches
+
+    @property
+    def narrowed(self) -> tuple[int, ...]:
+        """Iterations after the first whose width fell below n // width (paths finished
+        early, or were lost)."""
+        if self.planned_width is None:
+            return ()
+        return tuple(d for d, w in enumerate(self.widths) if d > 0 and w < self.planned_width)
+
+    @property
+    def degraded(self) -> bool:
+        """True when branches were lost, cut or left unfinished."""
+        return bool(self.lost_generating or self.lost_scoring or self.cut or self.unfinished)
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.lost_generating or self.lost_scoring:
+            notes.append(
+                f"{self.lost_generating + self.lost_scoring} branches lost "
+                f"({self.lost_generating} generating, {self.lost_scoring} scoring)"
+            )
+        if self.cut:
+            notes.append(f"{self.cut} candidates cut by max_tokens or the context length")
+        if self.unfinished:
+            notes.append(f"{self.unfinished} paths hit the iteration limit unfinished")
+        for d in self.narrowed:
+            notes.append(f"iteration {d}: {self.widths[d]} of {self.planned_width} paths expanded")
+        return notes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lost_generating": self.lost_generating,
+            "lost_scoring": self.lost_scoring,
+            "cut": self.cut,
+            "unfinished": self.unfinished,
+            "widths": list(self.widths),
+            "planned_width": self.planned_width,
+            "notes": self.notes(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Votes:
     """The answers the three selection rules give on the first `n` samples."""
 
@@ -62,6 +114,8 @@ class Solution:
     candidates: tuple[Candidate, ...]
     lost: tuple[LostBranch, ...]
     ledger: Ledger
+    degradation: Degradation = Degradation()
+    trace: Trace | None = None  # the search tree, when asked for (`trace=True`)
     error: str | None = None  # set when the problem failed as a whole (solve_many only)
 
     @property
@@ -107,6 +161,7 @@ class Solution:
                 {"index": b.index, "branch": b.branch, "stage": b.stage, "reason": b.reason}
                 for b in self.lost
             ],
+            "degradation": self.degradation.to_dict(),
             "ledger": self.ledger.summary(),
         }
 
@@ -133,18 +188,30 @@ def answer_of(path: Path) -> str | None:
     return None if boxed is None else normalize(boxed)
 
 
+@dataclass(frozen=True, slots=True)
+class Row:
+    index: int
+    path: Path
+    answer: str | None
+    value: float | None
+
+
 def collect(
     results: Sequence[Path | BranchLost], aggregate: AggregateName
-) -> tuple[list[tuple[int, Path, str | None, float | None]], list[LostBranch]]:
-    """Split a strategy's results into (index, path, answer, value) rows and lost branches."""
-    rows: list[tuple[int, Path, str | None, float | None]] = []
+) -> tuple[list[Row], list[LostBranch], int]:
+    """Split a strategy's results into finished candidates, lost branches, and the number
+    of paths that ended unfinished (which are not candidates)."""
+    rows: list[Row] = []
     lost: list[LostBranch] = []
+    unfinished = 0
     for index, result in enumerate(results):
         if isinstance(result, BranchLost):
             lost.append(LostBranch(index, format_key(result.key), result.stage, result.reason))
+        elif result.done:
+            rows.append(Row(index, result, answer_of(result), value_of(result.scores, aggregate)))
         else:
-            rows.append((index, result, answer_of(result), value_of(result.scores, aggregate)))
-    return rows, lost
+            unfinished += 1
+    return rows, lost, unfinished
 
 
 def pick(votes: Votes, selection: Selection) -> str | None:

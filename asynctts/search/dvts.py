@@ -15,13 +15,12 @@ from typing import ClassVar
 
 from asynctts.errors import BranchLost
 from asynctts.protocols import GenerateSteps, Path, ScoreSteps
-from asynctts.search.aggregate import AggregateName, check_aggregate, value_of
-from asynctts.search.branches import kept
 from asynctts.search.strategy import Selection
+from asynctts.search.tree_search import TreeSearch
 
 
 @dataclass(frozen=True, kw_only=True)
-class DVTS:
+class DVTS(TreeSearch):
     """Args:
     width: children sampled per step in every subtree (M); n must be a multiple of it.
     max_depth: steps per subtree at most; the last one generates to the end.
@@ -31,18 +30,6 @@ class DVTS:
     name: ClassVar[str] = "dvts"
     needs_prm: ClassVar[bool] = True
     selection: ClassVar[Selection] = "weighted"
-    width: int = 4
-    max_depth: int = 40
-    aggregate: AggregateName = "last"
-
-    def __post_init__(self) -> None:
-        check_aggregate(self.aggregate)
-        if self.width < 1 or self.max_depth < 1:
-            raise ValueError(f"width={self.width}, max_depth={self.max_depth}: need >= 1")
-
-    def check_budget(self, n: int) -> None:
-        if n % self.width:
-            raise ValueError(f"n={n} is not a multiple of width={self.width}")
 
     async def run(
         self, root: Path, n: int, generate: GenerateSteps, score: ScoreSteps
@@ -50,27 +37,35 @@ class DVTS:
         self.check_budget(n)
         async with asyncio.TaskGroup() as tg:  # subtrees never wait for each other
             walks = [
-                tg.create_task(kept(self._walk(root.fork(t), generate, score)))
+                tg.create_task(self._walk(root.fork(t), generate, score))
                 for t in range(n // self.width)
             ]
-        results: list[Path | BranchLost] = []
-        for walk in walks:
-            outcome = walk.result()
-            results.extend([outcome] if isinstance(outcome, BranchLost) else outcome)
-        return results
+        return [result for walk in walks for result in walk.result()]
 
-    async def _walk(self, start: Path, generate: GenerateSteps, score: ScoreSteps) -> list[Path]:
+    async def _walk(
+        self, start: Path, generate: GenerateSteps, score: ScoreSteps
+    ) -> list[Path | BranchLost]:
+        """One subtree: its finished results, then the branches it lost on the way. When an
+        expansion fails for good the walk falls back to the next-best sibling (at the
+        subtree's root: to a fresh fork of it, with its own seed), `width - 1` times at most
+        per level, so one failed request does not end the subtree."""
+        lost: list[BranchLost] = []
         best = start
+        fallbacks = [start.fork(j) for j in range(1, self.width)]
         children: list[Path] = []
-        for depth in range(self.max_depth):
-            to_end = depth == self.max_depth - 1
-            children = await score(await generate(best, self.width, to_end=to_end))
-            best = max(children, key=self._value)  # max keeps the first of equal values
-            if best.done:
-                break
+        depth = 0
+        while depth < self.max_depth and not best.done:
+            try:
+                generated = await generate(best, self.width, to_end=depth == self.max_depth - 1)
+                children = await score(generated)
+            except BranchLost as failure:
+                lost.append(failure)
+                if not fallbacks:
+                    return [*lost]
+                best = fallbacks.pop(0)
+                continue
+            # stable sort: the first of equal values is best
+            best, *fallbacks = sorted(children, key=self.value, reverse=True)
+            depth += 1
         finished = [c for c in children if c.done]
-        return finished or [best]
-
-    def _value(self, path: Path) -> float:
-        value = value_of(path.scores, self.aggregate)
-        return float("-inf") if value is None else value
+        return [*(finished or [best]), *lost]

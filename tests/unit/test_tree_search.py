@@ -46,64 +46,67 @@ def scripted(
 
 
 async def test_beam_search_keeps_the_best_and_ranks_finished_by_value() -> None:
+    # the root's 4 children come from n // width = 2 forks of it: (0, i) and (1, i)
     scores = {
-        (0,): 0.1, (1,): 0.9, (2,): 0.5, (3,): 0.7,
-        (1, 0): 0.3, (1, 1): 0.6, (3, 0): 0.8, (3, 1): 0.95,
-        (3, 0, 0): 0.2, (3, 0, 1): 0.4, (1, 1, 0): 0.99, (1, 1, 1): 0.1,
+        (0, 0): 0.1, (0, 1): 0.9, (1, 0): 0.5, (1, 1): 0.7,
+        (0, 1, 0): 0.3, (0, 1, 1): 0.6, (1, 1, 0): 0.8, (1, 1, 1): 0.95,
+        (1, 1, 0, 0): 0.2, (1, 1, 0, 1): 0.4, (0, 1, 1, 0): 0.99, (0, 1, 1, 1): 0.1,
     }  # fmt: skip
-    ends = {(1, 0): Finish.EOS, (3, 1): Finish.EOS}
+    ends = {(0, 1, 0): Finish.EOS, (1, 1, 1): Finish.EOS}
     policy, prm = scripted(ends, scores, final_depth=99)
     results = await BeamSearch(width=2, max_depth=3).run(Path(), 4, policy, prm)
     # the last iteration generates to the end; the n=4 best finished paths, best first
     assert [r.key for r in results if isinstance(r, Path)] == [
-        (1, 1, 0), (3, 1), (3, 0, 1), (1, 0),
+        (0, 1, 1, 0), (1, 1, 1), (1, 1, 0, 1), (0, 1, 0),
     ]  # fmt: skip
     assert sorted(policy.meter.log) == [
-        ((), 4, False),  # the root gets n children
-        ((1,), 2, False),  # the n // width = 2 best, width children each
-        ((1, 1), 2, True),
-        ((3,), 2, False),
-        ((3, 0), 2, True),
+        ((0,), 2, False),  # the root: n children as n // width requests of width siblings
+        ((0, 1), 2, False),  # then the n // width = 2 best, width children each
+        ((0, 1, 1), 2, True),
+        ((1,), 2, False),
+        ((1, 1), 2, False),
+        ((1, 1, 0), 2, True),
     ]
     assert all(r.done for r in results if isinstance(r, Path))
 
 
 async def test_beam_search_stops_when_no_path_is_active() -> None:
-    policy, prm = scripted({}, {}, final_depth=2)
+    policy, prm = scripted({}, {}, final_depth=3)
     results = await BeamSearch(width=2, max_depth=40).run(Path(), 4, policy, prm)
-    assert policy.calls == 3  # root, then the 2 survivors, whose children all end
+    assert policy.calls == 4  # the root's 2 requests, then the 2 survivors, whose children end
     assert len(results) == 4
 
 
 async def test_beam_search_ties_go_to_the_first_child() -> None:
-    policy, prm = scripted({}, {}, final_depth=2)  # every score 0.5
+    policy, prm = scripted({}, {}, final_depth=3)  # every score 0.5
     await BeamSearch(width=2, max_depth=5).run(Path(), 4, policy, prm)
-    assert sorted(k for k, _, _ in policy.meter.log) == [(), (0,), (1,)]
+    assert sorted(k for k, _, _ in policy.meter.log) == [(0,), (0, 0), (0, 1), (1,)]
 
 
 async def test_beam_search_filters_duplicate_texts() -> None:
     def step(path: Path, rng: random.Random) -> tuple[str, Finish]:
-        if len(path.key) >= 2:
+        if len(path.key) >= 3:
             return f"end {path.key}", Finish.EOS
-        return ("same\n\n" if path.key[0] < 3 else f"unique {path.key}\n\n"), Finish.STEP
+        return ("same\n\n" if path.key != (1, 1) else "unique\n\n"), Finish.STEP
 
-    prm = FakePRM(lambda path, i: 0.9 if path.key[0] < 3 else 0.1)
+    prm = FakePRM(lambda path, i: 0.1 if path.key[:2] == (1, 1) else 0.9)
     plain = FakePolicy(step)
     await BeamSearch(width=2, max_depth=5).run(Path(), 4, plain, prm)
-    assert sorted(k for k, _, _ in plain.meter.log) == [(), (0,), (1,)]
+    assert sorted(k for k, _, _ in plain.meter.log) == [(0,), (0, 0), (0, 1), (1,)]
     deduped = FakePolicy(step)
     await BeamSearch(width=2, max_depth=5, filter_duplicates=True).run(Path(), 4, deduped, prm)
-    # (1,) and (2,) repeat (0,)'s text: the second survivor is the unique (3,)
-    assert sorted(k for k, _, _ in deduped.meter.log) == [(), (0,), (3,)]
+    # (0, 1) and (1, 0) repeat (0, 0)'s text: the second survivor is the unique (1, 1)
+    assert sorted(k for k, _, _ in deduped.meter.log) == [(0,), (0, 0), (1,), (1, 1)]
 
 
 async def test_beam_search_records_lost_branches_and_answers_from_the_rest() -> None:
-    policy, prm = scripted({}, {(0,): 0.9, (1,): 0.8}, final_depth=3)
-    policy.fail = lambda path: path.key == (0,)
+    policy, prm = scripted({}, {(0, 0): 0.9, (0, 1): 0.8}, final_depth=4)
+    policy.fail = lambda path: path.key == (0, 0)
     results = await BeamSearch(width=2, max_depth=5).run(Path(), 4, policy, prm)
     lost = [r for r in results if isinstance(r, BranchLost)]
-    assert [(b.key, b.stage) for b in lost] == [((0,), "generating")]
-    assert {r.key[:1] for r in results if isinstance(r, Path)} == {(1,)}
+    assert [(b.key, b.stage) for b in lost] == [((0, 0), "generating")]
+    # the other survivor (0, 1) carried on; the failed one's children never existed
+    assert {r.key[:2] for r in results if isinstance(r, Path)} == {(0, 1)}
 
 
 @pytest.mark.parametrize("strategy", [BeamSearch, DVTS])
@@ -149,8 +152,40 @@ async def test_dvts_lost_subtree_does_not_sink_the_others() -> None:
     policy.fail = lambda path: path.key[:1] == (1,)
     results = await DVTS(width=2, max_depth=5).run(Path(), 6, policy, prm)
     lost = [r for r in results if isinstance(r, BranchLost)]
-    assert [b.key for b in lost] == [(1,)]
+    # subtree 1 failed, then so did its one fallback (a fresh fork with its own seed)
+    assert [b.key for b in lost] == [(1,), (1, 1)]
     assert {r.key[0] for r in results if isinstance(r, Path)} == {0, 2}
+
+
+async def test_dvts_falls_back_to_the_next_best_sibling() -> None:
+    scores = {(0, 0): 0.9, (0, 1): 0.5}
+    policy, prm = scripted({}, scores, final_depth=4)
+    policy.fail = lambda path: path.key == (0, 0)  # the best child's expansion fails
+    results = await DVTS(width=2, max_depth=10).run(Path(), 2, policy, prm)
+    assert [r.key for r in results if isinstance(r, BranchLost)] == [(0, 0)]
+    finished = [r for r in results if isinstance(r, Path)]
+    assert finished and all(p.key[:2] == (0, 1) and p.done for p in finished)
+
+
+async def test_dvts_falls_back_to_a_fresh_fork_at_the_subtree_root() -> None:
+    policy, prm = scripted({}, {}, final_depth=3)
+    policy.fail = lambda path: path.key == (0,)
+    results = await DVTS(width=2, max_depth=10).run(Path(), 2, policy, prm)
+    assert [r.key for r in results if isinstance(r, BranchLost)] == [(0,)]
+    assert {r.key[:2] for r in results if isinstance(r, Path)} == {(0, 1)}
+
+
+async def test_beam_search_stands_in_the_next_best_path_for_a_lost_one() -> None:
+    scores = {(0, 0): 0.9, (0, 1): 0.8}  # the spare fork's children score 0.5
+    policy, prm = scripted({}, scores, final_depth=4)
+    policy.fail = lambda path: path.key in {(0, 0), (1,)}
+    results = await BeamSearch(width=2, max_depth=10).run(Path(), 4, policy, prm)
+    lost = [r.key for r in results if isinstance(r, BranchLost)]
+    assert lost == [(1,), (0, 0)]
+    # at the root, fork (1,) failed and the spare fork (2,) stood in; at iteration 1 the
+    # best child (0, 0) failed and the next best after (0, 1), namely (2, 0), stood in
+    assert sorted(k for k, _, _ in policy.meter.log if len(k) == 1) == [(0,), (1,), (2,)]
+    assert sorted(k for k, _, _ in policy.meter.log if len(k) == 2) == [(0, 0), (0, 1), (2, 0)]
 
 
 def random_script(seed: int, p_end: float) -> tuple[FakePolicy, FakePRM]:
@@ -187,10 +222,10 @@ async def test_beam_search_invariants(
     by_depth: dict[int, list[int]] = {}
     for key, k, _ in policy.meter.log:
         by_depth.setdefault(len(key), []).append(k)
-    assert by_depth.pop(0) == [n]
+    assert by_depth.pop(1) == [width] * multiple  # the root's n children
     for ks in by_depth.values():
         assert len(ks) <= multiple and all(k == width for k in ks)
-    assert max(by_depth, default=0) <= depth - 1
+    assert max(by_depth, default=1) <= depth
     assert sum(len(ks) * width for ks in by_depth.values()) + n <= n * depth
     again_policy, again_prm = random_script(seed, p_end)
     again = await BeamSearch(width=width, max_depth=depth).run(Path(), n, again_policy, again_prm)

@@ -1,0 +1,161 @@
+"""The search tree of one solve, recorded below the two protocols, so strategies stay
+plain: every `GenerateSteps` call expands a node into children, every `ScoreSteps` call
+fills in scores. Kept nodes are the expanded ones and the results; the rest were pruned.
+
+The tree lives while its problem is solved (the per-iteration widths feed the Solution's
+record of what degraded); the Solution keeps it only when asked (`trace=True`), since a beam
+search at n=256 makes ~10,000 nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path as FilePath
+from typing import Any
+
+from asynctts.errors import BranchLost, format_key
+from asynctts.protocols import Finish, GenerateSteps, Path, ScoreSteps
+
+Key = tuple[int, ...]
+
+
+@dataclass(slots=True)
+class Node:
+    key: Key
+    parent: Key | None
+    depth: int  # generation iterations from the root (a DVTS subtree's fork adds none)
+    steps: tuple[str, ...] = ()  # the steps this node added to its parent
+    finish: Finish = Finish.STEP
+    scores: tuple[float, ...] = ()  # the PRM scores of this node's own steps
+    generated_s: tuple[float, float] | None = None  # (start, end) since the solve began
+    scored_s: tuple[float, float] | None = None
+    expanded: bool = False
+    result: bool = False
+    lost: str | None = None
+
+    @property
+    def state(self) -> str:
+        if self.lost is not None:
+            return "lost"
+        if self.result:
+            return "result"
+        if self.expanded or self.parent is None:
+            return "kept"
+        return "finished" if self.finish is not Finish.STEP else "pruned"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": format_key(self.key),
+            "parent": None if self.parent is None else format_key(self.parent),
+            "depth": self.depth,
+            "steps": list(self.steps),
+            "finish": self.finish.value,
+            "scores": list(self.scores),
+            "generated_s": self.generated_s,
+            "scored_s": self.scored_s,
+            "state": self.state,
+            "lost": self.lost,
+        }
+
+
+@dataclass
+class Trace:
+    """Records a solve's tree. `wrap` the two protocols, run the strategy, then `close`."""
+
+    clock: Callable[[], float] = time.monotonic
+    widths: Counter[int] = field(default_factory=Counter)  # iteration -> paths expanded
+    nodes: dict[Key, Node] = field(default_factory=dict)
+    _t0: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._t0 = self.clock()
+        self.nodes[()] = Node(key=(), parent=None, depth=0)
+
+    def _since(self) -> float:
+        return self.clock() - self._t0
+
+    def _node(self, path: Path) -> Node:
+        node = self.nodes.get(path.key)
+        if node is None:  # a fork of a known node: a DVTS subtree's or a sample group's root
+            parent = self._node(Path(key=path.key[:-1]))
+            node = Node(key=path.key, parent=parent.key, depth=parent.depth)
+            self.nodes[path.key] = node
+        return node
+
+    def wrap(self, generate: GenerateSteps, score: ScoreSteps) -> tuple[GenerateSteps, ScoreSteps]:
+        async def traced_generate(path: Path, k: int, *, to_end: bool = False) -> list[Path]:
+            node = self._node(path)
+            node.expanded = True
+            self.widths[node.depth] += 1
+            start = self._since()
+            try:
+                children = await generate(path, k, to_end=to_end)
+            except BranchLost as lost:
+                node.lost = lost.reason
+                raise
+            span = (start, self._since())
+            for child in children:
+                self.nodes[child.key] = Node(
+                    key=child.key,
+                    parent=path.key,
+                    depth=node.depth + 1,
+                    steps=child.steps[len(path.steps) :],
+                    finish=child.finish,
+                    generated_s=span,
+                )
+            return children
+
+        async def traced_score(paths: Sequence[Path]) -> list[Path]:
+            start = self._since()
+            try:
+                scored = await score(paths)
+            except BranchLost as lost:
+                for path in paths:
+                    if path.key in self.nodes:
+                        self.nodes[path.key].lost = lost.reason
+                raise
+            span = (start, self._since())
+            for path in scored:
+                node = self.nodes.get(path.key)
+                if node is not None:
+                    node.scores = path.scores[len(path.scores) - len(node.steps) :]
+                    node.scored_s = span
+            return scored
+
+        return traced_generate, traced_score
+
+    def close(self, results: Sequence[Path | BranchLost]) -> None:
+        """Mark the strategy's results and lost branches."""
+        for result in results:
+            node = self.nodes.get(result.key)
+            if node is None:
+                continue
+            if isinstance(result, BranchLost):
+                node.lost = result.reason
+            else:
+                node.result = True
+
+    def iteration_widths(self) -> tuple[int, ...]:
+        """Paths expanded at each iteration, from the root's (iteration 0) on."""
+        return tuple(self.widths[d] for d in range(max(self.widths, default=-1) + 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "widths": list(self.iteration_widths()),
+            "nodes": [node.to_dict() for node in self.nodes.values()],
+        }
+
+    def save_json(self, path: str | FilePath) -> None:
+        FilePath(path).write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+
+    def render(self, path: str | FilePath, *, title: str = "") -> None:
+        """Draw the tree to an image file (PNG, SVG, PDF: by suffix) with matplotlib: one
+        row per iteration, nodes coloured by their last step's PRM score, results ringed,
+        pruned nodes faded, lost nodes crossed. Needs `pip install 'asynctts[eval]'`."""
+        from asynctts.trace_plot import draw_tree
+
+        draw_tree(list(self.nodes.values()), FilePath(path), title=title)
