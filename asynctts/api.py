@@ -67,15 +67,26 @@ def make_strategy(strategy: str | Strategy) -> Strategy:
     return strategy
 
 
-def check_request(problem: object, strategy: Strategy, n: object, has_prm: bool) -> None:
+def check_request(
+    problem: object, strategy: Strategy, n: object, has_prm: bool, seed: object = None
+) -> None:
+    """Every argument problem a solve can have, raised before any request is sent."""
     if not isinstance(problem, str):
         raise ConfigError(f"problem must be a str, got {type(problem).__name__}")
     if not problem.strip():
         raise ConfigError("problem is empty")
+    try:
+        problem.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ConfigError(
+            f"problem is not valid Unicode text at character {err.start}: {err.reason}"
+        ) from err
     if isinstance(n, bool) or not isinstance(n, int):
         raise ConfigError(f"n must be an int, got {n!r}")
     if n < 1:
         raise ConfigError(f"n={n}: the budget must be >= 1")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"seed must be an int or None, got {seed!r}")
     if strategy.needs_prm and not has_prm:
         raise ConfigError(f"strategy {strategy.name!r} needs a PRM endpoint (prm=...)")
     try:
@@ -280,7 +291,7 @@ class Solver:
             PromptTooLong: the problem does not fit the model's context.
         """
         chosen = make_strategy(strategy)
-        check_request(problem, chosen, n, self.prm is not None)
+        check_request(problem, chosen, n, self.prm is not None, seed)
         pid = problem_id if problem_id is not None else problem_key(problem)
         return await self._solve(problem, chosen, n, seed, pid, Ledger(), trace)
 
@@ -357,7 +368,7 @@ class Solver:
         chosen = make_strategy(strategy)
         items = [_as_item(i, item) for i, item in enumerate(problems)]
         for _, text in items:
-            check_request(text, chosen, n, self.prm is not None)
+            check_request(text, chosen, n, self.prm is not None, seed)
         pending: set[asyncio.Task[Solution]] = set()
         queue = iter(items)
         try:
@@ -458,7 +469,7 @@ async def solve(
 
     For many problems use `solve_many`, or keep a `Solver` open: it shares connections."""
     chosen = make_strategy(strategy)
-    check_request(problem, chosen, n, prm is not None)
+    check_request(problem, chosen, n, prm is not None, seed)
     async with Solver(
         policy=policy, prm=prm, sampling=sampling, system_prompt=system_prompt
     ) as solver:
