@@ -100,7 +100,7 @@ _DROPPED_COMMANDS = re.compile(r"\\(?:displaystyle|textstyle|limits)(?![A-Za-z])
 _BARE_SQRT = re.compile(r"(?<![\\A-Za-z])sqrt(?![A-Za-z])")
 _WRAPPERS = (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _WHOLE_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_WHOLE_TEXT = re.compile(r"\\text\s*\{")
+_TEXT_GROUP = re.compile(r"\\text\s*\{")
 _CHOICE = re.compile(r"\(([A-Z])\)")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree(?![A-Za-z])|°")
 _DEGREE_WORD = re.compile(r"(?<=\d)\s*degrees?$")
@@ -119,7 +119,6 @@ _TRAILING_ZEROS = re.compile(r"(?<![\d.])(\d+)\.(\d*?)0+(?![\d.])")
 _BARE_POINT = re.compile(r"(?<![\dA-Za-z.}\\)\]])\.(?=\d)")
 _FRAC_OR_SQRT = re.compile(r"\\(frac|sqrt)(?![A-Za-z])")
 _SQRT_INDEX = re.compile(r"\s*(\[[^\]]*\])")
-_TEXT_GROUP = re.compile(r"\\text\s*\{")
 _OPENING = frozenset({"(", "[", "{", "\\{"})
 _CLOSING = frozenset({")", "]", "}", "\\}"})
 
@@ -165,7 +164,7 @@ def _normalize_pass(s: str) -> str:
     s = _strip_wrappers(s)
     s = _unwrap_whole(s, _WHOLE_BOX)
     s = _TEXT_ALIASES.sub(r"\\text", s)
-    s = _unwrap_whole(s, _WHOLE_TEXT)
+    s = _unwrap_whole(s, _TEXT_GROUP)
     s = _THIN_SPACE_SEPARATOR.sub(",", s)
     s = _SPACING.sub(lambda m: m.group(1) or " ", s)
     s = _LEFT_RIGHT_DOT.sub("", s)
@@ -212,7 +211,7 @@ def _unwrap_whole(s: str, command: re.Pattern[str]) -> str:
     close_at = _matching_brace(s, match.end() - 1)
     content = s[match.end() : close_at].strip() if close_at == len(s) - 1 else ""
     # "\\text{no solution}" keeps its group: without it the spacing step would glue the words
-    if not content or (command is _WHOLE_TEXT and re.search(r"\s", content)):
+    if not content or (command is _TEXT_GROUP and re.search(r"\s", content)):
         return s
     return content
 
@@ -256,19 +255,20 @@ def _brace_arguments(s: str) -> str:
             i += step
             continue
         j = command.end()
+        arity = 2 if command.group(1) == "frac" else 1
         index = ""
         if command.group(1) == "sqrt":
             optional = _SQRT_INDEX.match(s, j)
             if optional:
                 index, j = optional.group(1), optional.end()
         arguments: list[str] = []
-        for _ in range(2 if command.group(1) == "frac" else 1):
+        for _ in range(arity):
             argument = _read_argument(s, j)
             if argument is None:
                 break
             content, j = argument
             arguments.append("{" + _brace_arguments(content) + "}")
-        if len(arguments) < (2 if command.group(1) == "frac" else 1):
+        if len(arguments) < arity:
             out.append(command.group(0))  # malformed: leave it as written
             i = command.end()
             continue

@@ -85,6 +85,20 @@ class TransportStatistics:
     max_in_flight: int  # the current cap
 
 
+@dataclass(slots=True)
+class _Request:
+    """What every attempt of one call sends and bills (built once per call)."""
+
+    method: str
+    route: str
+    url: URL
+    data: bytes | None
+    headers: Mapping[str, str] | None
+    charges: Sequence[Charge]
+    tokens_hint: int
+    expect: int  # _OBJECT, _ANY_JSON or _TEXT
+
+
 class _State(enum.Enum):
     UNOPENED = "unopened"
     OPEN = "open"
@@ -368,37 +382,23 @@ class Transport:
             if not route.startswith("/"):
                 raise ValueError(f"route {route!r} for {self._url}: must start with '/'")
             url = self._urls[route] = URL(self._url + route)
+        request = _Request(method, route, url, data, headers, charges, tokens_hint, expect)
         self._requests += 1
         try:
             # The first attempt runs without tenacity: building a retrying object per call
             # costs ~40 us and leaves reference cycles for the garbage collector, which at
             # thousands of requests in flight halved throughput (benchmarks/transport_overhead.py).
-            result = await self._attempt(
-                method, route, url, data, headers, charges, tokens_hint, 1, expect
-            )
+            result = await self._attempt(request, 1)
         except TransportError as error:
             if not error.transient or self._endpoint.max_attempts == 1:
                 self._fail(route, 1, error)
                 raise
-            result = await self._retry(
-                error, method, route, url, data, headers, charges, tokens_hint, expect
-            )
+            result = await self._retry(request, error)
         else:
             self._log.debug("request done", route=route, attempts=1)
         return result
 
-    async def _retry(
-        self,
-        first_error: TransportError,
-        method: str,
-        route: str,
-        url: URL,
-        data: bytes | None,
-        headers: Mapping[str, str] | None,
-        charges: Sequence[Charge],
-        tokens_hint: int,
-        expect: int,
-    ) -> Any:
+    async def _retry(self, request: _Request, first_error: TransportError) -> Any:
         """Attempts 2..max_attempts after a transient first failure, under tenacity."""
         pending: TransportError | None = first_error
         attempt = 1
@@ -409,9 +409,7 @@ class Transport:
                 error, pending = pending, None
                 raise error
             attempt += 1
-            return await self._attempt(
-                method, route, url, data, headers, charges, tokens_hint, attempt, expect
-            )
+            return await self._attempt(request, attempt)
 
         # Built per call: tenacity's retrying objects keep per-call state.
         retrying = AsyncRetrying(
@@ -425,31 +423,20 @@ class Transport:
         try:
             result: Any = await retrying(once)
         except TransportError as error:
-            self._fail(route, attempt, error)
+            self._fail(request.route, attempt, error)
             raise
-        self._log.debug("request done", route=route, attempts=attempt)
+        self._log.debug("request done", route=request.route, attempts=attempt)
         return result
 
     def _fail(self, route: str, attempts: int, error: TransportError) -> None:
         self._failures += 1
         self._log.debug("request failed", route=route, attempts=attempts, error=str(error))
 
-    async def _attempt(
-        self,
-        method: str,
-        route: str,
-        url: URL,
-        data: bytes | None,
-        headers: Mapping[str, str] | None,
-        charges: Sequence[Charge],
-        tokens_hint: int,
-        attempt: int,
-        expect: int,
-    ) -> Any:
+    async def _attempt(self, request: _Request, attempt: int) -> Any:
         if self._session is None:
             raise self._not_open()
         if self._paused_until or self._rate_limited or not self._gate.try_take():
-            await self._admit(tokens_hint)
+            await self._admit(request.tokens_hint)
         session = self._session
         if session is None:  # closed while this request waited
             self._gate.release()
@@ -457,13 +444,16 @@ class Transport:
         self._attempts += 1
         if attempt > 1:
             self._retries += 1
+        route = request.route
         start_s = self._clock()
         status: int | None = None
         try:
             retry_after: str | None = None
             try:
                 try:
-                    async with session.request(method, url, data=data, headers=headers) as reply:
+                    async with session.request(
+                        request.method, request.url, data=request.data, headers=request.headers
+                    ) as reply:
                         status = reply.status
                         raw = await reply.read()
                     if status == 429 or status == 503:
@@ -486,20 +476,20 @@ class Transport:
             except aiohttp.ClientError as error:  # e.g. a response that is not valid HTTP
                 raise BadResponse(f"{self._url}{route}: {_describe(error)}") from error
             if 200 <= status < 300:
-                result = self._decode(route, status, raw, expect)
+                result = self._decode(route, status, raw, request.expect)
             else:
                 raise self._status_error(route, status, raw, retry_after)
         except TransportError as error:
-            self._record(charges, route, attempt, start_s, status, _describe(error), None)
+            self._record(request, attempt, start_s, status, _describe(error), None)
             retry_after_s = getattr(error, "retry_after_s", None)
             if retry_after_s is not None:
                 self._pause(retry_after_s)
             raise
         except asyncio.CancelledError:
-            self._record(charges, route, attempt, start_s, status, "CancelledError", None)
+            self._record(request, attempt, start_s, status, "CancelledError", None)
             raise
-        if charges:
-            self._record(charges, route, attempt, start_s, status, None, result)
+        if request.charges:
+            self._record(request, attempt, start_s, status, None, result)
         return result
 
     def _not_open(self) -> RuntimeError:
@@ -595,8 +585,7 @@ class Transport:
 
     def _record(
         self,
-        charges: Sequence[Charge],
-        route: str,
+        request: _Request,
         attempt: int,
         start_s: float,
         status: int | None,
@@ -605,12 +594,12 @@ class Transport:
     ) -> None:
         end_s = self._clock()
         prompt, cached, completion = _usage(result)
-        for charge in charges:
+        for charge in request.charges:
             share = charge.share
             charge.ledger.record(
                 Attempt(
                     endpoint=self._name,
-                    route=route,
+                    route=request.route,
                     branches=charge.branches,
                     attempt=attempt,
                     start_s=start_s,

@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import time
 from collections.abc import Callable, Coroutine
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
 from aiolimiter import AsyncLimiter
 from asyncio_throttle.throttler import Throttler
+from harness import add_output_argument, write_report
 
 from asynctts.transport import FifoLimiter
 
@@ -108,9 +105,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="admissions/s in the idle test")
     parser.add_argument("--window", type=float, default=3.0, help="seconds of idle measurement")
     parser.add_argument("--flood", type=float, default=4.0, help="seconds of small requests")
-    parser.add_argument(
-        "--output", type=Path, default=Path(__file__).parent / "results" / "rate_limiters.json"
-    )
+    add_output_argument(parser, "rate_limiters")
     args = parser.parse_args()
 
     limiters: dict[str, tuple[Callable[..., Acquire], bool]] = {
@@ -143,19 +138,18 @@ def main() -> None:
             f"{row['limiter']:<36} | {row['cpu_s']:>19.2f} | {row['cpu_share']:>9.0%} | "
             f"{row['admitted']:>8} | {wait:>20}"
         )
-    report = {
-        "benchmark": "rate_limiters",
-        "waiters": args.waiters,
-        "rate_per_s": args.rate,
-        "window_s": args.window,
-        "flood_s": args.flood,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "versions": {p: version(p) for p in ("aiolimiter", "asyncio-throttle")},
-        "rows": rows,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(
+        args.output,
+        "rate_limiters",
+        {
+            "waiters": args.waiters,
+            "rate_per_s": args.rate,
+            "window_s": args.window,
+            "flood_s": args.flood,
+        },
+        {p: version(p) for p in ("aiolimiter", "asyncio-throttle")},
+        rows,
+    )
 
 
 if __name__ == "__main__":

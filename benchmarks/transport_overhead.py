@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import multiprocessing
-import os
-import platform
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import structlog
 from aiohttp import web
+from harness import add_output_argument, write_report
 
 from asynctts.endpoint import Endpoint
 from asynctts.ledger import Charge, Ledger
@@ -158,9 +155,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
-    parser.add_argument(
-        "--output", type=Path, default=Path(__file__).parent / "results" / "transport_overhead.json"
-    )
+    add_output_argument(parser, "transport_overhead")
     args = parser.parse_args()
     # As an application would: debug lines (one per request) are filtered out cheaply.
     structlog.configure(
@@ -226,17 +221,13 @@ def main() -> None:
             f"{row['ratio_paired_median']:>10.2f} | {row['ratio_vs_bare_configured']:>5.2f} | "
             f"{cpu:>21} | {row['cpu_ratio']:>7.2f}"
         )
-    report = {
-        "benchmark": "transport_overhead",
-        "requests_per_cell": args.requests,
-        "repeats": args.repeats,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "versions": {"aiohttp": aiohttp.__version__},
-        "rows": rows,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    write_report(
+        args.output,
+        "transport_overhead",
+        {"requests_per_cell": args.requests, "repeats": args.repeats},
+        {"aiohttp": aiohttp.__version__},
+        rows,
+    )
 
 
 if __name__ == "__main__":

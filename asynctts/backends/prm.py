@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 from asynctts.backends.coalesce import Coalescer, CoalescerClosed
 from asynctts.backends.context import PostJson, ProblemContext
@@ -247,45 +247,71 @@ def _indexed(
     return [item for item in ordered if item is not None]
 
 
-class _CoalescedPRM:
-    """What both PRM kinds share: render per path, coalesce, charge, map failures."""
+# The rendered prompt kind of each PRM client.
+_PromptT = TypeVar("_PromptT", PoolingPrompt, LogprobPrompt)
 
-    _route: str
+
+class _CoalescedPRM(Generic[_PromptT]):
+    """What both PRM kinds share: check the endpoint, render per path, coalesce, charge, map
+    failures. A subclass names its route, the `Endpoint.scoring` it serves and its prompt."""
+
+    _route: ClassVar[str]
+    _scoring: ClassVar[str]
+    _prompt_type: type[_PromptT]
 
     def __init__(
-        self, endpoint: Endpoint, transport: PostJson, *, max_batch: int, window_s: float
+        self,
+        endpoint: Endpoint,
+        transport: PostJson,
+        *,
+        max_batch: int = 64,
+        window_s: float = 0.002,
+        delimiter: str = STEP_DELIMITER,
     ) -> None:
+        if endpoint.scoring != self._scoring:
+            raise ConfigError(
+                f"{type(self).__name__} serves scoring={self._scoring!r}, but endpoint "
+                f"{endpoint.base_url} has scoring={endpoint.scoring!r}"
+            )
         self._endpoint = endpoint
         self._transport = transport
         self._coalescer: Coalescer[ScoreJob, Outcome] = Coalescer(
             self._send, max_batch=max_batch, window_s=window_s
         )
+        self._prompt: _PromptT = self._prompt_type.for_endpoint(endpoint, delimiter=delimiter)
 
     async def score(self, ctx: ProblemContext, paths: Sequence[Path]) -> list[Path]:
         """The same paths in the same order, with one score in [0, 1] per step.
 
+        Incremental: a path whose steps all carry scores is returned as it is, without a
+        request; a path that extends a scored prefix keeps the prefix's scores and takes
+        only its new steps' scores from the response. (The request still holds the whole
+        conversation, since a step's score depends on all before it; a PRM server with
+        prefix caching prefills only the new tokens.)
+
         Raises:
             BranchLost: the first path (in order) whose scoring failed for good.
         """
+        pending = [path for path in paths if not path.scored]
         jobs: list[ScoreJob] = []
-        for path in paths:
-            if path.steps:
-                try:
-                    jobs.append(self._job(ctx, path))
-                except PromptRenderError as exc:
-                    raise BranchLost(path.key, "scoring", exc) from exc
+        for path in pending:
+            try:
+                jobs.append(self._job(ctx, path))
+            except PromptRenderError as exc:
+                raise BranchLost(path.key, "scoring", exc) from exc
         outcomes = iter(await self._coalescer.submit_many(jobs))
         scored: list[Path] = []
         for path in paths:
-            if not path.steps:
-                scored.append(path.with_scores(()))  # nothing to score: no request
+            if path.scored:
+                scored.append(path)  # nothing new to score: no request
                 continue
             outcome = next(outcomes)
             if isinstance(outcome, TransportError | CoalescerClosed):
                 raise BranchLost(path.key, "scoring", outcome) from outcome
             if isinstance(outcome, Exception):
                 raise outcome
-            scored.append(path.with_scores(outcome))
+            known = len(path.scores)
+            scored.append(path.with_scores((*path.scores, *outcome[known:])))
         return scored
 
     async def aclose(self) -> None:
@@ -302,40 +328,30 @@ class _CoalescedPRM:
         raise NotImplementedError
 
     async def _send(self, jobs: Sequence[ScoreJob]) -> list[Outcome]:
+        # identical prompts (sibling paths that wrote the same text) are sent once; every
+        # job still shares the cost
+        first_of: dict[str, int] = {}
+        unique: list[ScoreJob] = []
+        for job in jobs:
+            if job.prompt not in first_of:
+                first_of[job.prompt] = len(unique)
+                unique.append(job)
         response = await self._transport.post_json(
             self._route,
-            self._encode(jobs),
+            self._encode(unique),
             charges=coalesced_charges(jobs),
-            tokens_hint=sum(len(job.prompt) for job in jobs) // 4,
+            tokens_hint=sum(len(job.prompt) for job in unique) // 4,
         )
-        return self._decode(response, jobs)
+        outcomes = self._decode(response, unique)
+        return [outcomes[first_of[job.prompt]] for job in jobs]
 
 
-def _check_scoring(endpoint: Endpoint, expected: str, cls: str) -> None:
-    if endpoint.scoring != expected:
-        raise ConfigError(
-            f"{cls} serves scoring={expected!r}, but endpoint {endpoint.base_url} has "
-            f"scoring={endpoint.scoring!r}"
-        )
-
-
-class PoolingPRM(_CoalescedPRM):
+class PoolingPRM(_CoalescedPRM[PoolingPrompt]):
     """A `*ForProcessRewardModel` served by vLLM with `--runner pooling` (STEP pooling)."""
 
     _route = POOLING_ROUTE
-
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        transport: PostJson,
-        *,
-        max_batch: int = 64,
-        window_s: float = 0.002,
-        delimiter: str = STEP_DELIMITER,
-    ) -> None:
-        _check_scoring(endpoint, "pooling", "PoolingPRM")
-        super().__init__(endpoint, transport, max_batch=max_batch, window_s=window_s)
-        self._prompt = PoolingPrompt.for_endpoint(endpoint, delimiter=delimiter)
+    _scoring = "pooling"
+    _prompt_type = PoolingPrompt
 
     def _job(self, ctx: ProblemContext, path: Path) -> ScoreJob:
         prompt = self._prompt.render(ctx.problem, path.steps)
@@ -348,24 +364,13 @@ class PoolingPRM(_CoalescedPRM):
         return decode_pooling(response, jobs)
 
 
-class LogprobPRM(_CoalescedPRM):
+class LogprobPRM(_CoalescedPRM[LogprobPrompt]):
     """A generative PRM judged by P("+") vs P("-") at each assistant label, read from vLLM's
     `prompt_logprobs` in one `max_tokens=1` completion per path (several paths per request)."""
 
     _route = COMPLETIONS_ROUTE
-
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        transport: PostJson,
-        *,
-        max_batch: int = 64,
-        window_s: float = 0.002,
-        delimiter: str = STEP_DELIMITER,
-    ) -> None:
-        _check_scoring(endpoint, "logprob", "LogprobPRM")
-        super().__init__(endpoint, transport, max_batch=max_batch, window_s=window_s)
-        self._prompt = LogprobPrompt.for_endpoint(endpoint, delimiter=delimiter)
+    _scoring = "logprob"
+    _prompt_type = LogprobPrompt
 
     def _job(self, ctx: ProblemContext, path: Path) -> ScoreJob:
         rendered: LabelledPrompt = self._prompt.render(ctx.problem, path.steps)

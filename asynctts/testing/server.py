@@ -245,9 +245,13 @@ class Fault:
             raise ValueError(f"Fault times={self.times}: need >= 1")
         if self.truncate and self.close_mid_body:
             raise ValueError("Fault: choose one of truncate and close_mid_body")
-        shaped = self.status is not None or self.body is not None
-        if self.drop and (shaped or self.truncate or self.close_mid_body):
+        if self.drop and (self.replaces_reply or self.truncate or self.close_mid_body):
             raise ValueError("Fault drop=True sends nothing: status/body/truncate do not apply")
+
+    @property
+    def replaces_reply(self) -> bool:
+        """Whether the fault answers in the handler's place (a status or a body of its own)."""
+        return self.status is not None or self.body is not None
 
     def applies_to(self, route: str, body: dict[str, Any]) -> bool:
         if self.route not in ("*", route):
@@ -813,24 +817,18 @@ class SimulatedServer:
                 if request.method == "POST":
                     body, body_error = await _read_json(request)
                 fault = ex.fault = self._take_fault(ex.route, body)
-                if fault is None:
-                    reply = await _answer(handler, body, body_error, ex)
-                    status = reply.status
-                    if status == 200:
-                        self._count(ex)
-                    return reply.response()
-                if fault.delay_s > 0:
+                if fault is not None and fault.delay_s > 0:
                     await asyncio.sleep(fault.delay_s)
-                if fault.drop:
+                if fault is not None and fault.drop:
                     if request.transport is not None:
                         request.transport.abort()
                     return web.Response()  # cannot be written: the connection is gone
-                if fault.status is not None or fault.body is not None:
+                if fault is not None and fault.replaces_reply:
                     reply = _fault_reply(fault)
                 else:
                     reply = await _answer(handler, body, body_error, ex)
                 status = reply.status
-                if fault.truncate or fault.close_mid_body:
+                if fault is not None and (fault.truncate or fault.close_mid_body):
                     return await _send_cut(request, reply, close=fault.close_mid_body)
                 if status == 200:
                     self._count(ex)
@@ -912,9 +910,7 @@ class SimulatedServer:
             ex.jitter_s = self._jitter_rng.uniform(0.0, self.latency.per_request_jitter_s)
             await asyncio.sleep(ex.jitter_s)
 
-    async def _generate(
-        self, prompt: str, params: _Sampling, ex: _Exchange
-    ) -> tuple[list[Sample], int, int]:
+    async def _generate(self, prompt: str, params: _Sampling, ex: _Exchange) -> list[Sample]:
         prompt_tokens = count_tokens(prompt)
         max_tokens = self._check_context(prompt_tokens, params.max_tokens)
         reading: Reading = self.sim.read(prompt)
@@ -940,7 +936,19 @@ class SimulatedServer:
         ex.tokens = sum(s.tokens for s in samples)
         ex.finish_reasons = [s.finish_reason for s in samples]
         await self._compute(ex, [s.tokens for s in samples], prompt_tokens - cached)
-        return samples, prompt_tokens, cached
+        return samples
+
+    def _reply(self, id_prefix: str, kind: str, model: str, **fields: Any) -> _Reply:
+        """A 200 with vLLM's response envelope (id, object, created, model) before `fields`."""
+        return _json(
+            {
+                "id": f"{id_prefix}-{next(self._ids):x}",
+                "object": kind,
+                "created": self._created,
+                "model": model,
+                **fields,
+            }
+        )
 
     def _usage(self, ex: _Exchange) -> dict[str, Any]:
         return {
@@ -963,7 +971,7 @@ class SimulatedServer:
                 param="prompt",
             )
         params = _sampling(body, default_max_tokens=DEFAULT_COMPLETIONS_MAX_TOKENS)
-        samples, _, _ = await self._generate(prompt, params, ex)
+        samples = await self._generate(prompt, params, ex)
         choices: list[dict[str, Any]] = [
             {
                 "index": i,
@@ -975,16 +983,7 @@ class SimulatedServer:
             }
             for i, s in enumerate(samples)
         ]
-        return _json(
-            {
-                "id": f"cmpl-{next(self._ids):x}",
-                "object": "text_completion",
-                "created": self._created,
-                "model": model,
-                "choices": choices,
-                "usage": self._usage(ex),
-            }
-        )
+        return self._reply("cmpl", "text_completion", model, choices=choices, usage=self._usage(ex))
 
     async def _chat(self, body: dict[str, Any], ex: _Exchange) -> _Reply:
         model = self._model_of(body)
@@ -1012,7 +1011,7 @@ class SimulatedServer:
                 param="messages",
             )
         params = _sampling(body, default_max_tokens=None)
-        samples, _, _ = await self._generate(prompt, params, ex)
+        samples = await self._generate(prompt, params, ex)
         choices: list[dict[str, Any]] = [
             {
                 "index": i,
@@ -1028,16 +1027,13 @@ class SimulatedServer:
             }
             for i, s in enumerate(samples)
         ]
-        return _json(
-            {
-                "id": f"chatcmpl-{next(self._ids):x}",
-                "object": "chat.completion",
-                "created": self._created,
-                "model": model,
-                "choices": choices,
-                "usage": self._usage(ex),
-                "prompt_logprobs": None,
-            }
+        return self._reply(
+            "chatcmpl",
+            "chat.completion",
+            model,
+            choices=choices,
+            usage=self._usage(ex),
+            prompt_logprobs=None,
         )
 
     async def _pooling(self, body: dict[str, Any], ex: _Exchange) -> _Reply:
@@ -1059,7 +1055,6 @@ class SimulatedServer:
                 400, "input must be a string or a non-empty list of strings", param="input"
             )
         prompt_tokens = 0
-        cached = 0
         for text in inputs:
             tokens = count_tokens(text)
             if tokens > self.max_model_len:
@@ -1070,28 +1065,23 @@ class SimulatedServer:
                     "reduce the length of the input.",
                 )
             prompt_tokens += tokens
-        for text in inputs:
-            cached += self._prefix_cache.lookup(text)[1]
+        # only once every input fits: a rejected request leaves the prefix cache as it was
+        cached = sum(self._prefix_cache.lookup(text)[1] for text in inputs)
         rows = [self.sim.score(text) for text in inputs]
         ex.n, ex.problem = len(inputs), self.sim.locate(inputs[0])
         ex.prompt_tokens, ex.cached_tokens = prompt_tokens, cached
         await self._compute(ex, [1] * len(inputs), prompt_tokens - cached)
-        return _json(
-            {
-                "id": f"pool-{next(self._ids):x}",
-                "object": "list",
-                "created": self._created,
-                "model": model,
-                "data": [
-                    {"index": i, "object": "pooling", "data": data} for i, data in enumerate(rows)
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "total_tokens": prompt_tokens,
-                    "completion_tokens": 0,
-                    "prompt_tokens_details": None,
-                },
-            }
+        return self._reply(
+            "pool",
+            "list",
+            model,
+            data=[{"index": i, "object": "pooling", "data": data} for i, data in enumerate(rows)],
+            usage={
+                "prompt_tokens": prompt_tokens,
+                "total_tokens": prompt_tokens,
+                "completion_tokens": 0,
+                "prompt_tokens_details": None,
+            },
         )
 
     async def _tokenize(self, body: dict[str, Any], ex: _Exchange) -> _Reply:

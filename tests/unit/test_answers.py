@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
-from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from asynctts.answers import best_of, extract_boxed, majority_vote, normalize, weighted_vote
-
-MATH500 = Path(__file__).resolve().parents[3] / "shared" / "data" / "math500.jsonl"
 
 # ---------------------------------------------------------------------------------------------
 # extract_boxed
@@ -53,10 +50,10 @@ def test_extract_boxed_finds_no_answer(text: str) -> None:
     assert extract_boxed(text) is None
 
 
-def test_math500_solutions_agree_with_their_answers_after_normalize() -> None:
-    if not MATH500.exists():
-        pytest.skip(f"{MATH500} is not here")
-    rows = [json.loads(line) for line in MATH500.read_text().splitlines()]
+def test_math500_solutions_agree_with_their_answers_after_normalize(
+    math500: list[dict[str, Any]],
+) -> None:
+    rows = math500
     assert len(rows) == 500
     extracted = [extract_boxed(row["solution"]) for row in rows]
     agree = sum(

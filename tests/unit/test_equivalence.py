@@ -10,7 +10,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from typing import NoReturn
 
 import pytest
@@ -25,15 +24,6 @@ SLOW = r"3^{10^{8}}"
 
 # Generous bound that turns a hang into a clear failure; not a timing assertion.
 NO_HANG_S = 60
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[Equivalence]:
-    """One default Equivalence for the module: its worker starts once. Pebble's pool is not
-    bound to an event loop, so each test's loop can await it."""
-    instance = Equivalence()
-    yield instance
-    asyncio.run(instance.aclose())
 
 
 def stuck_in_c_code(*args: object) -> NoReturn:
@@ -66,37 +56,37 @@ def crash(*args: object) -> NoReturn:
         (["x = 3", "3"], [0, 0]),
     ],
 )
-async def test_group_pairs(shared: Equivalence, answers: list[str], groups: list[int]) -> None:
-    assert await shared.group(answers) == groups
+async def test_group_pairs(equivalence: Equivalence, answers: list[str], groups: list[int]) -> None:
+    assert await equivalence.group(answers) == groups
 
 
-async def test_group_ids_are_numbered_in_first_seen_order(shared: Equivalence) -> None:
+async def test_group_ids_are_numbered_in_first_seen_order(equivalence: Equivalence) -> None:
     answers = [
         "7", None, "0.5", r"\frac{1}{2}", "(1,2)", "(2,1)", r"\{2,1\}", None, r"\{1,2\}",
         "[0,1)", r"\dfrac12", "7.0", "[0,1]",
     ]  # fmt: skip
-    assert await shared.group(answers) == [0, None, 1, 1, 2, 3, 4, None, 4, 5, 1, 0, 6]
+    assert await equivalence.group(answers) == [0, None, 1, 1, 2, 3, 4, None, 4, 5, 1, 0, 6]
 
 
-async def test_group_handles_none_and_empty_input(shared: Equivalence) -> None:
-    assert await shared.group([]) == []
-    assert await shared.group([None, None]) == [None, None]
-    assert await shared.group([None, "5"]) == [None, 0]
+async def test_group_handles_none_and_empty_input(equivalence: Equivalence) -> None:
+    assert await equivalence.group([]) == []
+    assert await equivalence.group([None, None]) == [None, None]
+    assert await equivalence.group([None, "5"]) == [None, 0]
 
 
-async def test_equal_normalized_strings_never_reach_a_worker(shared: Equivalence) -> None:
-    before = shared.statistics()
+async def test_equal_normalized_strings_never_reach_a_worker(equivalence: Equivalence) -> None:
+    before = equivalence.statistics()
     answers = [r"\frac12", r"\dfrac{1}{2}", r"$\frac{1}{2}$.", None, r"\tfrac 12"]
-    assert await shared.group(answers) == [0, 0, 0, None, 0]
-    assert await shared.equal(r"\frac12", r"\dfrac{1}{2}") is True
-    assert shared.statistics() == before
+    assert await equivalence.group(answers) == [0, 0, 0, None, 0]
+    assert await equivalence.equal(r"\frac12", r"\dfrac{1}{2}") is True
+    assert equivalence.statistics() == before
 
 
-async def test_distinct_forms_are_grouped_in_one_worker_task(shared: Equivalence) -> None:
-    before = shared.statistics()
+async def test_distinct_forms_are_grouped_in_one_worker_task(equivalence: Equivalence) -> None:
+    before = equivalence.statistics()
     forms = ["0.5", r"\frac{1}{2}", "2", r"\frac{4}{2}", "3"]
-    assert await shared.group(forms * 50) == [0, 0, 1, 1, 2] * 50
-    after = shared.statistics()
+    assert await equivalence.group(forms * 50) == [0, 0, 1, 1, 2] * 50
+    after = equivalence.statistics()
     assert after.worker_tasks == before.worker_tasks + 1
     # "\frac{1}{2}" vs "0.5"; "2" vs "0.5"; "\frac{4}{2}" vs "0.5", "2"; "3" vs "0.5", "2"
     assert after.comparisons - before.comparisons == 6
@@ -113,15 +103,15 @@ async def test_distinct_forms_are_grouped_in_one_worker_task(shared: Equivalence
         (r"\frac{1}{2}", r"\boxed{\frac{1}{2}}", True),
     ],
 )
-async def test_equal(shared: Equivalence, gold: str, answer: str, verdict: bool) -> None:
-    assert await shared.equal(gold, answer) is verdict
+async def test_equal(equivalence: Equivalence, gold: str, answer: str, verdict: bool) -> None:
+    assert await equivalence.equal(gold, answer) is verdict
 
 
-async def test_bad_answers_are_named(shared: Equivalence) -> None:
+async def test_bad_answers_are_named(equivalence: Equivalence) -> None:
     with pytest.raises(TypeError, match=r"answers\[1\]=5: need a str or None"):
-        await shared.group(["1", 5])  # type: ignore[list-item]
+        await equivalence.group(["1", 5])  # type: ignore[list-item]
     with pytest.raises(TypeError, match=r"gold=None: need a str"):
-        await shared.equal(None, "1")  # type: ignore[arg-type]
+        await equivalence.equal(None, "1")  # type: ignore[arg-type]
 
 
 async def test_a_slow_comparison_falls_back_to_strings_for_that_pair_only() -> None:

@@ -1,16 +1,14 @@
-"""Step generation: request bodies, response decoding and failure mapping, on JSON fixtures.
-
-`ScriptedTransport` stands in for the transport through the `PostJson` protocol the client is
-written against: it records each call and answers from a script."""
+"""Step generation: request bodies, response decoding and failure mapping, on JSON fixtures,
+and the client over a scripted `PostJson` (the protocol it is written against)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from helpers_transport import ScriptedTransport
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -44,38 +42,6 @@ from asynctts.protocols import Finish, Path
 
 SAMPLING = Sampling(temperature=0.7, top_p=0.9, max_tokens=100)
 FORMAT = "{system}|{problem}|"
-
-
-@dataclass
-class Call:
-    route: str
-    body: dict[str, Any]
-    charges: tuple[Charge, ...]
-    tokens_hint: int
-
-
-Reply = Callable[[str, Mapping[str, Any]], dict[str, Any] | BaseException]
-
-
-@dataclass
-class ScriptedTransport:
-    reply: Reply
-    calls: list[Call] = field(default_factory=list)
-
-    async def post_json(
-        self,
-        route: str,
-        body: Mapping[str, Any],
-        *,
-        charges: Sequence[Charge] = (),
-        tokens_hint: int = 0,
-    ) -> dict[str, Any]:
-        self.calls.append(Call(route, dict(body), tuple(charges), tokens_hint))
-        await asyncio.sleep(0)
-        answer = self.reply(route, body)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
 
 
 def completions(*choices: Mapping[str, Any]) -> dict[str, Any]:

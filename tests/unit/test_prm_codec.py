@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path as FsPath
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from helpers_tokenizers import BOS, LLAMA_TEMPLATE, build_tokenizer
+from helpers_transport import ScriptedTransport
+from transformers import PreTrainedTokenizerBase
 
 from asynctts.backends.context import ProblemContext
 from asynctts.backends.prm import (
@@ -27,42 +27,13 @@ from asynctts.backends.prm import (
     encode_logprob,
     encode_pooling,
 )
-from asynctts.backends.templates import PromptRenderError, load_tokenizer
+from asynctts.backends.templates import PromptRenderError
 from asynctts.endpoint import Endpoint
 from asynctts.errors import BadResponse, BranchLost, ConfigError, ServerError
 from asynctts.ledger import Charge, Ledger
 from asynctts.protocols import Path
 
 LONG_WINDOW_S = 3600.0
-
-
-@dataclass
-class Call:
-    route: str
-    body: dict[str, Any]
-    charges: tuple[Charge, ...]
-    tokens_hint: int
-
-
-@dataclass
-class ScriptedTransport:
-    reply: Callable[[str, Mapping[str, Any]], dict[str, Any] | BaseException]
-    calls: list[Call] = field(default_factory=list)
-
-    async def post_json(
-        self,
-        route: str,
-        body: Mapping[str, Any],
-        *,
-        charges: Sequence[Charge] = (),
-        tokens_hint: int = 0,
-    ) -> dict[str, Any]:
-        self.calls.append(Call(route, dict(body), tuple(charges), tokens_hint))
-        await asyncio.sleep(0)
-        answer = self.reply(route, body)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
 
 
 def job(
@@ -122,13 +93,7 @@ def test_pooling_wrong_row_count_fails_that_path_only() -> None:
 def test_pooling_bad_rows(rows: Any, message: str) -> None:
     (outcome,) = decode_pooling({"data": [{"index": 0, "data": rows}]}, [job(1)])
     assert isinstance(outcome, BadResponse)
-    assert re_search(message, str(outcome))
-
-
-def re_search(pattern: str, text: str) -> bool:
-    import re
-
-    return re.search(pattern, text) is not None
+    assert re.search(message, str(outcome))
 
 
 @pytest.mark.parametrize(
@@ -219,7 +184,7 @@ def test_logprob_bad_entries_fail_that_path(logprobs: Any, message: str) -> None
     response = {"choices": [{"index": 0, "prompt_logprobs": logprobs}]}
     (outcome,) = decode_logprob(response, [job(1, positions=(1,))], top_k=5)
     assert isinstance(outcome, BadResponse)
-    assert re_search(message, str(outcome)), str(outcome)
+    assert re.search(message, str(outcome)), str(outcome)
 
 
 def test_logprob_wrong_choice_count_fails_the_batch() -> None:
@@ -375,38 +340,11 @@ def test_clients_check_the_endpoint_scoring() -> None:
 
 # --- logprob client over a local tokenizer --------------------------------------------------
 
-BOS = "<|begin_of_text|>"
-LLAMA_TEMPLATE = (
-    "{{- bos_token }}{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    " + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
-)
-
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerBase:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = [BOS, "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(
-        ["user assistant alpha beta + - Step 1: add 1 and 1.\n\n"] * 20, trainer
-    )
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))]
-    )
-    wrapped = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=tok, bos_token=BOS, eos_token="<|eot_id|>", chat_template=LLAMA_TEMPLATE
-    )
-    path: FsPath = tmp_path_factory.mktemp("tok") / "llama-prm"
-    wrapped.save_pretrained(path)
-    return load_tokenizer(str(path))
+    root = tmp_path_factory.mktemp("tok")
+    return build_tokenizer(root, template=LLAMA_TEMPLATE, adds_bos=True, name="llama-prm")
 
 
 def simulated_prompt_logprobs(tokenizer: PreTrainedTokenizerBase) -> Callable[..., dict[str, Any]]:
@@ -462,3 +400,42 @@ async def test_logprob_prm_scores_every_label_and_batches_prompts(
     assert call.body["prompt_logprobs"] == 7
     assert call.body["max_tokens"] == 1
     assert not call.body["prompt"][0].startswith(BOS)  # vLLM adds it
+
+
+# --- incremental scoring ----------------------------------------------------------------------
+
+
+async def test_scored_paths_are_not_sent_again() -> None:
+    transport = ScriptedTransport(pooled)
+    prm = PoolingPRM(pooling_endpoint(), transport, window_s=0)
+    done = Path(steps=("a\n\n", "b"), scores=(0.7, 0.8), key=(1,))
+    assert await prm.score(ctx("1", Ledger()), [done]) == [done]
+    assert transport.calls == []
+    await prm.aclose()
+
+
+async def test_a_scored_prefix_keeps_its_scores_and_takes_the_new_ones() -> None:
+    transport = ScriptedTransport(pooled)
+    prm = PoolingPRM(pooling_endpoint(), transport, window_s=0)
+    child = Path(steps=("a\n\n", "b\n\n", "c"), scores=(0.55, 0.65), key=(1, 0))
+    (scored,) = await prm.score(ctx("1", Ledger()), [child])
+    # the server scores all three steps (0.1, 0.2, 0.3); only the new one is taken
+    assert scored.scores == (0.55, 0.65, pytest.approx(0.3))
+    (call,) = transport.calls
+    assert call.body["input"] == ["Q1|a<t>b<t>c<t>"]  # the whole conversation, every tag
+    await prm.aclose()
+
+
+async def test_identical_prompts_are_sent_once() -> None:
+    transport = ScriptedTransport(pooled)
+    prm = PoolingPRM(pooling_endpoint(), transport, max_batch=4, window_s=LONG_WINDOW_S)
+    ledger = Ledger()
+    twins = [Path(steps=("same\n\n",), key=(0, i)) for i in range(3)]
+    other = Path(steps=("other\n\n",), key=(1, 0))
+    scored = await prm.score(ctx("1", ledger), [*twins, other])
+    assert [p.scores for p in scored] == [(pytest.approx(0.1),)] * 4
+    assert [p.key for p in scored] == [p.key for p in [*twins, other]]
+    (call,) = transport.calls
+    assert call.body["input"] == ["Q1|same<t>", "Q1|other<t>"]
+    assert call.charges == (Charge(ledger, ("0.0", "0.1", "0.2", "1.0"), share=1.0),)
+    await prm.aclose()
