@@ -27,9 +27,10 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 from asyncio_throttle.throttler import Throttler
-from harness import add_output_argument, write_report
 
 from asynctts.transport import FifoLimiter
+
+from harness import add_output_argument, write_report
 
 Acquire = Callable[[float], Coroutine[Any, Any, None]]
 

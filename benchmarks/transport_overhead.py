@@ -33,11 +33,12 @@ import aiohttp
 import orjson
 import structlog
 from aiohttp import web
-from harness import add_output_argument, write_report
 
 from asynctts.endpoint import Endpoint
 from asynctts.ledger import Charge, Ledger
 from asynctts.transport import Transport
+
+from harness import add_output_argument, write_report
 
 ROUTE = "/v1/completions"
 BODY = {"model": "bench", "prompt": "What is 1+1?", "max_tokens": 16, "n": 1, "temperature": 0.8}

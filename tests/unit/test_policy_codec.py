@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from helpers_transport import ScriptedTransport
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -39,6 +38,8 @@ from asynctts.errors import (
 )
 from asynctts.ledger import Charge, Ledger
 from asynctts.protocols import Finish, Path
+
+from helpers_transport import ScriptedTransport
 
 SAMPLING = Sampling(temperature=0.7, top_p=0.9, max_tokens=100)
 FORMAT = "{system}|{problem}|"

@@ -10,8 +10,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
-from helpers_tokenizers import BOS, LLAMA_TEMPLATE, build_tokenizer
-from helpers_transport import ScriptedTransport
 from transformers import PreTrainedTokenizerBase
 
 from asynctts.backends.context import ProblemContext
@@ -32,6 +30,9 @@ from asynctts.endpoint import Endpoint
 from asynctts.errors import BadResponse, BranchLost, ConfigError, ServerError
 from asynctts.ledger import Charge, Ledger
 from asynctts.protocols import Path
+
+from helpers_tokenizers import BOS, LLAMA_TEMPLATE, build_tokenizer
+from helpers_transport import ScriptedTransport
 
 LONG_WINDOW_S = 3600.0
 

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers_tokenizers import BOS, CHATML_TEMPLATE, LLAMA_TEMPLATE, build_tokenizer
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -23,6 +22,8 @@ from asynctts.backends.templates import (
     load_tokenizer,
 )
 from asynctts.errors import ConfigError
+
+from helpers_tokenizers import BOS, CHATML_TEMPLATE, LLAMA_TEMPLATE, build_tokenizer
 
 PROBLEM = "What is 1+1?"
 SYSTEM = "Be brief."

@@ -1,0 +1,190 @@
+"""asynctts.cli: bad input is named and fails with exit status 2 before any request is sent
+(a listening socket that must never see a connection proves it)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from asynctts.cli import main
+
+MATH500 = Path(__file__).resolve().parents[3] / "shared" / "data" / "math500.jsonl"
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A port that accepts TCP connections but never answers: any request would show up."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        yield sock
+        with pytest.raises(BlockingIOError):
+            sock.accept()  # nobody connected
+
+
+def eval_args(sock: socket.socket, out: Path, *extra: str) -> list[str]:
+    port = sock.getsockname()[1]
+    return [
+        "eval",
+        "--policy-url",
+        f"http://127.0.0.1:{port}/v1",
+        "--policy-model",
+        "m",
+        "--prm-model",
+        "p",
+        "--data",
+        str(MATH500),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def write(path: Path, *records: object) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--strategy", "nope", "--n", "4"], "unknown strategy 'nope'; choose one of"),
+        (["--strategy", "dvts", "--n", "2", "4"], "strategy 'dvts' cannot use budget n=2"),
+        (["--strategy", "beam_search@4,6"], "strategy 'beam_search' cannot use budget n=6"),
+        (
+            ["--strategy", "dvts@8", "--width", "3"],
+            "strategy 'dvts' cannot use budget n=8: n=8 is not a multiple of width=3",
+        ),
+        (["--strategy", "majority"], "strategy 'majority' has no budget"),
+        (["--strategy", "majority", "--n", "4", "--levels", "9"], "no problem matches levels=[9]"),
+        (
+            ["--strategy", "majority", "--n", "4", "--subjects", "Topology"],
+            "subjects ['topology'] are not in the data",
+        ),
+        (
+            ["--strategy", "majority", "--n", "4", "--retry-errors"],
+            "--retry-errors only applies with --resume",
+        ),
+        (
+            ["--strategy", "majority", "--n", "4", "--temperature", "-1"],
+            "Sampling temperature=-1.0: need a finite value >= 0",
+        ),
+    ],
+)
+def test_bad_input_fails_before_any_request(
+    listener: socket.socket,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    assert main(eval_args(listener, tmp_path / "run", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("asynctts eval: error: ")
+    assert message in err
+    assert not (tmp_path / "run").exists()  # nothing written either
+
+
+def test_bad_data_files_are_named_with_their_line(
+    listener: socket.socket, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = {"problem": "What is 1+1?", "answer": "2", "unique_id": "a"}
+    cases = {
+        "missing.jsonl": None,
+        "no_answer.jsonl": [good, {"problem": "What is 2+2?", "unique_id": "b"}],
+        "no_problem.jsonl": [{"answer": "2"}],
+    }
+    expected = {
+        "missing.jsonl": "missing.jsonl does not exist",
+        "no_answer.jsonl": "no_answer.jsonl:2: field 'answer' is missing",
+        "no_problem.jsonl": "no_problem.jsonl:1: field 'problem' is missing",
+    }
+    for name, records in cases.items():
+        path = tmp_path / name
+        if records is not None:
+            write(path, *records)
+        args = eval_args(listener, tmp_path / "run", "--strategy", "majority", "--n", "2")
+        args[args.index("--data") + 1] = str(path)
+        assert main(args) == 2
+        assert expected[name] in capsys.readouterr().err
+    malformed = tmp_path / "malformed.jsonl"
+    malformed.write_text(json.dumps(good) + "\n{oops\n", encoding="utf-8")
+    args = eval_args(listener, tmp_path / "run", "--strategy", "majority", "--n", "2")
+    args[args.index("--data") + 1] = str(malformed)
+    assert main(args) == 2
+    assert "malformed.jsonl:2: not valid JSON" in capsys.readouterr().err
+
+
+def test_a_prm_strategy_without_a_prm_is_named(
+    listener: socket.socket, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = eval_args(listener, tmp_path / "run", "--strategy", "best_of_n", "--n", "4")
+    at = args.index("--prm-model")
+    del args[at : at + 2]
+    assert main(args) == 2
+    assert "strategy 'best_of_n' needs a PRM endpoint" in capsys.readouterr().err
+
+
+def test_endpoint_flags_are_required_and_exclusive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["eval", "--strategy", "majority", "--n", "2", "--out", str(tmp_path / "r")]
+    assert main(base) == 2
+    assert "give --policy-url and --policy-model" in capsys.readouterr().err
+    assert main([*base, "--policy-url", "ftp://x", "--policy-model", "m"]) == 2
+    assert "needs a scheme and a host" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                *base,
+                "--policy-url",
+                "http://h/v1",
+                "--policy-model",
+                "m",
+                "--prm-url",
+                "http://h/v1",
+            ]
+        )
+        == 2
+    )
+    assert "--prm-url needs --prm-model" in capsys.readouterr().err
+    endpoints = ["--endpoints", str(tmp_path / "e.json")]
+    assert main([*base, *endpoints, "--policy-url", "http://h/v1"]) == 2
+    assert "--endpoints and --policy-url both given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "--n", "4", "--out", "x"], "the following arguments are required: --strategy"),
+        (["eval", "--strategy", "majority", "--n", "0", "--out", "x"], "0 is not >= 1"),
+        (["eval", "--strategy", "majority", "--n", "two", "--out", "x"], "'two' is not an integer"),
+        (["eval", "--strategy", "majority", "--n", "2"], "required: --out"),
+        (["eval", "--strategy", "m", "--out", "x", "--aggregate", "max"], "invalid choice: 'max'"),
+        (["report"], "the following arguments are required: RUN_DIR"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_malformed_flags_exit_2_with_usage(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: asynctts")
+    assert message in err
+
+
+def test_report_of_a_directory_that_is_not_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    assert "asynctts report: error: " in (err := capsys.readouterr().err)
+    assert "no journal there" in err

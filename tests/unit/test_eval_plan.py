@@ -1,0 +1,173 @@
+"""asynctts.eval.plan: which runs an evaluation makes, its checks before any request, and a
+run identity without URLs or secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from asynctts.backends.context import Sampling
+from asynctts.endpoint import Endpoint
+from asynctts.errors import ConfigError
+from asynctts.eval.data import DataSet, Problem
+from asynctts.eval.plan import EvalPlan, Line, StrategySettings, parse_strategy, plan_jobs
+
+
+def test_parse_strategy() -> None:
+    assert parse_strategy("majority") == ("majority", None)
+    assert parse_strategy(" dvts@16,4,8 ") == ("dvts", (16, 4, 8))
+    for bad, message in [
+        ("dvts@", r"write NAME or NAME@N1,N2"),
+        ("dvts@4,,8", r"write NAME or NAME@N1,N2"),
+        ("dvts@4 8", r"write NAME or NAME@N1,N2"),
+        ("Majority", r"write NAME or NAME@N1,N2"),
+        ("beam@4", r"unknown strategy 'beam'; choose one of \['beam_search', "),
+        ("dvts@0,4", r"'dvts@0,4': budgets must be >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_strategy(bad)
+
+
+def test_the_best_of_n_family_runs_once_at_the_largest_budget() -> None:
+    jobs = plan_jobs(["majority", "weighted_best_of_n@2,32"], [1, 4, 16])
+    assert len(jobs) == 1
+    (job,) = jobs
+    assert job.key == "weighted_best_of_n@32"
+    assert job.points == (1, 2, 4, 16, 32)
+    assert not job.all_candidates
+    assert job.lines == (
+        Line("majority", "majority", "majority", True),
+        Line("best_of_n", "best_of_n", "best", True),
+        Line("weighted_best_of_n", "weighted_best_of_n", "weighted", True),
+    )
+    assert job.headline.label == "weighted_best_of_n"
+
+
+def test_a_family_without_a_prm_member_runs_and_reports_majority_only() -> None:
+    (job,) = plan_jobs(["majority"], [1, 2, 8])
+    assert job.key == "majority@8"
+    assert job.lines == (Line("majority", "majority", "majority", True),)
+    assert not job.strategy.needs_prm
+    (job,) = plan_jobs(["best_of_n", "majority"], [4])
+    assert job.key == "best_of_n@4" and job.headline.label == "best_of_n"
+
+
+def test_tree_searches_run_once_per_budget() -> None:
+    jobs = plan_jobs(["dvts@8,4", "beam_search", "majority"], [4, 16])
+    assert [j.key for j in jobs] == [
+        "majority@16",
+        "dvts@4",
+        "dvts@8",
+        "beam_search@4",
+        "beam_search@16",
+    ]
+    dvts = jobs[1]
+    assert dvts.points == (4,) and dvts.all_candidates
+    assert [(line.label, line.primary) for line in dvts.lines] == [
+        ("dvts/majority", False),
+        ("dvts/best", False),
+        ("dvts", True),
+    ]
+
+
+def test_strategy_settings_reach_the_strategies_that_have_them() -> None:
+    settings = StrategySettings(width=2, max_depth=7, aggregate="min")
+    dvts, family = plan_jobs(["dvts@2", "best_of_n@4"], None, settings=settings)[::-1]
+    assert family.identity()["settings"] == {"aggregate": "min", "per_request": 16}
+    assert dvts.identity()["settings"] == {"width": 2, "max_depth": 7, "aggregate": "min"}
+    with pytest.raises(ConfigError, match=r"strategy 'dvts' with \{'width': 0\}: width=0"):
+        plan_jobs(["dvts@4"], None, settings=StrategySettings(width=0))
+
+
+@pytest.mark.parametrize(
+    ("specs", "budgets", "message"),
+    [
+        ([], [4], r"no strategy given"),
+        (
+            ["dvts"],
+            [1, 2, 4],
+            r"strategy 'dvts' cannot use budget n=1: n=1 is not a multiple of"
+            r" width=4; drop it from --n or give dvts@N1,N2,\.\.\.",
+        ),
+        (["beam_search@6"], None, r"'beam_search' cannot use budget n=6"),
+        (["majority"], None, r"strategy 'majority' has no budget: pass --n or majority@N1,N2"),
+        (["majority", "majority@4"], [2], r"'majority' is given twice"),
+        (["majority"], [0], r"budgets \[0\] must be >= 1"),
+        (["nope"], [4], r"unknown strategy 'nope'"),
+    ],
+)
+def test_bad_plans_are_named(specs: list[str], budgets: list[int] | None, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        plan_jobs(specs, budgets)
+
+
+def make_plan(jobs: list[str], problems: list[Problem]) -> EvalPlan:
+    data = DataSet(tuple(problems), "data.jsonl", Path("data.jsonl"), "ab" * 32)
+    return EvalPlan(
+        data=data,
+        problems=tuple(problems),
+        selection={"limit": None, "levels": None, "subjects": None, "shuffle": False},
+        jobs=tuple(plan_jobs(jobs, [4])),
+        sampling=Sampling(),
+        seed=3,
+        system_prompt="Be brief.",
+    )
+
+
+PROBLEMS = [Problem(id="a", problem="What is 1+1?", answer="2", level=1)]
+
+
+def test_every_problem_is_checked_against_every_job() -> None:
+    make_plan(["majority"], PROBLEMS).check(has_prm=False)
+    with pytest.raises(
+        ConfigError, match=r"weighted_best_of_n@4: strategy 'weighted_best_of_n' needs a PRM"
+    ):
+        make_plan(["weighted_best_of_n"], PROBLEMS).check(has_prm=False)
+    empty = [*PROBLEMS, Problem(id="b", problem="   ", answer="1")]
+    with pytest.raises(ConfigError, match=r"problem 'b', majority@4: problem is empty"):
+        make_plan(["majority"], empty).check(has_prm=False)
+    with pytest.raises(ConfigError, match="no problems selected"):
+        make_plan(["majority"], []).check(has_prm=False)
+
+
+def test_the_identity_holds_what_decides_results_and_no_url_or_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MY_KEY", "sk-very-secret")
+    policy = Endpoint(
+        base_url="http://alice:hunter2@10.0.0.1:8000/v1?qsecret=zzz9",
+        model="m",
+        api_key_env="MY_KEY",
+        prompt_format="{system} {problem}",
+        max_in_flight=7,
+    )
+    config = make_plan(["majority"], PROBLEMS).config(policy=policy, prm=None, info={"x": 1})
+    dumped = orjson.dumps(config).decode()
+    for secret in ("sk-very-secret", "alice", "hunter2", "qsecret", "zzz9"):
+        assert secret not in dumped
+    identity = config["identity"]
+    assert identity["endpoints"] == {
+        "policy": {
+            "model": "m",
+            "mode": "completions",
+            "scoring": "pooling",
+            "tokenizer": "m",
+            "prompt_format": "{system} {problem}",
+            "step_tag": "<extra_0>",
+            "prompt_logprobs": 20,
+            "max_n_per_request": 64,
+        },
+        "prm": None,
+    }
+    assert identity["seed"] == 3
+    assert identity["data"] == {"sha256": "ab" * 32}
+    assert identity["selection"]["problems"] == 1
+    assert identity["sampling"] == {"temperature": 0.8, "top_p": 1.0, "max_tokens": 2048}
+    assert identity["jobs"][0]["key"] == "majority@4"
+    info = config["info"]
+    assert info["endpoints"]["policy"]["base_url"] == "http://10.0.0.1:8000/v1"
+    assert info["endpoints"]["policy"]["api_key_env"] == "MY_KEY"
+    assert info["endpoints"]["policy"]["max_in_flight"] == 7
+    assert info["x"] == 1 and info["data_source"] == "data.jsonl"
