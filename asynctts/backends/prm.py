@@ -310,8 +310,7 @@ class _CoalescedPRM(Generic[_PromptT]):
                 raise BranchLost(path.key, "scoring", outcome) from outcome
             if isinstance(outcome, Exception):
                 raise outcome
-            known = len(path.scores)
-            scored.append(path.with_scores((*path.scores, *outcome[known:])))
+            scored.append(path.with_scores(keep_known_scores(path, outcome)))
         return scored
 
     async def aclose(self) -> None:
@@ -383,3 +382,8 @@ class LogprobPRM(_CoalescedPRM[LogprobPrompt]):
     def _decode(self, response: Mapping[str, Any], jobs: Sequence[ScoreJob]) -> list[Outcome]:
         labels = (self._prompt.label, "-")
         return decode_logprob(response, jobs, top_k=self._endpoint.prompt_logprobs, labels=labels)
+
+
+def keep_known_scores(path: Path, fresh: Sequence[float]) -> tuple[float, ...]:
+    """The scores a path keeps: those it already had, then the fresh ones of its new steps."""
+    return (*path.scores, *fresh[len(path.scores) :])

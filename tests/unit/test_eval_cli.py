@@ -159,6 +159,26 @@ def test_endpoint_flags_are_required_and_exclusive(
     assert "--endpoints and --policy-url both given" in capsys.readouterr().err
 
 
+def test_an_endpoints_file_replaces_the_flags(
+    listener: socket.socket, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    endpoints = write(
+        tmp_path / "endpoints.json",
+        {"policy": {"base_url": url, "model": "m"}, "prm": {"base_url": url, "model": "p"}},
+    )
+    base = ["eval", "--data", str(MATH500), "--out", str(tmp_path / "r"), "--no-progress"]
+    # the file is read and the plan checked (dvts@6 is bad), all before any request
+    assert main([*base, "--endpoints", str(endpoints), "--strategy", "dvts@6"]) == 2
+    assert "strategy 'dvts' cannot use budget n=6" in capsys.readouterr().err
+    bad = write(tmp_path / "bad.json", {"policy": {"base_url": url, "model": "m", "x": 1}})
+    assert main([*base, "--endpoints", str(bad), "--strategy", "majority@2"]) == 2
+    assert "bad.json: policy: unknown key(s) ['x']" in capsys.readouterr().err
+    both = ["--endpoints", str(endpoints), "--prompt-format", "{problem}", "--scoring", "logprob"]
+    assert main([*base, *both, "--strategy", "majority@2"]) == 2
+    assert "--endpoints and --prompt-format, --scoring both given" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -125,3 +125,30 @@ def test_math500_levels_and_subjects_select_as_in_the_readme() -> None:
     problems = load_problems(MATH500)
     assert len(select(problems, levels=[1, 2])) == 43 + 90
     assert len(select(problems, subjects=["Counting & Probability"])) == 38
+
+
+def test_without_a_path_math500_comes_from_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    asked: list[tuple[str, str, str]] = []
+
+    def download(repo_id: str, filename: str, *, repo_type: str) -> str:
+        asked.append((repo_id, filename, repo_type))
+        return str(MATH500)  # as if the hub had served (or cached) it
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    data = load_dataset()
+    assert asked == [("HuggingFaceH4/MATH-500", "test.jsonl", "dataset")]
+    assert data.source == "hub:HuggingFaceH4/MATH-500/test.jsonl"
+    assert data.sha256 == MATH500_SHA256 and len(data.problems) == 500
+
+    def offline(repo_id: str, filename: str, *, repo_type: str) -> str:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(
+        ConfigError,
+        match=r"could not fetch HuggingFaceH4/MATH-500/test\.jsonl from the Hugging Face hub"
+        r" \(OSError: network is unreachable\); pass a local JSONL file instead",
+    ):
+        load_problems()

@@ -1,0 +1,336 @@
+"""What an evaluation will run, decided and checked before any request is sent.
+
+Rules:
+- A strategy is given as `NAME` (budgets from the shared list) or `NAME@N1,N2,...` (its own).
+- The best-of-N family (majority, best_of_n, weighted_best_of_n) runs ONCE, at the largest
+  budget any member asked for: its samples are in generation order, so `Solution.votes(n)`
+  is exactly what a run with budget n would have answered. That one run reports majority,
+  best-of-N and weighted best-of-N (only majority when no member needs a PRM, since then
+  nothing is scored) at every requested n.
+- Beam search and DVTS run once per budget; each reports its own selection rule ("primary")
+  and, in the JSON report, the other two rules over the same finished paths.
+- Every (problem, job) pair passes the library's own checks (`make_strategy`,
+  `check_request`, `check_budget`) here, so bad input fails before the first request.
+- The run's identity (what decides its results) never holds an endpoint URL, a limit or a
+  secret: those go to `info`, which is recorded but not compared on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from asynctts.api import STRATEGIES, check_request, make_strategy
+from asynctts.backends.context import Sampling
+from asynctts.endpoint import Endpoint
+from asynctts.errors import ConfigError
+from asynctts.eval.data import DataSet, Problem
+from asynctts.search.strategy import Selection, Strategy
+
+__all__ = [
+    "FAMILY",
+    "EvalPlan",
+    "Job",
+    "Line",
+    "StrategySettings",
+    "endpoint_identity",
+    "endpoint_info",
+    "parse_strategy",
+    "plan_jobs",
+]
+
+FAMILY = ("majority", "best_of_n", "weighted_best_of_n")
+SELECTIONS: tuple[Selection, ...] = ("majority", "best", "weighted")
+# the family's report lines: each member is the family run read with its own rule
+_FAMILY_LINES: tuple[tuple[str, Selection], ...] = (
+    ("majority", "majority"),
+    ("best_of_n", "best"),
+    ("weighted_best_of_n", "weighted"),
+)
+_SPEC = re.compile(r"^(?P<name>[a-z_]+)(?:@(?P<budgets>[0-9]+(?:,[0-9]+)*))?$")
+_FORMAT = 1  # bump when the journal's record layout changes
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One curve of the report: the answers `selection` picks in the runs of `strategy`."""
+
+    label: str  # "weighted_best_of_n", "dvts", "dvts/majority"
+    strategy: str
+    selection: Selection
+    primary: bool  # drawn in the plot and the text table
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One pass over the problems: `strategy` at budget `n`, graded at each of `points`."""
+
+    strategy: Strategy
+    n: int
+    points: tuple[int, ...]
+    lines: tuple[Line, ...]
+    all_candidates: bool  # vote over every finished path (tree search) vs the first n samples
+
+    @property
+    def key(self) -> str:
+        return f"{self.strategy.name}@{self.n}"
+
+    @property
+    def selections(self) -> tuple[Selection, ...]:
+        return tuple(line.selection for line in self.lines)
+
+    @property
+    def headline(self) -> Line:
+        """The line of the strategy's own selection rule (its `Solution.answer`)."""
+        return next(line for line in self.lines if line.selection == self.strategy.selection)
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "strategy": self.strategy.name,
+            "n": self.n,
+            "settings": _settings_of(self.strategy),
+            "points": list(self.points),
+            "lines": [
+                {"label": line.label, "selection": line.selection, "primary": line.primary}
+                for line in self.lines
+            ],
+            "all_candidates": self.all_candidates,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StrategySettings:
+    """Knobs passed to every strategy that has them (None: the strategy's default)."""
+
+    width: int | None = None
+    max_depth: int | None = None
+    aggregate: str | None = None
+    per_request: int | None = None
+
+
+def parse_strategy(spec: str) -> tuple[str, tuple[int, ...] | None]:
+    """ "dvts@4,8,16" -> ("dvts", (4, 8, 16)); "majority" -> ("majority", None).
+
+    Raises:
+        ConfigError: malformed, an unknown name, or a budget < 1.
+    """
+    match = _SPEC.match(spec.strip())
+    if match is None:
+        raise ConfigError(f"strategy {spec!r}: write NAME or NAME@N1,N2,... (e.g. dvts@4,8,16)")
+    name = match["name"]
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
+    if match["budgets"] is None:
+        return name, None
+    budgets = tuple(int(part) for part in match["budgets"].split(","))
+    if any(b < 1 for b in budgets):
+        raise ConfigError(f"strategy {spec!r}: budgets must be >= 1")
+    return name, budgets
+
+
+def plan_jobs(
+    specs: Sequence[str],
+    budgets: Sequence[int] | None,
+    *,
+    settings: StrategySettings | None = None,
+) -> list[Job]:
+    """The jobs to run for the given strategies (see the module rules).
+
+    Args:
+        specs: "NAME" or "NAME@N1,N2,..." per strategy.
+        budgets: the budgets of strategies given without their own (`--n`).
+        settings: strategy knobs (width, max_depth, aggregate, per_request).
+
+    Raises:
+        ConfigError: an unknown strategy, a strategy given twice, a strategy without budgets,
+            a budget < 1, or one the strategy cannot use (e.g. DVTS with n not a multiple of
+            its width).
+    """
+    if not specs:
+        raise ConfigError("no strategy given (--strategy NAME)")
+    wanted: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, own = parse_strategy(spec)
+        if name in wanted:
+            raise ConfigError(f"strategy {name!r} is given twice; list all its budgets once")
+        chosen = own if own is not None else tuple(budgets or ())
+        if not chosen:
+            raise ConfigError(f"strategy {name!r} has no budget: pass --n or {name}@N1,N2,...")
+        if any(b < 1 for b in chosen):
+            raise ConfigError(f"strategy {name!r}: budgets {list(chosen)} must be >= 1")
+        wanted[name] = tuple(sorted(set(chosen)))
+    knobs = settings or StrategySettings()
+    jobs: list[Job] = []
+    family = {name: ns for name, ns in wanted.items() if name in FAMILY}
+    if family:
+        jobs.append(_family_job(family, knobs))
+    for name, ns in wanted.items():
+        if name in FAMILY:
+            continue
+        strategy = _build(name, knobs)
+        own_lines = tuple(
+            Line(
+                label=name if selection == strategy.selection else f"{name}/{selection}",
+                strategy=name,
+                selection=selection,
+                primary=selection == strategy.selection,
+            )
+            for selection in SELECTIONS
+        )
+        for n in ns:
+            _check_budget(strategy, n)
+            jobs.append(Job(strategy, n, (n,), own_lines, all_candidates=True))
+    return jobs
+
+
+def _family_job(family: Mapping[str, tuple[int, ...]], knobs: StrategySettings) -> Job:
+    # the run that serves every member: scored when any member needs scores
+    if "weighted_best_of_n" in family:
+        runner = "weighted_best_of_n"
+    elif "best_of_n" in family:
+        runner = "best_of_n"
+    else:
+        runner = "majority"
+    strategy = _build(runner, knobs)
+    points = tuple(sorted({n for ns in family.values() for n in ns}))
+    for n in points:
+        _check_budget(strategy, n)
+    lines = tuple(
+        Line(label=label, strategy=label, selection=selection, primary=True)
+        for label, selection in _FAMILY_LINES
+        if strategy.needs_prm or selection == "majority"
+    )
+    return Job(strategy, points[-1], points, lines, all_candidates=False)
+
+
+def _build(name: str, knobs: StrategySettings) -> Strategy:
+    cls = STRATEGIES[name]
+    accepted: set[str] = (
+        {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    )
+    given = {k: v for k, v in dataclasses.asdict(knobs).items() if v is not None and k in accepted}
+    try:
+        return make_strategy(cls(**given))
+    except ValueError as err:  # the strategies validate their own settings
+        raise ConfigError(f"strategy {name!r} with {given}: {err}") from err
+
+
+def _check_budget(strategy: Strategy, n: int) -> None:
+    try:
+        strategy.check_budget(n)
+    except ValueError as err:
+        raise ConfigError(
+            f"strategy {strategy.name!r} cannot use budget n={n}: {err}; drop it from --n or"
+            f" give {strategy.name}@N1,N2,... with budgets it can use"
+        ) from err
+
+
+def _settings_of(strategy: Strategy) -> dict[str, Any]:
+    if dataclasses.is_dataclass(strategy) and not isinstance(strategy, type):
+        return dataclasses.asdict(strategy)
+    return {}
+
+
+def endpoint_identity(endpoint: Endpoint | None) -> dict[str, Any] | None:
+    """The endpoint fields that decide results (the model and how it is prompted)."""
+    if endpoint is None:
+        return None
+    return {
+        "model": endpoint.model,
+        "mode": endpoint.mode,
+        "scoring": endpoint.scoring,
+        "tokenizer": endpoint.tokenizer_name,
+        "prompt_format": endpoint.prompt_format,
+        "step_tag": endpoint.step_tag,
+        "prompt_logprobs": endpoint.prompt_logprobs,
+        "max_n_per_request": endpoint.max_n_per_request,
+    }
+
+
+def endpoint_info(endpoint: Endpoint | None) -> dict[str, Any] | None:
+    """Where the endpoint was and its limits, with any credentials in the URL removed."""
+    if endpoint is None:
+        return None
+    parts = urlsplit(endpoint.base_url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return {
+        "base_url": urlunsplit((parts.scheme, netloc, parts.path, "", "")),
+        "api_key_env": endpoint.api_key_env,  # the variable's name, never its value
+        "max_in_flight": endpoint.max_in_flight,
+        "rate_per_s": endpoint.rate_per_s,
+        "tokens_per_min": endpoint.tokens_per_min,
+        "max_attempts": endpoint.max_attempts,
+        "total_timeout_s": endpoint.total_timeout_s,
+    }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvalPlan:
+    """Problems, jobs and the settings every job shares."""
+
+    data: DataSet
+    problems: tuple[Problem, ...]
+    selection: Mapping[str, Any]  # limit, levels, subjects, shuffle (as given)
+    jobs: tuple[Job, ...]
+    sampling: Sampling
+    seed: int
+    system_prompt: str | None
+
+    def check(self, *, has_prm: bool) -> None:
+        """Every problem against every job, as `solve` would check it.
+
+        Raises:
+            ConfigError: the first problem a job cannot run (named by its id).
+        """
+        if not self.problems:
+            raise ConfigError("no problems selected")
+        for job in self.jobs:
+            for problem in self.problems:
+                try:
+                    check_request(problem.problem, job.strategy, job.n, has_prm)
+                except ConfigError as err:
+                    raise ConfigError(f"problem {problem.id!r}, {job.key}: {err}") from err
+
+    def config(
+        self,
+        *,
+        policy: Endpoint,
+        prm: Endpoint | None,
+        info: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The journal's config: `identity` (compared on resume) and `info` (recorded)."""
+        ids = "\n".join(p.id for p in self.problems).encode()
+        prompt = self.system_prompt
+        identity = {
+            "format": _FORMAT,
+            "jobs": [job.identity() for job in self.jobs],
+            "data": {"sha256": self.data.sha256},
+            "selection": {
+                **self.selection,
+                "problems": len(self.problems),
+                "ids_sha256": hashlib.sha256(ids).hexdigest(),
+            },
+            "sampling": dataclasses.asdict(self.sampling),
+            "seed": self.seed,
+            "system_prompt_sha256": None
+            if prompt is None
+            else hashlib.sha256(prompt.encode()).hexdigest(),
+            "endpoints": {"policy": endpoint_identity(policy), "prm": endpoint_identity(prm)},
+        }
+        return {
+            "identity": identity,
+            "info": {
+                "data_source": self.data.source,
+                "endpoints": {"policy": endpoint_info(policy), "prm": endpoint_info(prm)},
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **(info or {}),
+            },
+        }

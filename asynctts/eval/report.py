@@ -1,0 +1,404 @@
+"""Reports of evaluation runs, computed from their journals alone.
+
+Rules:
+- A report is a pure function of the journal: accuracy per line (strategy and selection
+  rule) and budget n, per level and per subject (at each line's largest n), tokens and
+  requests per problem, and wall time; JSON-ready, with exact counts beside every rate.
+- Accuracy is correct / done: a run that is still going (or was killed) reports what it has,
+  and says how many problems are done out of how many were planned. Problems that failed as
+  a whole, had no answer or could not be graded count as done and wrong.
+- When a problem was redone (`retry_errors`), its last record counts.
+- Wall time of a job sums its sessions: a killed session counts until its last result.
+- Plots use matplotlib's object API on the Agg canvas (no pyplot, no global backend); it is
+  imported only when a plot is drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from asynctts.eval.journal import last_per_key, read_journal
+from asynctts.eval.runner import JOURNAL_NAME
+
+__all__ = [
+    "REPORT_JSON",
+    "REPORT_PLOT",
+    "REPORT_TEXT",
+    "RunData",
+    "format_comparison",
+    "format_report",
+    "load_run",
+    "plot_accuracy",
+    "summarize",
+    "write_report",
+]
+
+REPORT_JSON = "report.json"
+REPORT_TEXT = "report.txt"
+REPORT_PLOT = "accuracy.png"
+
+_USAGE_FIELDS = (
+    "completion_tokens",
+    "prompt_tokens",
+    "cached_tokens",
+    "prm_tokens",
+    "requests",
+    "retries",
+    "failures",
+    "wall_s",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunData:
+    """A run directory's journal, parsed: config, events in order, last result per key."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    events: tuple[dict[str, Any], ...]
+    results: dict[tuple[str, str], dict[str, Any]]
+    torn: bool
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read `run_dir`'s journal (a torn last line is ignored, never changed).
+
+    Raises:
+        ConfigError: no journal, or a corrupt one.
+    """
+    directory = Path(run_dir)
+    contents = read_journal(directory / JOURNAL_NAME)
+    if contents.config is None:
+        return RunData(directory, {"identity": {}, "info": {}}, (), {}, contents.torn)
+    return RunData(
+        directory,
+        contents.config,
+        contents.events,
+        last_per_key(contents.events),
+        contents.torn,
+    )
+
+
+def _rate(correct: int, done: int) -> float | None:
+    return correct / done if done else None
+
+
+def _tally(results: Iterable[Mapping[str, Any]], selection: str, index: int) -> dict[str, Any]:
+    counts = {"correct": 0, "done": 0, "no_answer": 0, "timeout": 0, "error": 0}
+    for result in results:
+        grade = result["grades"][selection][index]
+        counts["done"] += 1
+        counts["correct"] += bool(grade["correct"])
+        if grade["reason"] is not None:
+            counts[grade["reason"]] += 1
+    return {**counts, "accuracy": _rate(counts["correct"], counts["done"])}
+
+
+def _by(
+    results: Sequence[Mapping[str, Any]], field: str, selection: str, index: int
+) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for result in results:
+        groups[str(result.get(field))].append(result)
+    out: dict[str, dict[str, Any]] = {}
+    for key in sorted(groups):
+        tally = _tally(groups[key], selection, index)
+        out[key] = {k: tally[k] for k in ("correct", "done", "accuracy")}
+    return out
+
+
+def _sessions(events: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Wall seconds per job, summed over its sessions (see the module rules)."""
+    wall: dict[str, float] = defaultdict(float)
+    current: list[Any] | None = None  # [job, start t, last t]
+
+    def close(end: float) -> None:
+        nonlocal current
+        if current is not None:
+            wall[current[0]] += max(0.0, end - current[1])
+            current = None
+
+    for event in events:
+        kind = event.get("type")
+        if kind == "session_start":
+            if current is not None:
+                close(current[2])
+            current = [event["job"], event["t"], event["t"]]
+        elif current is not None and event.get("job") == current[0]:
+            if kind == "session_end":
+                close(event["t"])
+            elif kind == "result":
+                current[2] = event["t"]
+    if current is not None:
+        close(current[2])
+    return dict(wall)
+
+
+def summarize(run: RunData) -> dict[str, Any]:
+    """The report of one run as a JSON-ready dict (see the module rules)."""
+    identity = run.config.get("identity", {})
+    info = run.config.get("info", {})
+    planned = int(identity.get("selection", {}).get("problems", 0))
+    walls = _sessions(run.events)
+    jobs_out: list[dict[str, Any]] = []
+    lines: dict[str, dict[str, Any]] = {}
+    for job in identity.get("jobs", []):
+        key = job["key"]
+        results = [r for (k, _), r in sorted(run.results.items()) if k == key]
+        usage_sums = {
+            f: math.fsum(float(r["usage"].get(f, 0.0)) for r in results) for f in _USAGE_FIELDS
+        }
+        done = len(results)
+        jobs_out.append(
+            {
+                "key": key,
+                "strategy": job["strategy"],
+                "n": job["n"],
+                "settings": job["settings"],
+                "planned": planned,
+                "done": done,
+                "errors": sum(r.get("error") is not None for r in results),
+                "lost_branches": sum(int(r.get("lost", 0)) for r in results),
+                "wall_s": walls.get(key, 0.0),
+                "total": usage_sums,
+                "per_problem": {f: (v / done if done else None) for f, v in usage_sums.items()},
+            }
+        )
+        points = job["points"]
+        for spec in job["lines"]:
+            line = lines.setdefault(
+                spec["label"],
+                {
+                    "label": spec["label"],
+                    "strategy": job["strategy"] if job["all_candidates"] else spec["label"],
+                    "selection": spec["selection"],
+                    "primary": spec["primary"],
+                    "points": [],
+                    "_last": None,
+                },
+            )
+            for index, n in enumerate(points):
+                line["points"].append(
+                    {"n": n, "job": key, **_tally(results, spec["selection"], index)}
+                )
+                if line["_last"] is None or n >= line["_last"][0]:
+                    line["_last"] = (n, results, index)
+    lines_out: list[dict[str, Any]] = []
+    for line in lines.values():
+        n, results, index = line.pop("_last")
+        line["points"].sort(key=lambda p: p["n"])
+        line["largest_n"] = n
+        line["by_level"] = _by(results, "level", line["selection"], index)
+        line["by_subject"] = _by(results, "subject", line["selection"], index)
+        lines_out.append(line)
+    return {
+        "run_dir": str(run.run_dir),
+        "planned_problems": planned,
+        "data": {"source": info.get("data_source"), **identity.get("data", {})},
+        "seed": identity.get("seed"),
+        "sampling": identity.get("sampling"),
+        "endpoints": identity.get("endpoints"),
+        "torn_last_line": run.torn,
+        "wall_s": math.fsum(walls.values()),
+        "jobs": jobs_out,
+        "lines": lines_out,
+    }
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, left: int = 1) -> list[str]:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+
+    def fmt(row: Sequence[str]) -> str:
+        cells = [
+            str(c).ljust(w) if i < left else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def format_report(summary: Mapping[str, Any]) -> str:
+    """A readable text report of `summarize`'s output."""
+    endpoints = summary.get("endpoints") or {}
+    policy = (endpoints.get("policy") or {}).get("model", "?")
+    prm = (endpoints.get("prm") or {}).get("model", "none")
+    sha = str(summary["data"].get("sha256") or "")[:12]
+    out = [
+        f"Run {summary['run_dir']}: {summary['planned_problems']} problems"
+        f" (data {summary['data'].get('source')}, sha256 {sha}), seed {summary['seed']},"
+        f" policy {policy}, PRM {prm}",
+        "",
+    ]
+    primary = [line for line in summary["lines"] if line["primary"]]
+    ns = sorted({p["n"] for line in primary for p in line["points"]})
+    rows = []
+    for line in primary:
+        at = {p["n"]: p for p in line["points"]}
+        rows.append(
+            [line["label"], line["selection"]]
+            + [_percent(at[n]["accuracy"]) if n in at else "" for n in ns]
+        )
+    out += ["Accuracy (%) by budget n"]
+    out += _table(["line", "selection", *(f"n={n}" for n in ns)], rows, left=2)
+    levels = sorted({lvl for line in primary for lvl in line["by_level"]}, key=_level_key)
+    rows = [
+        [line["label"], str(line["largest_n"])]
+        + [_percent(line["by_level"].get(lvl, {}).get("accuracy")) for lvl in levels]
+        for line in primary
+    ]
+    out += ["", "Accuracy (%) by level, at each line's largest n"]
+    out += _table(["line", "n", *(f"L{lvl}" for lvl in levels)], rows, left=1)
+    subjects = sorted({s for line in primary for s in line["by_subject"]})
+    rows = [
+        [subject]
+        + [_percent(line["by_subject"].get(subject, {}).get("accuracy")) for line in primary]
+        for subject in subjects
+    ]
+    out += ["", "Accuracy (%) by subject, at each line's largest n"]
+    out += _table(["subject", *(line["label"] for line in primary)], rows)
+    rows = []
+    for job in summary["jobs"]:
+        per = job["per_problem"]
+        rows.append(
+            [
+                job["key"],
+                f"{job['done']}/{job['planned']}",
+                str(job["errors"]),
+                _number(per["completion_tokens"]),
+                _number(per["prompt_tokens"]),
+                _number(per["prm_tokens"]),
+                _number(per["requests"], 1),
+                _number(job["total"]["retries"]),
+                _number(per["wall_s"], 2),
+                _number(job["wall_s"], 1),
+            ]
+        )
+    out += ["", "Cost per problem (means) and wall time"]
+    out += _table(
+        [
+            "job",
+            "done",
+            "errors",
+            "gen tokens",
+            "prompt tokens",
+            "PRM tokens",
+            "requests",
+            "retries (all)",
+            "solve s",
+            "job wall s",
+        ],
+        rows,
+    )
+    out += ["", f"Total wall time: {summary['wall_s']:.1f} s"]
+    if summary.get("torn_last_line"):
+        out += ["(the journal's last line is torn: a run was killed mid-write; resume drops it)"]
+    return "\n".join(out) + "\n"
+
+
+def _level_key(level: str) -> tuple[int, str]:
+    return (int(level), "") if level.isdigit() else (1 << 30, level)
+
+
+def format_comparison(summaries: Sequence[Mapping[str, Any]]) -> str:
+    """Runs side by side: accuracy of each primary line at each n, one column per run."""
+    names = [str(s["run_dir"]) for s in summaries]
+    table: dict[tuple[str, int], list[str]] = {}
+    for column, summary in enumerate(summaries):
+        for line in summary["lines"]:
+            if not line["primary"]:
+                continue
+            for point in line["points"]:
+                row = table.setdefault((line["label"], point["n"]), [""] * len(summaries))
+                row[column] = _percent(point["accuracy"])
+    rows = [[label, str(n), *cells] for (label, n), cells in sorted(table.items())]
+    out = ["Accuracy (%) side by side"]
+    out += _table(["line", "n", *names], rows, left=1)
+    rows = [
+        [
+            name,
+            str(s["planned_problems"]),
+            ", ".join(f"{j['key']} {j['done']}" for j in s["jobs"]),
+            f"{s['wall_s']:.1f}",
+        ]
+        for name, s in zip(names, summaries, strict=True)
+    ]
+    out += ["", "Runs"]
+    out += _table(["run", "problems", "done per job", "wall s"], rows)
+    return "\n".join(out) + "\n"
+
+
+def plot_accuracy(
+    summaries: Sequence[Mapping[str, Any]], path: str | Path, *, title: str | None = None
+) -> Path:
+    """Accuracy vs n (log2 x axis), one line per primary line (per run when several)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    figure = Figure(figsize=(7.5, 4.8), dpi=150)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    every_n: set[int] = set()
+    several = len(summaries) > 1
+    for summary in summaries:
+        for line in summary["lines"]:
+            points = [p for p in line["points"] if p["accuracy"] is not None]
+            if not line["primary"] or not points:
+                continue
+            xs = [p["n"] for p in points]
+            ys = [100 * p["accuracy"] for p in points]
+            every_n.update(xs)
+            label = line["label"]
+            if several:
+                label = f"{Path(summary['run_dir']).name}: {label}"
+            axes.plot(xs, ys, marker="o", linewidth=1.8, markersize=4, label=label)
+    axes.set_xscale("log", base=2)
+    ticks = sorted(every_n) or [1]
+    axes.xaxis.set_major_locator(FixedLocator(ticks))
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.set_xticklabels([str(n) for n in ticks])
+    axes.set_xlabel("Number of generations per problem (N)")
+    axes.set_ylabel("Accuracy (%)")
+    axes.set_title(title or "MATH-500: accuracy vs. test-time compute")
+    axes.grid(True, alpha=0.3)
+    if axes.lines:
+        axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target)
+    return target
+
+
+def write_report(run_dir: str | Path, *, plot: bool = True) -> tuple[dict[str, Any], str]:
+    """Summarise `run_dir` and write report.json, report.txt and accuracy.png into it.
+
+    Returns:
+        The summary and the text report.
+    """
+    directory = Path(run_dir)
+    summary = summarize(load_run(directory))
+    text = format_report(summary)
+    (directory / REPORT_JSON).write_bytes(
+        orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    )
+    (directory / REPORT_TEXT).write_text(text, encoding="utf-8")
+    if plot:
+        plot_accuracy([summary], directory / REPORT_PLOT)
+    return summary, text

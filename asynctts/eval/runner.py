@@ -1,0 +1,276 @@
+"""The evaluation runner: every job of an `EvalPlan` over its problems through `solve_many`,
+each finished problem graded and journaled before it counts.
+
+Rules:
+- Everything is checked before the first request: the plan (`EvalPlan.check`) and the
+  journal (a resumed run must have the same identity). Then the endpoints are opened.
+- Jobs run one after another; within a job at most `max_problems_in_flight` problems run at
+  once. A problem is graded as soon as it finishes, while the others keep running.
+- A result counts (progress bar, resume) only after its journal line is on disk. Resuming
+  skips every (job, problem) already in the journal; `retry_errors` also redoes those that
+  failed as a whole.
+- A problem that fails as a whole is a result with `error` set (graded wrong, reason
+  "error"); it never stops the run. Anything else (a bug, Ctrl-C) stops it: what was
+  journaled stays, and `resume` continues from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from asynctts.api import Solver
+from asynctts.endpoint import Endpoint
+from asynctts.equivalence import Equivalence
+from asynctts.errors import ConfigError
+from asynctts.eval.data import Problem
+from asynctts.eval.grading import grade_solution
+from asynctts.eval.journal import Journal, last_per_key
+from asynctts.eval.plan import EvalPlan, Job
+from asynctts.solution import Solution
+
+__all__ = ["JOURNAL_NAME", "LOG_NAME", "JobOutcome", "RunOptions", "headline_correct", "run_eval"]
+
+log = structlog.get_logger("asynctts.eval")
+
+JOURNAL_NAME = "journal.jsonl"
+LOG_NAME = "eval.log"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """How to run (none of it changes the results).
+
+    Args:
+        resume: continue the run in `run_dir` (same configuration) instead of starting one.
+        retry_errors: when resuming, also redo problems that failed as a whole.
+        max_problems_in_flight: problems solved at once.
+        progress: show a progress bar on stderr.
+        grading_workers: math-verify worker processes (grading and answer grouping).
+    """
+
+    resume: bool = False
+    retry_errors: bool = False
+    max_problems_in_flight: int = 64
+    progress: bool = True
+    grading_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_problems_in_flight < 1:
+            raise ConfigError(f"max_problems_in_flight={self.max_problems_in_flight}: need >= 1")
+        if self.grading_workers < 1:
+            raise ConfigError(f"grading_workers={self.grading_workers}: need >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    key: str
+    total: int  # problems in the job
+    resumed: int  # already in the journal when this run started
+    solved: int  # finished in this run
+    wall_s: float
+
+
+async def run_eval(
+    plan: EvalPlan,
+    *,
+    policy: Endpoint,
+    prm: Endpoint | None,
+    run_dir: str | Path,
+    options: RunOptions | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> list[JobOutcome]:
+    """Run (or resume) the evaluation `plan` into `run_dir`.
+
+    Args:
+        plan: problems, jobs and shared settings.
+        policy, prm: the endpoints (`prm` None only when no job needs scores).
+        run_dir: where the journal (and the caller's log and reports) live.
+        options: resume, concurrency, progress bar.
+        info: extra facts recorded in the journal's config (never compared).
+
+    Returns:
+        One `JobOutcome` per job.
+
+    Raises:
+        ConfigError: the plan or the journal does not fit (nothing was sent).
+        EndpointError: an endpoint is unreachable or does not serve its model.
+    """
+    opts = options or RunOptions()
+    plan.check(has_prm=prm is not None)
+    config = plan.config(policy=policy, prm=prm, info=info)
+    with Journal.open(Path(run_dir) / JOURNAL_NAME, config, resume=opts.resume) as journal:
+        if journal.events:
+            log.info("eval.resuming", path=str(journal.path), events=len(journal.events))
+        outcomes: list[JobOutcome] = []
+        async with (
+            Equivalence(workers=opts.grading_workers) as equivalence,
+            Solver(
+                policy=policy,
+                prm=prm,
+                sampling=plan.sampling,
+                system_prompt=plan.system_prompt,
+                equivalence=equivalence,
+            ) as solver,
+        ):
+            for job in plan.jobs:
+                outcomes.append(await _run_job(job, plan, solver, equivalence, journal, opts))
+        return outcomes
+
+
+async def _run_job(
+    job: Job,
+    plan: EvalPlan,
+    solver: Solver,
+    equivalence: Equivalence,
+    journal: Journal,
+    opts: RunOptions,
+) -> JobOutcome:
+    previous = {
+        pid: record for (key, pid), record in last_per_key(journal.events).items() if key == job.key
+    }
+    if opts.retry_errors:
+        previous = {pid: r for pid, r in previous.items() if r.get("error") is None}
+    selected = {p.id for p in plan.problems}
+    kept = [r for pid, r in previous.items() if pid in selected]
+    todo = [p for p in plan.problems if p.id not in previous]
+    if not todo:
+        return JobOutcome(job.key, len(plan.problems), len(kept), 0, 0.0)
+    progress = _Progress(job, len(plan.problems), kept, enabled=opts.progress)
+    started = time.time()
+    clock = time.monotonic()
+    await journal.append_async(
+        {"type": "session_start", "job": job.key, "t": started, "todo": len(todo)}
+    )
+    log.info("eval.job_started", job=job.key, todo=len(todo), resumed=len(kept))
+    by_id = {p.id: p for p in todo}
+    solved = 0
+
+    async def record(solution: Solution) -> None:
+        nonlocal solved
+        result = await _result(job, by_id[solution.problem_id], solution, equivalence)
+        await journal.append_async(result)  # durable before it counts
+        solved += 1
+        progress.update(result)
+
+    try:
+        async with asyncio.TaskGroup() as graders:
+            async for solution in solver.solve_many(
+                [(p.id, p.problem) for p in todo],
+                strategy=job.strategy,
+                n=job.n,
+                seed=plan.seed,
+                max_problems_in_flight=opts.max_problems_in_flight,
+            ):
+                graders.create_task(record(solution))
+    finally:
+        progress.close()
+    wall_s = time.monotonic() - clock
+    await journal.append_async(
+        {"type": "session_end", "job": job.key, "t": time.time(), "wall_s": wall_s}
+    )
+    log.info("eval.job_finished", job=job.key, solved=solved, wall_s=round(wall_s, 3))
+    return JobOutcome(job.key, len(plan.problems), len(kept), solved, wall_s)
+
+
+async def _result(
+    job: Job, problem: Problem, solution: Solution, equivalence: Equivalence
+) -> dict[str, Any]:
+    grades = await grade_solution(
+        equivalence,
+        problem.answer,
+        solution,
+        selections=job.selections,
+        points=job.points,
+        all_candidates=job.all_candidates,
+    )
+    details = solution.to_dict()
+    del details["problem"], details["ledger"]  # the problem is in the data; usage is below
+    result: dict[str, Any] = {
+        "type": "result",
+        "job": job.key,
+        "problem_id": problem.id,
+        "level": problem.level,
+        "subject": problem.subject,
+        "reference": problem.answer,
+        "answer": solution.answer,
+        "error": solution.error,
+        "grades": {s: [g.to_dict() for g in gs] for s, gs in grades.items()},
+        "usage": solution.ledger.summary(),
+        "candidates": len(solution.candidates),
+        "lost": len(solution.lost),
+        "solution": details,
+        "t": time.time(),
+    }
+    log.info(
+        "eval.graded",
+        job=job.key,
+        problem_id=problem.id,
+        answer=solution.answer,
+        correct=headline_correct(job, result),
+        error=solution.error,
+    )
+    return result
+
+
+def headline_correct(job: Job, result: Mapping[str, Any]) -> bool:
+    """Whether the job's own selection rule was right at its full budget."""
+    grades = result["grades"].get(job.headline.selection) or []
+    return bool(grades) and bool(grades[-1]["correct"])
+
+
+class _Progress:
+    """A tqdm bar on stderr: done/total, accuracy so far, generated tokens/s, retries, ETA."""
+
+    def __init__(
+        self, job: Job, total: int, finished: list[dict[str, Any]], *, enabled: bool
+    ) -> None:
+        from tqdm import tqdm  # optional dependency (asynctts[eval])
+
+        self.job = job
+        self.done = len(finished)
+        self.correct = sum(headline_correct(job, r) for r in finished)
+        self.errors = sum(r.get("error") is not None for r in finished)
+        self.tokens = 0.0
+        self.retries = 0
+        self.started = time.monotonic()
+        self.bar = tqdm(
+            total=total,
+            initial=self.done,
+            desc=job.key,
+            unit="problem",
+            file=sys.stderr,
+            disable=not enabled,
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
+        self._show()
+
+    def update(self, result: Mapping[str, Any]) -> None:
+        self.done += 1
+        self.correct += headline_correct(self.job, result)
+        self.errors += result.get("error") is not None
+        usage = result["usage"]
+        self.tokens += float(usage.get("completion_tokens", 0.0))
+        self.retries += int(usage.get("retries", 0))
+        self._show()
+        self.bar.update(1)
+
+    def _show(self) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        accuracy = self.correct / self.done if self.done else 0.0
+        self.bar.set_postfix_str(
+            f"acc={accuracy:.1%} tok/s={self.tokens / elapsed:,.0f}"
+            f" retries={self.retries} errors={self.errors}",
+            refresh=False,
+        )
+
+    def close(self) -> None:
+        self.bar.close()

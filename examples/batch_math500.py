@@ -1,0 +1,110 @@
+"""Evaluate test-time compute strategies on MATH-500: `asynctts eval` plus `--simulate`.
+
+Without `--simulate` this is exactly `asynctts eval` (same flags, same run directory): point
+it at real endpoints with `--policy-url/--policy-model/--prm-url/--prm-model` (or
+`--endpoints PATH`). With `--simulate` it first starts asynctts's simulated vLLM-shaped server
+in this process (real HTTP on 127.0.0.1) and registers every selected problem with it, harder
+by level: a level-L problem takes 2 + L steps and each step slips (one slip makes the answer
+wrong) with the rate in SLIP_RATE_BY_LEVEL, so the accuracy-vs-N curves behave like the
+published ones (no GPU, no download).
+
+    # both families over all 500 problems, N = 1..16 (DVTS needs multiples of its width 4)
+    python examples/batch_math500.py --simulate --data ../shared/data/math500.jsonl \\
+        --strategy weighted_best_of_n --strategy dvts@4,8,16 --n 1 2 4 8 16 \\
+        --out runs/sim500
+    asynctts report runs/sim500                  # the table again; runs/sim500/accuracy.png
+
+    # killed halfway (SIGKILL), then resumed: ends with exactly 500 results per job
+    python examples/batch_math500.py --simulate --data ../shared/data/math500.jsonl \\
+        --strategy weighted_best_of_n --n 1 2 4 8 16 --out runs/killed \\
+        --sim-latency h200_1b & sleep 20; kill -KILL $!
+    python examples/batch_math500.py --simulate --data ../shared/data/math500.jsonl \\
+        --strategy weighted_best_of_n --n 1 2 4 8 16 --out runs/killed \\
+        --sim-latency h200_1b --resume
+
+    # two runs side by side, one plot
+    asynctts report runs/sim500 runs/killed --plot runs/compare.png
+
+Against real servers (see servers/), e.g. vLLM on the CPU with a few problems:
+
+    asynctts eval --policy-url http://127.0.0.1:8000/v1 --policy-model MODEL \\
+        --prm-url http://127.0.0.1:8001/v1 --prm-model PRM \\
+        --strategy weighted_best_of_n --n 1 2 4 --limit 5 --out runs/cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Iterable
+
+from asynctts import configure_logging
+from asynctts.cli import EVAL_DESCRIPTION, add_eval_arguments, eval_async, exit_status
+from asynctts.errors import ConfigError
+from asynctts.eval.data import Problem, load_dataset
+from asynctts.testing import LatencyModel, SimProblem, SimulatedServer
+
+# Chance that one step slips, by MATH level; a level-L problem has 2 + L steps.
+SLIP_RATE_BY_LEVEL = {1: 0.05, 2: 0.08, 3: 0.12, 4: 0.17, 5: 0.25}
+POLICY_FORMAT = "{system}\n\nProblem: {problem}\n\nSolution:\n"
+PRM_FORMAT = "Problem: {problem}\n\nSolution:\n{solution}"
+
+
+def simulated_problems(problems: Iterable[Problem]) -> dict[str, SimProblem]:
+    """Each problem with its reference answer, harder (more steps, more slips) by level."""
+    out: dict[str, SimProblem] = {}
+    for problem in problems:
+        level = problem.level if problem.level in SLIP_RATE_BY_LEVEL else 3
+        out[problem.problem] = SimProblem(
+            answer=problem.answer, n_steps=2 + level, slip_rate=SLIP_RATE_BY_LEVEL[level]
+        )
+    return out
+
+
+async def run(args: argparse.Namespace) -> int:
+    if not args.simulate:
+        return await eval_async(args)
+    given = [f for f in ("endpoints", "policy_url", "prm_url") if getattr(args, f) is not None]
+    if given:
+        raise ConfigError(f"--simulate serves its own endpoints; drop --{given[0]}")
+    latency = (
+        LatencyModel.h200_1b(time_scale=args.sim_time_scale)
+        if args.sim_latency == "h200_1b"
+        else LatencyModel.zero()
+    )
+    problems = simulated_problems(load_dataset(args.data).problems)
+    async with SimulatedServer(
+        model="sim-policy",
+        prm_model="sim-prm",
+        problems=problems,
+        latency=latency,
+        prm_noise=args.sim_prm_noise,
+        keep_records=False,
+    ) as server:
+        args.policy_url, args.policy_model = server.base_url, "sim-policy"
+        args.prm_model, args.scoring = "sim-prm", "pooling"
+        args.prompt_format, args.prm_prompt_format = POLICY_FORMAT, PRM_FORMAT
+        return await eval_async(args)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="batch_math500.py",
+        description=EVAL_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    add_eval_arguments(parser)
+    sim = parser.add_argument_group("simulated server (--simulate)")
+    sim.add_argument("--simulate", action="store_true", help="serve a simulated model here")
+    sim.add_argument("--sim-latency", choices=("zero", "h200_1b"), default="zero")
+    sim.add_argument("--sim-time-scale", type=float, default=1.0)
+    sim.add_argument("--sim-prm-noise", type=float, default=0.5)
+    args = parser.parse_args()
+    configure_logging()  # warnings only until `eval` sends the logs to RUN_DIR/eval.log
+    return exit_status("eval", lambda: asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
