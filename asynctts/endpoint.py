@@ -3,6 +3,7 @@ nothing. The API key is read from the environment when needed and never shown.""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -37,9 +38,28 @@ class Endpoint:
         rate_per_s / tokens_per_min: optional admission rates.
         connect_timeout_s / read_timeout_s / total_timeout_s: per attempt.
         max_attempts: tries per request (1 = no retry).
+        backoff_base_s: the first retry waits up to this long (full jitter), doubling per
+            retry up to 30 s, unless the server sent Retry-After.
         max_n_per_request: most siblings asked for in one request (`n`); more are split.
         step_tag: pooling PRM step marker inserted after every step.
         prompt_logprobs: logprob PRM: top-K prompt logprobs to ask for (<= --max-logprobs).
+        adaptive_concurrency: adapt the in-flight cap to the server (AIMD, see
+            `asynctts.concurrency`): lower it when the server answers 429/503 (or its queue
+            grows, with `adaptive_max_waiting`), raise it back while it is healthy, always
+            within [adaptive_min_in_flight, max_in_flight]. None (the default) adapts for
+            every host except loopback ones (localhost, 127.0.0.0/8, ::1): a local vLLM never
+            answers 429 and queues what it cannot run, so a fixed cap keeps it full from the
+            first request and nothing throttles it by surprise; a remote or shared API
+            enforces limits we cannot see, and starting at the full cap there drew 77% 429s
+            (DESIGN.md section 8), so there the cap starts low and ramps up (doubling per
+            round trip until the first 429). True or False decide for any host; set False
+            for your own vLLM on another machine to skip the ramp.
+        adaptive_initial_in_flight: the cap adaptation starts at (clamped to max_in_flight).
+        adaptive_min_in_flight: adaptation never lowers the cap below this.
+        adaptive_max_waiting: also back off while the server's `vllm:num_requests_waiting`
+            (from `/metrics`, read every `metrics_interval_s` off the request path) is above
+            this; None (default) never reads `/metrics`. Needs adaptation on.
+        metrics_interval_s: seconds between two reads of `/metrics`.
     """
 
     base_url: str
@@ -56,9 +76,15 @@ class Endpoint:
     read_timeout_s: float = 600.0
     total_timeout_s: float = 900.0
     max_attempts: int = 4
+    backoff_base_s: float = 0.5
     max_n_per_request: int = 64
     step_tag: str = "<extra_0>"
     prompt_logprobs: int = 20
+    adaptive_concurrency: bool | None = None
+    adaptive_initial_in_flight: int = 32
+    adaptive_min_in_flight: int = 1
+    adaptive_max_waiting: int | None = None
+    metrics_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
@@ -73,21 +99,64 @@ class Endpoint:
             raise ConfigError(f"Endpoint mode {self.mode!r}: use 'completions' or 'chat'")
         if self.scoring not in ("pooling", "logprob"):
             raise ConfigError(f"Endpoint scoring {self.scoring!r}: use 'pooling' or 'logprob'")
-        for name in ("max_in_flight", "max_attempts", "max_n_per_request", "prompt_logprobs"):
+        for name in (
+            "max_in_flight",
+            "max_attempts",
+            "max_n_per_request",
+            "prompt_logprobs",
+            "adaptive_initial_in_flight",
+            "adaptive_min_in_flight",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"Endpoint {name}={getattr(self, name)}: need >= 1")
-        for name in ("connect_timeout_s", "read_timeout_s", "total_timeout_s"):
+        for name in (
+            "connect_timeout_s",
+            "read_timeout_s",
+            "total_timeout_s",
+            "metrics_interval_s",
+            "backoff_base_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"Endpoint {name}={getattr(self, name)}: need > 0")
         for name in ("rate_per_s", "tokens_per_min"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"Endpoint {name}={value}: need > 0 or None")
+        self._check_adaptive()
+
+    def _check_adaptive(self) -> None:
+        adaptive = self.adaptive_concurrency
+        if adaptive is not None and not isinstance(adaptive, bool):
+            raise ConfigError(
+                f"Endpoint adaptive_concurrency={self.adaptive_concurrency!r}: "
+                "use True, False or None (adapt unless the host is loopback)"
+            )
+        if self.adaptive_min_in_flight > self.max_in_flight:
+            raise ConfigError(
+                f"Endpoint adaptive_min_in_flight={self.adaptive_min_in_flight} exceeds "
+                f"max_in_flight={self.max_in_flight}"
+            )
+        waiting = self.adaptive_max_waiting
+        if waiting is not None:
+            if isinstance(waiting, bool) or not isinstance(waiting, int) or waiting < 0:
+                raise ConfigError(f"Endpoint adaptive_max_waiting={waiting!r}: need an int >= 0")
+            if not self.adapts_concurrency:
+                raise ConfigError(
+                    f"Endpoint {self.base_url}: adaptive_max_waiting={waiting} needs "
+                    "adaptation, which is off for this endpoint; set adaptive_concurrency=True"
+                )
 
     @property
     def root_url(self) -> str:
         """The server root: routes such as /v1/completions and /pooling hang off it."""
         return self.base_url.rstrip("/").removesuffix("/v1")
+
+    @property
+    def adapts_concurrency(self) -> bool:
+        """Whether the in-flight cap adapts (`adaptive_concurrency`, None resolved by host)."""
+        if self.adaptive_concurrency is not None:
+            return self.adaptive_concurrency
+        return not _is_loopback(urlsplit(self.base_url).hostname or "")
 
     @property
     def tokenizer_name(self) -> str:
@@ -102,3 +171,12 @@ class Endpoint:
                 f"Endpoint {self.base_url}: API key variable {self.api_key_env} is not set"
             )
         return key or None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: we cannot tell where it is without resolving it
+        return False

@@ -14,6 +14,12 @@ Rules:
   by `Endpoint.max_attempts`); `Retry-After` is honoured exactly, otherwise exponential backoff
   with full jitter. Cancellation always propagates and frees the slot.
 - Every attempt, successful or not, is recorded in the ledger of every `Charge` of the call.
+- Adaptive concurrency (`Endpoint.adapts_concurrency`): every attempt's status is reported to
+  an `AIMDController` (concurrency.py) as its slot is released, and the gate is resized to the
+  controller's cap. The server's queue is read from `/metrics` by one background task, at most
+  every `Endpoint.metrics_interval_s` and only when `adaptive_max_waiting` is set; that read
+  takes no slot, is never retried or billed, stops for good on a server without the metric,
+  and ends when the transport closes. With a fixed cap the hot path pays one `is None` test.
 - The API key goes into the Authorization header and nowhere else: not in logs, reprs, errors
   or the ledger.
 - Nothing here knows what a step, a path or a model is: bodies are opaque JSON.
@@ -40,6 +46,7 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from yarl import URL
 
+from asynctts.concurrency import AIMDController, controller_for, queue_length, signal_of
 from asynctts.endpoint import Endpoint
 from asynctts.errors import (
     BadResponse,
@@ -58,7 +65,6 @@ __all__ = ["FifoLimiter", "Transport", "TransportStatistics"]
 
 _LOGGER_NAME: Final = "asynctts.transport"
 KEEPALIVE_TIMEOUT_S: Final = 4.0  # below vLLM's 5 s keep-alive (DESIGN.md section 8)
-BACKOFF_BASE_S: Final = 0.5
 BACKOFF_CAP_S: Final = 30.0
 RETRY_AFTER_CAP_S: Final = 120.0
 _MESSAGE_FALLBACK_CHARS: Final = 300
@@ -83,6 +89,10 @@ class TransportStatistics:
     retries: int  # attempts after the first of their call
     failures: int  # calls that raised a TransportError
     max_in_flight: int  # the current cap
+    adaptive: bool = False  # whether the cap adapts to the server
+    cap_decreases: int = 0  # cuts by adaptation (one at the floor changes nothing)
+    lowest_max_in_flight: int = 0  # the lowest cap so far
+    server_waiting: int | None = None  # the server's queue at the last /metrics read
 
 
 @dataclass(slots=True)
@@ -116,6 +126,11 @@ class _Gate:
         self.in_use = 0
         self.peak = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def saturated(self) -> bool:
+        """Whether the cap is what holds requests back: all slots taken, or a queue."""
+        return self.in_use >= self.limit or bool(self._waiters)
 
     def try_take(self) -> bool:
         if self.in_use < self.limit and not self._waiters:
@@ -217,7 +232,13 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
         self._log: Any = structlog.get_logger(_LOGGER_NAME)
         self._urls: dict[str, URL] = {}
-        self._gate = _Gate(endpoint.max_in_flight)
+        self._controller = controller_for(endpoint)
+        self._gate = _Gate(
+            endpoint.max_in_flight if self._controller is None else self._controller.cap
+        )
+        self._lowest_cap = self._gate.limit
+        self._metrics_task: asyncio.Task[None] | None = None
+        self._server_waiting: int | None = None
         self._stop = stop_after_attempt(endpoint.max_attempts)
         self._paused_until = 0.0  # clock() time before which no request is admitted
         self._request_limiter = _request_limiter(endpoint.rate_per_s)
@@ -275,8 +296,28 @@ class Transport:
             keepalive_timeout_s=KEEPALIVE_TIMEOUT_S,
             max_attempts=endpoint.max_attempts,
             authorized=key is not None,
+            adaptive=self._controller is not None,
+            **self._adaptive_settings(),
         )
+        controller = self._controller
+        if controller is not None and controller.max_waiting is not None:
+            self._metrics_task = asyncio.get_running_loop().create_task(
+                self._watch_queue(controller), name=f"asynctts-metrics-{self._name}"
+            )
         return self
+
+    def _adaptive_settings(self) -> dict[str, Any]:
+        controller = self._controller
+        if controller is None:
+            return {}
+        return {
+            "initial_in_flight": controller.cap,
+            "min_in_flight": controller.floor,
+            "max_waiting": controller.max_waiting,
+            "metrics_interval_s": self._endpoint.metrics_interval_s
+            if controller.max_waiting is not None
+            else None,
+        }
 
     async def __aexit__(
         self,
@@ -289,6 +330,12 @@ class Transport:
     async def aclose(self) -> None:
         """Close the session; later calls raise `RuntimeError`. Closing twice is harmless."""
         self._state = _State.CLOSED
+        task, self._metrics_task = self._metrics_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.result()  # the reader stopped by itself; an error in it surfaces here
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -305,22 +352,36 @@ class Transport:
             retries=self._retries,
             failures=self._failures,
             max_in_flight=gate.limit,
+            adaptive=self._controller is not None,
+            cap_decreases=0 if self._controller is None else self._controller.decreases,
+            lowest_max_in_flight=self._lowest_cap,
+            server_waiting=self._server_waiting,
         )
 
     def set_max_in_flight(self, n: int) -> None:
-        """Resize the in-flight cap (adaptive concurrency). Waiters are admitted at once when
-        it grows; when it shrinks, requests in flight finish and no new one starts until the
-        count is below `n`.
+        """Resize the in-flight cap by hand. Waiters are admitted at once when it grows; when
+        it shrinks, requests in flight finish and no new one starts until the count is below
+        `n`. With adaptive concurrency the controller goes on from `n`.
 
         Raises:
-            ConfigError: `n` is not in 1..endpoint.max_in_flight (the connection limit).
+            ConfigError: `n` is not in 1..endpoint.max_in_flight (the connection limit), or
+                below `Endpoint.adaptive_min_in_flight` when the cap adapts.
         """
-        if not 1 <= n <= self._endpoint.max_in_flight:
+        floor = 1 if self._controller is None else self._controller.floor
+        if not floor <= n <= self._endpoint.max_in_flight:
             raise ConfigError(
-                f"max_in_flight={n} for {self._url}: need 1..{self._endpoint.max_in_flight} "
-                "(Endpoint.max_in_flight is the connection limit)"
+                f"max_in_flight={n} for {self._url}: need {floor}..{self._endpoint.max_in_flight}"
+                " (Endpoint.adaptive_min_in_flight..max_in_flight; max_in_flight is the "
+                "connection limit)"
             )
+        if self._controller is not None:
+            self._controller.reset(n)
+        self._resize(n)
+
+    def _resize(self, n: int) -> None:
         self._gate.resize(n)
+        if n < self._lowest_cap:
+            self._lowest_cap = n
 
     async def post_json(
         self,
@@ -445,6 +506,8 @@ class Transport:
         if attempt > 1:
             self._retries += 1
         route = request.route
+        controller = self._controller
+        ticket = 0 if controller is None else controller.started()
         start_s = self._clock()
         status: int | None = None
         try:
@@ -459,6 +522,8 @@ class Transport:
                     if status == 429 or status == 503:
                         retry_after = reply.headers.get("Retry-After")
                 finally:
+                    if controller is not None:  # before the release: it measures saturation
+                        self._adapt(controller, ticket, status)
                     self._gate.release()
             # TimeoutError first: aiohttp's timeout errors are also connection errors.
             except TimeoutError as error:
@@ -491,6 +556,52 @@ class Transport:
         if request.charges:
             self._record(request, attempt, start_s, status, None, result)
         return result
+
+    def _adapt(self, controller: AIMDController, ticket: int, status: int | None) -> None:
+        before = controller.cap
+        if controller.finished(ticket, signal_of(status), saturated=self._gate.saturated):
+            self._resize(controller.cap)
+            if controller.cap < before:
+                self._log.debug(
+                    "concurrency cap lowered", cap=controller.cap, previous=before, status=status
+                )
+
+    async def _watch_queue(self, controller: AIMDController) -> None:
+        """Read the server's waiting queue from /metrics every `metrics_interval_s` and feed
+        it to the controller, until the transport closes or the server has no such metric."""
+        interval = self._endpoint.metrics_interval_s
+        url = URL(self._url + "/metrics")
+        # a slow read is stale by the time it arrives: give up on it and read again later
+        timeout = aiohttp.ClientTimeout(total=max(interval, 1.0))
+        while True:
+            await self._sleep(interval)
+            session = self._session
+            if session is None:
+                return
+            try:
+                async with session.get(url, timeout=timeout) as reply:
+                    status = reply.status
+                    raw = await reply.read()
+            except (TimeoutError, aiohttp.ClientError, OSError) as error:
+                self._log.debug("metrics read failed", error=_describe(error))
+                continue  # a restarting server: try again next time
+            if status == 404:
+                self._log.info("no /metrics on this server: queue length not watched")
+                return
+            if status != 200:
+                self._log.debug("metrics read failed", status=status)
+                continue
+            waiting = queue_length(raw.decode("utf-8", errors="replace"))
+            if waiting is None:
+                self._log.info("/metrics has no vllm:num_requests_waiting: queue not watched")
+                return
+            self._server_waiting = waiting
+            before = controller.cap
+            if controller.observe_waiting(waiting):
+                self._resize(controller.cap)
+                self._log.debug(
+                    "concurrency cap lowered", cap=controller.cap, previous=before, waiting=waiting
+                )
 
     def _not_open(self) -> RuntimeError:
         return RuntimeError(
@@ -540,7 +651,8 @@ class Transport:
         retry_after_s = getattr(error, "retry_after_s", None)
         if retry_after_s is not None:
             return float(min(retry_after_s, RETRY_AFTER_CAP_S))
-        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (state.attempt_number - 1))
+        base_s = self._endpoint.backoff_base_s
+        ceiling = min(BACKOFF_CAP_S, base_s * 2 ** (state.attempt_number - 1))
         return self._rng.uniform(0.0, ceiling)
 
     def _log_retry(self, state: RetryCallState) -> None:
@@ -686,10 +798,15 @@ def _describe(error: BaseException) -> str:
 
 
 def _counters(stats: TransportStatistics) -> dict[str, int]:
-    return {
+    counters = {
         "requests": stats.requests,
         "attempts": stats.attempts,
         "retries": stats.retries,
         "failures": stats.failures,
         "peak_in_flight": stats.peak_in_flight,
     }
+    if stats.adaptive:
+        counters["max_in_flight"] = stats.max_in_flight
+        counters["lowest_max_in_flight"] = stats.lowest_max_in_flight
+        counters["cap_decreases"] = stats.cap_decreases
+    return counters

@@ -80,6 +80,7 @@ async def run(args: argparse.Namespace) -> int:
         problems=problems,
         latency=latency,
         prm_noise=args.sim_prm_noise,
+        prm_error_rate=args.sim_prm_error_rate,
         keep_records=False,
     ) as server:
         args.policy_url, args.policy_model = server.base_url, "sim-policy"
@@ -101,6 +102,12 @@ def main() -> int:
     sim.add_argument("--sim-latency", choices=("zero", "h200_1b"), default="zero")
     sim.add_argument("--sim-time-scale", type=float, default=1.0)
     sim.add_argument("--sim-prm-noise", type=float, default=0.5)
+    sim.add_argument(
+        "--sim-prm-error-rate",
+        type=float,
+        default=0.15,
+        help="chance the simulated PRM misjudges a step (a perfect PRM makes search ~100%%)",
+    )
     args = parser.parse_args()
     configure_logging()  # warnings only until `eval` sends the logs to RUN_DIR/eval.log
     return exit_status("eval", lambda: asyncio.run(run(args)))

@@ -23,8 +23,14 @@ ALLOWED: dict[str, set[str]] = {
     "asynctts.answers": set(),
     "asynctts.logs": set(),
     "asynctts.endpoint": {"asynctts.errors"},
+    "asynctts.concurrency": {"asynctts.errors", "asynctts.endpoint"},
     "asynctts.search": {"asynctts.protocols", "asynctts.errors", "asynctts.search"},
-    "asynctts.transport": {"asynctts.errors", "asynctts.ledger", "asynctts.endpoint"},
+    "asynctts.transport": {
+        "asynctts.errors",
+        "asynctts.ledger",
+        "asynctts.endpoint",
+        "asynctts.concurrency",
+    },
     "asynctts.equivalence": {"asynctts.answers", "asynctts.errors"},
     "asynctts.backends": {
         "asynctts.backends",

@@ -72,14 +72,14 @@ def sampling_fields(
 def encode_completions(
     *,
     model: str,
-    prompt: str,
+    prompt: str | list[int],
     sampling: Sampling,
     n: int,
     delimiter: str = STEP_DELIMITER,
     to_end: bool = False,
     seed: int | None = None,
 ) -> dict[str, Any]:
-    """The body of POST /v1/completions."""
+    """The body of POST /v1/completions; `prompt` is text or token ids (vLLM takes both)."""
     return {
         "model": model,
         "prompt": prompt,
@@ -325,6 +325,10 @@ class PolicyClient:
         }
         partial = path.text
         if self._prompt is not None:
+            ids = self._prompt.token_ids(ctx.problem, ctx.system_prompt, path.steps)
+            if ids is not None:  # the step boundaries the model wrote: see templates.py
+                body = encode_completions(model=self._endpoint.model, prompt=ids, **common)
+                return COMPLETIONS_ROUTE, body, 4 * len(ids)
             prompt = self._prompt.render(ctx.problem, ctx.system_prompt, partial)
             body = encode_completions(model=self._endpoint.model, prompt=prompt, **common)
             return COMPLETIONS_ROUTE, body, len(prompt)

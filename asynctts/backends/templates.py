@@ -11,6 +11,12 @@ Rules:
 - The partial solution is appended to the rendered template, never passed through it: templates
   that `trim` message bodies (Llama 3) would eat the trailing "\\n\\n" of the last step, and the
   model would continue a different prefix from the one it wrote.
+- With a tokenizer, the completions prompt travels as token ids: the prefix encoded as vLLM
+  encodes text, then each step encoded on its own as it reads when text follows it. GPT-2-style
+  tokenizers (SmolLM2) encode a trailing "\\n\\n" as one merged token but "\\n\\n" before text
+  as two "\\n" tokens, and the model wrote the two; fed the merged one as a text prompt, real
+  SmolLM2 on vLLM continued in a different style and a small trained model derailed (".\\n\\n."
+  steps). Token ids give the model back the boundary it generated.
 - Nothing here mutates a tokenizer (search-and-learn rewrote the shared tokenizer's template).
 - Text that would make a PRM input ambiguous (a step containing the step tag) raises
   `PromptRenderError` rather than being scored wrongly.
@@ -150,6 +156,9 @@ class PolicyPrompt:
         self._format = prompt_format
         # Bound per instance: the prefix is rendered for every request of a problem.
         self._cached_prefix = functools.lru_cache(maxsize=cache_size)(self._render_prefix)
+        self._cached_prefix_ids = functools.lru_cache(maxsize=cache_size)(self._prefix_ids)
+        # steps repeat across siblings' requests at every later depth
+        self._cached_step_ids = functools.lru_cache(maxsize=64 * cache_size)(self._step_ids)
 
     @classmethod
     def for_endpoint(cls, endpoint: Endpoint) -> PolicyPrompt:
@@ -164,12 +173,56 @@ class PolicyPrompt:
         """The prompt that continues `partial` (the concatenated steps so far)."""
         return self.prefix(problem, system) + partial
 
+    def token_ids(self, problem: str, system: str | None, steps: Sequence[str]) -> list[int] | None:
+        """The prompt that continues `steps`, as the token ids the model saw and wrote (see the
+        module rules); None without a tokenizer (`prompt_format`): send `render`'s text then."""
+        if self._renderer is None:
+            return None
+        ids = list(self._cached_prefix_ids(problem, system))
+        for step in steps:
+            ids.extend(self._cached_step_ids(step))
+        return ids
+
+    def _prefix_ids(self, problem: str, system: str | None) -> tuple[int, ...]:
+        assert self._renderer is not None
+        # as vLLM encodes a text prompt: special tokens (BOS) added, the doubled one already gone
+        encoded = self._renderer.tokenizer(self.prefix(problem, system), add_special_tokens=True)
+        return tuple(encoded["input_ids"])
+
+    def _step_ids(self, step: str) -> tuple[int, ...]:
+        assert self._renderer is not None
+        return continued_ids(self._renderer.tokenizer, step)
+
     def _render_prefix(self, problem: str, system: str | None) -> str:
         if self._format is not None:
             return self._format.format(system=system or "", problem=problem)
         assert self._renderer is not None
         messages = [*_system_messages(system), {"role": "user", "content": problem}]
         return self._renderer.render(messages, add_generation_prompt=True)
+
+
+# Appended after a step to learn how its end is encoded when text follows: a letter starts a
+# new pre-token after whitespace in byte-level (GPT-2, Llama 3) and SentencePiece tokenizers.
+_FOLLOWING_TEXT = "x"
+
+
+def continued_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[int, ...]:
+    """The ids of `text` as it is encoded when more text follows it (no special tokens).
+
+    Differs from plain encoding only at the end: e.g. GPT-2-style tokenizers merge a trailing
+    "\\n\\n" into one token but keep "\\n\\n" before text as two. If the follower merges
+    into the text's last token, the plain encoding is the best there is.
+    """
+    encoded = tokenizer(
+        text + _FOLLOWING_TEXT, add_special_tokens=False, return_offsets_mapping=True
+    )
+    ids: list[int] = encoded["input_ids"]
+    offsets: list[tuple[int, int]] = encoded["offset_mapping"]
+    end = len(text)
+    if any(start < end < stop for start, stop in offsets):
+        plain: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tuple(plain)
+    return tuple(i for i, (_, stop) in zip(ids, offsets, strict=True) if stop <= end)
 
 
 def _system_messages(system: str | None) -> list[Message]:

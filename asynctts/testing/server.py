@@ -16,6 +16,8 @@ Rules:
   prompt tokens. A request answers when all its sequences have finished.
 - Faults (`add_fault`) apply in the order they were added, each `times` times, at most one
   per request.
+- `max_concurrent_requests` (settable while serving) answers 429 to a POST that arrives while
+  that many requests are being handled already, like a remote API's concurrency limit.
 - Every request is recorded in `stats`; status None means no response was sent (dropped, or the
   client went away first, which also aborts its sequences, as vLLM does).
 - Stopping drops the requests in flight, like killing vLLM; `start()` again rebinds the same
@@ -622,10 +624,17 @@ class SimulatedServer:
         max_num_seqs: most sequences the engine runs at once; the rest wait FIFO.
         step_tag: the PRM step marker in /pooling inputs.
         prm_noise: half-width of the deterministic noise on PRM scores.
+        prm_error_rate: chance that the PRM misjudges a step (see `SimModel`).
         seed: seeds the RNG for requests without a seed, and the latency jitter.
         host, port: where to bind (port 0: an ephemeral port, kept across restarts).
         keep_records: keep one `RequestRecord` per request in `stats.records` (turn off for
             long benchmarks to bound memory).
+        max_concurrent_requests: answer 429 (no Retry-After) to a POST arriving while this
+            many requests are in flight; None: no limit. Change it at any time.
+        keepalive_s: idle connections are closed after this long (vLLM's 5 s). An overloaded
+            server can fire that timer before reading a request already sent on the
+            connection, which resets it; benchmarks that queue thousands of requests on one
+            process raise it.
 
     Use as `async with SimulatedServer(...) as server:`; `server.base_url` is the /v1 URL.
     """
@@ -641,10 +650,13 @@ class SimulatedServer:
         max_num_seqs: int = 256,
         step_tag: str = "<extra_0>",
         prm_noise: float = 0.1,
+        prm_error_rate: float = 0.0,
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
         keep_records: bool = True,
+        max_concurrent_requests: int | None = None,
+        keepalive_s: float = _KEEPALIVE_S,
     ) -> None:
         if not model:
             raise ValueError("SimulatedServer model name is empty")
@@ -656,6 +668,12 @@ class SimulatedServer:
             raise ValueError(f"SimulatedServer max_num_seqs={max_num_seqs}: need >= 1")
         if not 0 <= port <= 65535:
             raise ValueError(f"SimulatedServer port={port}: need 0..65535")
+        if max_concurrent_requests is not None and max_concurrent_requests < 1:
+            raise ValueError(
+                f"SimulatedServer max_concurrent_requests={max_concurrent_requests}: "
+                "need >= 1 or None"
+            )
+        self.max_concurrent_requests = max_concurrent_requests
         self.model = model
         self.prm_model = prm_model
         self.served_models = (model,) if prm_model is None else (model, prm_model)
@@ -664,7 +682,12 @@ class SimulatedServer:
         self.max_num_seqs = max_num_seqs
         self.host = host
         self.keep_records = keep_records
-        self.sim = SimModel(problems, step_tag=step_tag, prm_noise=prm_noise)
+        if keepalive_s <= 0:
+            raise ValueError(f"SimulatedServer keepalive_s={keepalive_s}: need > 0")
+        self.keepalive_s = keepalive_s
+        self.sim = SimModel(
+            problems, step_tag=step_tag, prm_noise=prm_noise, prm_error_rate=prm_error_rate
+        )
         self._rng = random.Random(seed)
         self._jitter_rng = random.Random(f"jitter:{seed}")
         self._prefix_cache = PrefixCache()
@@ -707,7 +730,7 @@ class SimulatedServer:
             app,
             access_log=None,
             handler_cancellation=True,  # a client that goes away aborts its sequences (vLLM)
-            keepalive_timeout=_KEEPALIVE_S,
+            keepalive_timeout=self.keepalive_s,
             shutdown_timeout=_SHUTDOWN_GRACE_S,
         )
         await runner.setup()
@@ -812,6 +835,11 @@ class SimulatedServer:
             stats.peak_concurrent = max(stats.peak_concurrent, stats.in_flight)
             status: int | None = None
             try:
+                limit = self.max_concurrent_requests
+                if limit is not None and request.method == "POST" and stats.in_flight > limit:
+                    status = 429
+                    message = f"Too many concurrent requests: the limit is {limit}"
+                    return _json(error_body(429, message), 429).response()
                 body: dict[str, Any] = {}
                 body_error: str | None = None
                 if request.method == "POST":
@@ -1282,6 +1310,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--prm-noise", type=float, default=0.1)
+    parser.add_argument("--prm-error-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     problems = load_problems(args.problems) if args.problems else {}
@@ -1299,6 +1328,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         prm_noise=args.prm_noise,
+        prm_error_rate=args.prm_error_rate,
         seed=args.seed,
         host=args.host,
         port=args.port,

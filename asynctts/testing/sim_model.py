@@ -148,6 +148,9 @@ class SimModel:
         problems: problem text -> `SimProblem`.
         step_tag: the PRM's step marker (pooling inputs have one after every step).
         prm_noise: half-width of the deterministic noise added to PRM scores.
+        prm_error_rate: chance that the PRM misjudges a step (scores a slip as ok or an ok
+            step as a slip), decided by a hash of the step's text: a PRM as imperfect as real
+            ones, so search curves look like the published ones rather than near 100%.
     """
 
     def __init__(
@@ -156,17 +159,21 @@ class SimModel:
         *,
         step_tag: str = "<extra_0>",
         prm_noise: float = 0.1,
+        prm_error_rate: float = 0.0,
     ) -> None:
         if not step_tag:
             raise ValueError("SimModel step_tag is empty")
         if not 0.0 <= prm_noise <= 0.5:
             raise ValueError(f"SimModel prm_noise={prm_noise}: need 0 <= noise <= 0.5")
+        if not 0.0 <= prm_error_rate <= 1.0:
+            raise ValueError(f"SimModel prm_error_rate={prm_error_rate}: need 0 <= rate <= 1")
         for key in problems:
             if not key:
                 raise ValueError("SimModel problems: a problem text is empty")
         self.problems = dict(problems)
         self.step_tag = step_tag
         self.prm_noise = prm_noise
+        self.prm_error_rate = prm_error_rate
         # Longest first, so a problem whose text contains another's text wins.
         self._keys = sorted(self.problems, key=len, reverse=True)
         # Requests of one problem share the text before the first step (template + problem),
@@ -287,6 +294,8 @@ class SimModel:
                 else:  # unknown problem: the model's own rule, "right iff no slip before"
                     correct = not slip_seen
                 base, judged = (_P_HIGH if correct else _P_LOW), mark[0]
+            if _unit(_digest("prm-error", judged)) < self.prm_error_rate:
+                base = 1.0 - base  # misjudged: ok looks like a slip and a slip looks ok
             noise = (2.0 * _unit(_digest("prm", judged)) - 1.0) * self.prm_noise
             p_pos = min(1.0 - _P_EPS, max(_P_EPS, base + noise))
             rows.append([1.0 - p_pos, p_pos])

@@ -4,6 +4,7 @@ and the client over a scripted `PostJson` (the protocol it is written against)."
 from __future__ import annotations
 
 import asyncio
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ from asynctts.backends.policy import (
     encode_completions,
     split_steps,
 )
+from asynctts.backends.templates import PolicyPrompt
 from asynctts.endpoint import Endpoint
 from asynctts.errors import (
     BadResponse,
@@ -39,6 +41,7 @@ from asynctts.errors import (
 from asynctts.ledger import Charge, Ledger
 from asynctts.protocols import Finish, Path
 
+from helpers_tokenizers import CHATML_TEMPLATE, build_tokenizer
 from helpers_transport import ScriptedTransport
 
 SAMPLING = Sampling(temperature=0.7, top_p=0.9, max_tokens=100)
@@ -475,3 +478,20 @@ async def test_k_must_be_positive() -> None:
 def test_an_empty_delimiter_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="delimiter is empty"):
         PolicyClient(endpoint(), ScriptedTransport(echo_steps), sampling=SAMPLING, delimiter="")
+
+
+async def test_completions_with_a_tokenizer_sends_token_ids(tmp_path: pathlib.Path) -> None:
+    """The step boundary the model wrote, not the merged "\\n\\n" a text prompt would get
+    (templates.py; seen on real vLLM: tests/vllm)."""
+    tokenizer = build_tokenizer(tmp_path, template=CHATML_TEMPLATE, adds_bos=False, name="t")
+    transport = ScriptedTransport(echo_steps)
+    policy = endpoint(prompt_format=None, tokenizer=tokenizer.name_or_path)
+    client = PolicyClient(policy, transport, sampling=SAMPLING)
+    parent = Path(steps=("Step 1: add the numbers 1 and 1.\n\n",))
+    await client.generate(context(), parent, 2)
+    (call,) = transport.calls
+    prompt = PolicyPrompt(tokenizer=tokenizer)
+    assert call.route == COMPLETIONS_ROUTE
+    assert call.body["prompt"] == prompt.token_ids("Q?", "S", parent.steps)
+    assert tokenizer.decode(call.body["prompt"]) == prompt.render("Q?", "S", parent.text)
+    assert call.tokens_hint == len(call.body["prompt"]) + 2 * SAMPLING.max_tokens  # 4 chars/token

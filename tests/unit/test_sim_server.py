@@ -582,6 +582,34 @@ def test_fault_rejects_contradictions() -> None:
         Fault("*", status=99)
 
 
+async def test_max_concurrent_requests_answers_429_beyond_the_limit(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with SimulatedServer(max_concurrent_requests=2) as s:
+        s.add_fault(Fault("/v1/completions", delay_s=30.0, times=2))  # two held in flight
+        held = [
+            asyncio.create_task(post(session, s, "/v1/completions", {"prompt": "x"}))
+            for _ in range(2)
+        ]
+        await wait_for(lambda: s.stats.in_flight == 2)
+        status, payload = await post(session, s, "/v1/completions", {"prompt": "x"})
+        assert status == 429
+        assert payload["error"]["message"] == "Too many concurrent requests: the limit is 2"
+        async with session.get(s.url + "/v1/models") as models:  # GETs are not limited
+            assert models.status == 200
+        s.max_concurrent_requests = None  # lifted while serving
+        status, _ = await post(session, s, "/v1/completions", {"prompt": "x"})
+        assert status == 200
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+        await wait_for(lambda: s.stats.in_flight == 0)
+    assert s.stats.statuses[429] == 1
+    assert [r.status for r in s.stats.records if r.fault is None][:3] == [429, 200, 200]
+    with pytest.raises(ValueError, match="max_concurrent_requests=0"):
+        SimulatedServer(max_concurrent_requests=0)
+
+
 # --- latency and the continuous-batching engine ------------------------------------------------
 
 
@@ -829,3 +857,17 @@ async def test_cli_serves_problems_from_a_jsonl_file(
         async with asyncio.timeout(30):
             await process.wait()
     assert process.returncode == 0
+
+
+def test_prm_error_rate_misjudges_that_share_of_steps() -> None:
+    text = "Q\n\n" + "".join(
+        f"Step {i}: we add ({'slip' if i % 2 else 'ok'}, {i:04x}).<extra_0>" for i in range(400)
+    )
+    honest = SimModel({}, prm_noise=0.0).score(text)
+    flawed = SimModel({}, prm_noise=0.0, prm_error_rate=0.3).score(text)
+    assert [round(r[1], 6) for r in honest] == [0.9 if i % 2 == 0 else 0.1 for i in range(400)]
+    flipped = sum(1 for h, f in zip(honest, flawed, strict=True) if h != f)
+    assert 0.2 * 400 < flipped < 0.4 * 400
+    assert all(round(h[1] + f[1], 6) == 1.0 for h, f in zip(honest, flawed, strict=True) if h != f)
+    with pytest.raises(ValueError, match=r"prm_error_rate=1\.5"):
+        SimModel({}, prm_error_rate=1.5)

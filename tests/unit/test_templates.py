@@ -19,6 +19,7 @@ from asynctts.backends.templates import (
     PromptRenderError,
     bare_step,
     chat_fields,
+    continued_ids,
     load_tokenizer,
 )
 from asynctts.errors import ConfigError
@@ -305,3 +306,59 @@ def test_saved_tokenizer_files_hold_the_template(llama: PreTrainedTokenizerBase)
     config = json.loads((Path(llama.name_or_path) / "tokenizer_config.json").read_text())
     on_disk = (Path(llama.name_or_path) / "chat_template.jinja").read_text()
     assert config.get("chat_template", on_disk) == LLAMA_TEMPLATE
+
+
+# --- policy, completions mode as token ids (the "\n\n" boundary, DESIGN.md section 6) --------
+
+
+def test_this_tokenizer_has_the_boundary_trap(chatml: PreTrainedTokenizerBase) -> None:
+    """Guards the fixture: byte-level BPE merges a trailing "\\n\\n" but not one before text."""
+    alone = chatml("a.\n\n", add_special_tokens=False)["input_ids"]
+    before_text = chatml("a.\n\nStep", add_special_tokens=False)["input_ids"]
+    assert alone != before_text[: len(alone)]
+
+
+@pytest.mark.parametrize("which", ["llama", "chatml"])
+def test_continued_ids_encode_a_step_as_it_reads_before_more_text(
+    request: pytest.FixtureRequest, which: str
+) -> None:
+    tokenizer: PreTrainedTokenizerBase = request.getfixturevalue(which)
+    step = "Step 1: add the numbers 1 and 1.\n\n"
+    following = tokenizer(step + "Step 2", add_special_tokens=False)["input_ids"]
+    ids = continued_ids(tokenizer, step)
+    assert list(ids) == following[: len(ids)]
+    assert tokenizer.decode(list(ids)) == step
+
+
+def test_continued_ids_fall_back_when_the_follower_merges(chatml: PreTrainedTokenizerBase) -> None:
+    # "step" + "x" would be one word: the plain encoding is kept
+    assert continued_ids(chatml, "so the answer is step") == tuple(
+        chatml("so the answer is step", add_special_tokens=False)["input_ids"]
+    )
+    assert continued_ids(chatml, "") == ()
+
+
+@pytest.mark.parametrize("which", ["llama", "chatml"])
+def test_token_ids_are_the_prefix_as_vllm_encodes_it_then_each_step(
+    request: pytest.FixtureRequest, which: str
+) -> None:
+    tokenizer: PreTrainedTokenizerBase = request.getfixturevalue(which)
+    prompt = PolicyPrompt(tokenizer=tokenizer)
+    steps = ("Step 1: add the numbers 1 and 1.\n\n", "Step 2: so the answer is 2.\n\n")
+    ids = prompt.token_ids(PROBLEM, SYSTEM, steps)
+    assert ids is not None
+    prefix = vllm_ids(tokenizer, prompt.prefix(PROBLEM, SYSTEM))
+    expected = prefix + [i for step in steps for i in continued_ids(tokenizer, step)]
+    assert ids == expected
+    assert ids.count(tokenizer.bos_token_id) == (1 if which == "llama" else 0)
+    # the same text as the prompt sent as text, with the last step's boundary as written
+    text = prompt.render(PROBLEM, SYSTEM, "".join(steps))
+    assert tokenizer.decode(ids) == tokenizer.decode(vllm_ids(tokenizer, text))
+    assert ids != vllm_ids(tokenizer, text) or which == "llama"
+    assert prompt.token_ids(PROBLEM, SYSTEM, ()) == prefix
+
+
+def test_token_ids_need_a_tokenizer() -> None:
+    assert (
+        PolicyPrompt(prompt_format="{system} {problem}").token_ids(PROBLEM, SYSTEM, ("a",)) is None
+    )

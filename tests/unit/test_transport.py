@@ -235,7 +235,8 @@ async def test_success_returns_the_json_and_bills_every_charge_by_share(serve: S
     assert (total.prompt_tokens, total.cached_tokens, total.completion_tokens) == (100, 60, 40)
     assert stats == TransportStatistics(
         in_flight=0, waiting=0, peak_in_flight=1, requests=1, attempts=1, retries=0,
-        failures=0, max_in_flight=8,
+        failures=0, max_in_flight=8, adaptive=False, cap_decreases=0, lowest_max_in_flight=8,
+        server_waiting=None,
     )  # fmt: skip
 
 
@@ -348,6 +349,15 @@ async def test_backoff_ceiling_is_capped_at_30_s(serve: Serve) -> None:
     jitter = random.Random(1)
     ceilings = [0.5, 1, 2, 4, 8, 16, 30, 30]
     assert vt.sleeps == [jitter.uniform(0, c) for c in ceilings]
+
+
+async def test_backoff_base_is_an_endpoint_setting(serve: Serve) -> None:
+    url = await serve(Scripted(*[status(500, "boom")] * 3))
+    vt = VirtualTime()
+    async with transport(url, vt, seed=3, max_attempts=4, backoff_base_s=0.01) as t:
+        await t.post_json(ROUTE, {})
+    jitter = random.Random(3)
+    assert vt.sleeps == [jitter.uniform(0, c) for c in (0.01, 0.02, 0.04)]
 
 
 async def test_read_timeout_is_retried_then_succeeds(serve: Serve) -> None:
@@ -718,6 +728,193 @@ def test_request_rate_bucket_holds_at_least_one_request() -> None:
     assert slow is not None and (slow.max_rate, slow.time_period) == (1.0, 2.0)
     assert fast is not None and (fast.max_rate, fast.time_period) == (50.0, 1.0)
     assert _request_limiter(None) is None
+
+
+# --- adaptive concurrency ----------------------------------------------------------------------
+
+
+def adaptive(url: str, sleep: Callable[[float], Awaitable[None]], **limits: Any) -> Transport:
+    endpoint = Endpoint(base_url=url, model="m", adaptive_concurrency=True, **limits)
+    return Transport(endpoint, name="policy", sleep=sleep, rng=random.Random(0))
+
+
+def held_status(release: asyncio.Event, code: int) -> Fault:
+    async def fault(request: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.json_response({"error": {"message": "busy"}}, status=code)
+
+    return fault
+
+
+@pytest.mark.parametrize("code", [429, 503])
+async def test_an_overload_lowers_the_cap_once_per_window(serve: Serve, code: int) -> None:
+    release = asyncio.Event()
+    server = Scripted(*[held_status(release, code)] * 8)
+    url = await serve(server)
+    vt = VirtualTime()
+    async with adaptive(
+        url, vt.sleep, max_in_flight=16, adaptive_initial_in_flight=8, max_attempts=2
+    ) as t:
+        assert t.statistics().max_in_flight == 8
+        calls = [asyncio.create_task(t.post_json(ROUTE, {})) for _ in range(12)]
+        await eventually(lambda: server.in_flight == 8 and t.statistics().waiting == 4)
+        release.set()  # eight overloads from one window: one decrease
+        assert await asyncio.gather(*calls) == [OK_BODY] * 12
+        stats = t.statistics()
+    assert (stats.adaptive, stats.cap_decreases, stats.lowest_max_in_flight) == (True, 1, 5)
+    assert server.peak == 8 and len(server.seen) == 20
+    assert stats.max_in_flight >= 5  # the successes since have raised it again
+
+
+async def test_only_successes_at_a_full_cap_raise_it(serve: Serve) -> None:
+    url = await serve(Scripted())
+    vt = VirtualTime()
+    async with adaptive(url, vt.sleep, max_in_flight=64, adaptive_initial_in_flight=4) as t:
+        for _ in range(20):  # one at a time: the cap of 4 is never reached
+            await t.post_json(ROUTE, {})
+        assert t.statistics().max_in_flight == 4
+        await asyncio.gather(*(t.post_json(ROUTE, {}) for _ in range(40)))
+        stats = t.statistics()
+    assert 4 < stats.max_in_flight <= 44 and stats.cap_decreases == 0  # slow start
+
+
+async def test_a_fixed_cap_ignores_overloads(serve: Serve) -> None:
+    url = await serve(Scripted(status(429, "later", {"Retry-After": "0"})))
+    vt = VirtualTime()
+    async with transport(url, vt, max_in_flight=8) as t:  # loopback: fixed by default
+        await t.post_json(ROUTE, {})
+        stats = t.statistics()
+    assert (stats.adaptive, stats.max_in_flight, stats.cap_decreases) == (False, 8, 0)
+
+
+async def test_set_max_in_flight_hands_the_cap_to_the_controller(serve: Serve) -> None:
+    url = await serve(Scripted())
+    vt = VirtualTime()
+    async with adaptive(url, vt.sleep, max_in_flight=16, adaptive_min_in_flight=3) as t:
+        t.set_max_in_flight(4)
+        assert (t.statistics().max_in_flight, t.statistics().lowest_max_in_flight) == (4, 4)
+        await asyncio.gather(*(t.post_json(ROUTE, {}) for _ in range(12)))
+        assert t.statistics().max_in_flight > 4  # adaptation went on from 4
+        with pytest.raises(ConfigError, match=r"max_in_flight=2 for .*: need 3\.\.16"):
+            t.set_max_in_flight(2)
+
+
+class Ticks:
+    """A sleep that returns only when the test calls `tick()`: the test decides when the
+    /metrics poller runs."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+        self._ticks: asyncio.Queue[None] = asyncio.Queue()
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await self._ticks.get()
+
+    def tick(self) -> None:
+        self._ticks.put_nowait(None)
+
+
+def gets(server: Scripted, path: str = "/metrics") -> int:
+    return sum(1 for method, seen, _, _ in server.seen if (method, seen) == ("GET", path))
+
+
+async def test_the_queue_is_read_off_the_hot_path_and_lowers_the_cap(serve: Serve) -> None:
+    waiting = '# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{m="m"} 50\n'
+    server = Scripted(
+        status(200, waiting),
+        status(500, "metrics broken for a moment"),
+        status(200, "vllm:num_requests_waiting 2\n"),
+        status(404, "no such route"),
+    )
+    url = await serve(server)
+    ticks = Ticks()
+    async with adaptive(
+        url,
+        ticks.sleep,
+        max_in_flight=32,
+        adaptive_initial_in_flight=16,
+        adaptive_max_waiting=4,
+        metrics_interval_s=0.25,
+    ) as t:
+        await eventually(lambda: ticks.sleeps == [0.25])
+        assert gets(server) == 0  # nothing is read before the first interval
+        ticks.tick()
+        await eventually(lambda: t.statistics().server_waiting == 50)
+        stats = t.statistics()
+        assert (stats.max_in_flight, stats.cap_decreases, stats.requests) == (11, 1, 0)
+        ticks.tick()  # a 500: skipped, the next read comes as usual
+        await eventually(lambda: len(ticks.sleeps) == 3)
+        ticks.tick()
+        await eventually(lambda: t.statistics().server_waiting == 2)
+        ticks.tick()  # a 404: this server has no /metrics, so reading stops for good
+        await eventually(lambda: gets(server) == 4)
+        await asyncio.sleep(0.01)
+        ticks.tick()
+        await asyncio.sleep(0.01)
+        stats = t.statistics()
+    assert len(ticks.sleeps) == 4 and gets(server) == 4
+    assert (stats.requests, stats.attempts, stats.max_in_flight) == (0, 0, 11)
+
+
+async def test_metrics_without_the_queue_gauge_stop_the_reading(serve: Serve) -> None:
+    server = Scripted(status(200, "vllm:num_requests_running 3\n"))
+    url = await serve(server)
+    ticks = Ticks()
+    async with adaptive(url, ticks.sleep, adaptive_max_waiting=4) as t:
+        ticks.tick()
+        await eventually(lambda: gets(server) == 1)
+        await asyncio.sleep(0.01)
+        ticks.tick()
+        await asyncio.sleep(0.01)
+        assert t.statistics().server_waiting is None
+    assert len(ticks.sleeps) == 1 and gets(server) == 1
+
+
+async def test_the_metrics_read_takes_no_slot_and_survives_a_dead_server(serve: Serve) -> None:
+    release = asyncio.Event()
+    server = Scripted(hold(release), status(200, "vllm:num_requests_waiting 0\n"))
+    url = await serve(server)
+    ticks = Ticks()
+    async with adaptive(
+        url, ticks.sleep, max_in_flight=4, adaptive_initial_in_flight=1, adaptive_max_waiting=4
+    ) as t:
+        held = asyncio.create_task(t.post_json(ROUTE, {}))
+        await eventually(lambda: server.in_flight == 1)
+        assert t.statistics().in_flight == t.statistics().max_in_flight == 1  # the cap is full
+        ticks.tick()
+        await eventually(lambda: t.statistics().server_waiting == 0)
+        release.set()
+        await held
+    # a server that is down: the read fails, and the poller waits for the next interval
+    ticks = Ticks()
+    down = f"http://127.0.0.1:{unused_port()}"
+    async with adaptive(down, ticks.sleep, adaptive_max_waiting=4, connect_timeout_s=1.0) as t:
+        ticks.tick()
+        await eventually(lambda: len(ticks.sleeps) == 2)
+        assert t.statistics().server_waiting is None
+
+
+async def test_closing_stops_the_metrics_reader(serve: Serve) -> None:
+    server = Scripted()
+    url = await serve(server)
+    ticks = Ticks()
+    t = adaptive(url, ticks.sleep, adaptive_max_waiting=4)
+    async with t:
+        await eventually(lambda: len(ticks.sleeps) == 1)  # waiting for its first interval
+    # the reader was cancelled in its sleep and awaited: no pending task, no GET
+    assert gets(server) == 0 and len(ticks.sleeps) == 1
+    assert not [task for task in asyncio.all_tasks() if "metrics" in task.get_name()]
+
+
+async def test_without_max_waiting_metrics_are_never_read(serve: Serve) -> None:
+    server = Scripted()
+    url = await serve(server)
+    ticks = Ticks()
+    async with adaptive(url, ticks.sleep) as t:
+        await t.post_json(ROUTE, {})
+        assert t.statistics().adaptive
+    assert ticks.sleeps == [] and gets(server) == 0
 
 
 # --- cancellation --------------------------------------------------------------------------

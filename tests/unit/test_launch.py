@@ -1,0 +1,237 @@
+"""servers/launch.py without vLLM: profiles, commands, failure diagnosis, pre-start checks,
+state and endpoints files, and stopping a process group by PID."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from asynctts.config import load_endpoints
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "launch_under_test", ROOT / "servers" / "launch.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+launch = _load()
+
+
+def flag(args: tuple[str, ...] | list[str], name: str) -> str:
+    return args[list(args).index(name) + 1]
+
+
+def test_cpu_profile_serves_the_model_as_policy_and_logprob_judge(tmp_path: Path) -> None:
+    specs = launch.cpu_profile(python=tmp_path / "python", say=lambda _: None, policy_model="/m")
+    policy, prm = specs
+    assert (policy.role, prm.role) == ("policy", "prm")
+    assert policy.model == prm.model == "/m"
+    assert policy.served_name == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert prm.check == "logprob" and dict(prm.endpoint)["scoring"] == "logprob"
+    for spec in specs:
+        assert spec.host == "127.0.0.1"
+        assert flag(spec.vllm_args, "--dtype") == "float32"
+        assert "--enforce-eager" in spec.vllm_args
+        assert flag(spec.vllm_args, "--max-num-batched-tokens") == "16384"
+        assert flag(spec.vllm_args, "--kv-cache-memory-bytes") == str(512 * 2**20)
+        assert flag(spec.vllm_args, "--max-model-len") == "2048"
+
+
+def test_gpu_profile_shares_one_gpu_by_splitting_memory() -> None:
+    policy, prm = launch.gpu_profile()
+    assert policy.model == "meta-llama/Llama-3.2-1B-Instruct"
+    assert prm.model == "Qwen/Qwen2.5-Math-PRM-7B"
+    assert flag(prm.vllm_args, "--runner") == "pooling" and prm.check == "pooling"
+    assert dict(policy.env) == dict(prm.env) == {"CUDA_VISIBLE_DEVICES": "0"}
+    assert flag(policy.vllm_args, "--gpu-memory-utilization") == "0.25"
+    assert flag(prm.vllm_args, "--gpu-memory-utilization") == "0.65"
+    assert "--enable-prefix-caching" in policy.vllm_args
+
+
+def test_gpu_profile_on_separate_gpus_with_parallelism_and_rlhflow() -> None:
+    policy, prm = launch.gpu_profile(
+        prm="rlhflow", policy_gpus="0", prm_gpus="1,2", tensor_parallel=2, data_parallel=2
+    )
+    assert prm.model == "RLHFlow/Llama3.1-8B-PRM-Deepseek-Data"
+    assert "--runner" not in prm.vllm_args and dict(prm.endpoint)["scoring"] == "logprob"
+    assert dict(prm.env)["CUDA_VISIBLE_DEVICES"] == "1,2"
+    assert flag(policy.vllm_args, "--gpu-memory-utilization") == "0.9"
+    assert flag(prm.vllm_args, "--tensor-parallel-size") == "2"
+    assert flag(prm.vllm_args, "--data-parallel-size") == "2"
+
+
+def test_gpu_profile_rejects_an_overcommitted_shared_gpu() -> None:
+    with pytest.raises(launch.LaunchError, match=r"0.5 \+ 0.6 exceed 0.95"):
+        launch.gpu_profile(policy_memory=0.5, prm_memory=0.6)
+
+
+def test_command_uses_the_module_entry_point() -> None:
+    spec = launch.ServerSpec(role="policy", model="/m", served_name="x", vllm_args=("--a",))
+    cmd = launch.command(spec, 8123, Path("/venv/bin/python"))
+    assert cmd[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert flag(cmd, "--host") == "127.0.0.1" and flag(cmd, "--port") == "8123"
+    assert cmd[-1] == "--a"
+
+
+def test_server_env_keeps_vllm_on_loopback_and_drops_the_kv_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "40")
+    spec = launch.ServerSpec(role="p", model=str(tmp_path), served_name="x", env=(("A", "1"),))
+    env = launch.server_env(spec)
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env
+    assert env["VLLM_HOST_IP"] == "127.0.0.1" and env["HF_HUB_OFFLINE"] == "1" and env["A"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("log", "code", "cause"),
+    [
+        ("OSError: [Errno 98] Address already in use", 1, "port is taken"),
+        ("", -signal.SIGKILL, "not enough memory"),
+        ("torch.OutOfMemoryError: ...", 1, "not enough memory"),
+        ("ValueError: No available memory for the cache blocks", 1, "not enough memory"),
+        ("OSError: x is not a local folder and is not a valid model identifier", 1, "missing"),
+        ("huggingface_hub.errors.LocalEntryNotFoundError: ...", 1, "missing"),
+        ("RuntimeError: Engine core initialization failed", 1, "died during start"),
+    ],
+)
+def test_diagnose(log: str, code: int, cause: str) -> None:
+    assert cause in launch.diagnose(log, code)
+
+
+def test_a_taken_port_is_refused_before_starting(tmp_path: Path) -> None:
+    python = tmp_path / "python"
+    python.write_text("")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        spec = launch.ServerSpec(role="policy", model="some/model", served_name="x", port=port)
+        with pytest.raises(launch.LaunchError, match=f"policy: port {port} on 127.0.0.1 is taken"):
+            launch.start_servers([spec], run_dir=tmp_path, python=python, say=lambda _: None)
+
+
+def test_missing_pieces_are_refused_before_starting(tmp_path: Path) -> None:
+    spec = launch.ServerSpec(role="policy", model=str(tmp_path / "nope"), served_name="x")
+    with pytest.raises(launch.LaunchError, match="make venv-vllm"):
+        launch.start_servers([spec], run_dir=tmp_path, python=tmp_path / "no-python")
+    python = tmp_path / "python"
+    python.write_text("")
+    with pytest.raises(launch.LaunchError, match=r"model directory .*nope does not exist"):
+        launch.start_servers([spec], run_dir=tmp_path, python=python, say=lambda _: None)
+    huge = launch.ServerSpec(role="prm", model="m", served_name="x", memory_gib=1e6)
+    with pytest.raises(launch.LaunchError, match=r"not enough memory: .* GiB available"):
+        launch.start_servers([huge], run_dir=tmp_path, python=python)
+
+
+def test_a_server_that_dies_during_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    """A stand-in "python" that prints like a failing vLLM and exits."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\necho 'loading'\necho 'OSError: [Errno 98] Address already in use'\nexit 3\n"
+    )
+    fake.chmod(0o755)
+    spec = launch.ServerSpec(role="policy", model="some/model", served_name="x")
+    with pytest.raises(launch.LaunchError) as caught:
+        launch.start_servers([spec], run_dir=tmp_path, python=fake, say=lambda _: None)
+    message = str(caught.value)
+    assert "exited with code 3: its port is taken" in message
+    assert "Address already in use" in message and str(tmp_path / "policy.log") in message
+
+
+def test_stop_signals_the_whole_process_group(tmp_path: Path) -> None:
+    """A stand-in server (it names the vLLM module so the PID check accepts it) with a child."""
+    script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, launch.VLLM_MODULE], start_new_session=True
+    )
+    server = launch.Server(
+        launch.ServerSpec(role="policy", model="m", served_name="x"),
+        port=1,
+        pid=process.pid,
+        log_path=tmp_path / "log",
+        started_s=time.time(),
+    )
+    launch.write_state(tmp_path, [server])
+    (restored,) = launch.read_state(tmp_path)
+    assert restored.pid == process.pid and restored.alive()
+    launch.stop_servers([restored], timeout_s=10, say=lambda _: None)
+    assert process.wait(timeout=10) != 0
+    leftover = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""
+
+
+def test_a_recycled_pid_is_not_signalled(tmp_path: Path) -> None:
+    process = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        stranger = launch.Server(
+            launch.ServerSpec(role="policy", model="m", served_name="x"),
+            port=1,
+            pid=process.pid,
+            log_path=tmp_path / "log",
+            started_s=0.0,
+        )
+        assert not stranger.alive()
+        launch.stop_servers([stranger], timeout_s=1, say=lambda _: None)
+        assert process.poll() is None
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_endpoints_file_round_trips_through_asynctts_config(tmp_path: Path) -> None:
+    specs = launch.cpu_profile(python=tmp_path, say=lambda _: None, policy_model="/m")
+    servers = [
+        launch.Server(spec, port=9000 + i, pid=1, log_path=tmp_path, started_s=0.0)
+        for i, spec in enumerate(specs)
+    ]
+    path = tmp_path / "endpoints.json"
+    launch.write_json(path, launch.endpoints_config(servers))
+    endpoints = load_endpoints(path)
+    assert endpoints["policy"].base_url == "http://127.0.0.1:9000/v1"
+    assert endpoints["policy"].tokenizer == "/m"
+    assert endpoints["prm"].scoring == "logprob"
+    assert endpoints["prm"].model == "HuggingFaceTB/SmolLM2-135M-Instruct-judge"
+    assert json.loads(path.read_text())["prm"]["base_url"] == "http://127.0.0.1:9001/v1"
+
+
+def test_dry_run_prints_the_commands(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = launch.main(
+        ["--run-dir", str(tmp_path), "start", "--profile", "gpu", "--prm-gpus", "1", "--dry-run"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "CUDA_VISIBLE_DEVICES=1" in out and "Qwen/Qwen2.5-Math-PRM-7B" in out
+
+
+def test_stop_and_status_with_nothing_recorded(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert launch.main(["--run-dir", str(tmp_path), "status"]) == 0
+    assert launch.main(["--run-dir", str(tmp_path), "stop"]) == 0
+    assert capsys.readouterr().out.count("no servers recorded") == 2
+
+
+def test_model_cache_dir_is_outside_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ASYNCTTS_MODEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "/tmp/xdg")
+    assert launch.model_cache_dir() == Path("/tmp/xdg/asynctts/models")
+    monkeypatch.setenv("ASYNCTTS_MODEL_CACHE", "/elsewhere")
+    assert launch.model_cache_dir() == Path("/elsewhere")

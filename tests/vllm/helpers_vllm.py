@@ -1,0 +1,104 @@
+"""Shared by the real-vLLM tests: the launcher (loaded from servers/launch.py), the tiny
+models' location and the servers the session starts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from asynctts import Endpoint
+from asynctts.config import load_endpoints
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = Path(__file__).resolve().parent / "build_models.py"
+MAX_MODEL_LEN = 2048
+
+
+def _load_launcher() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("asynctts_launch", ROOT / "servers" / "launch.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+launch = _load_launcher()
+
+
+@dataclass(frozen=True)
+class Models:
+    root: Path
+    step_tag: str
+    step_tag_id: int
+
+    @property
+    def policy(self) -> Path:
+        return self.root / "policy"
+
+    @property
+    def prm(self) -> Path:
+        return self.root / "prm"
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The running servers and the endpoints file written for them."""
+
+    servers: dict[str, Any]  # role -> launch.Server
+    endpoints_file: Path
+    models: Models
+
+    def endpoints(self) -> dict[str, Endpoint]:
+        return load_endpoints(self.endpoints_file)
+
+    def server(self, role: str) -> Any:
+        return self.servers[role]
+
+
+def fleet_specs(models: Models) -> list[Any]:
+    flags = launch.cpu_flags(kv_cache_mib=128, max_model_len=MAX_MODEL_LEN)
+    policy_fields = (("tokenizer", str(models.policy)),)
+    return [
+        launch.ServerSpec(
+            role="policy",
+            model=str(models.policy),
+            served_name="tiny-policy",
+            vllm_args=flags,
+            endpoint=policy_fields,
+            memory_gib=1.5,
+        ),
+        launch.ServerSpec(
+            role="prm",
+            model=str(models.prm),
+            served_name="tiny-prm",
+            vllm_args=(
+                *flags,
+                "--runner",
+                "pooling",
+                "--pooler-config",
+                json.dumps({"step_tag_id": models.step_tag_id}),
+            ),
+            check="pooling",
+            endpoint=(
+                ("tokenizer", str(models.prm)),
+                ("scoring", "pooling"),
+                ("step_tag", models.step_tag),
+            ),
+            memory_gib=1.5,
+        ),
+        # killed by test_killing_the_policy_server_mid_solve_is_recorded_not_a_hang
+        launch.ServerSpec(
+            role="victim",
+            model=str(models.policy),
+            served_name="tiny-policy",
+            vllm_args=flags,
+            endpoint=policy_fields,
+            memory_gib=1.5,
+        ),
+    ]
