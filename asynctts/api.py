@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -43,7 +45,7 @@ from asynctts.search.strategy import Strategy
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 from asynctts.solution import Candidate, Degradation, Solution, collect, pick, votes_of
 from asynctts.trace import Trace
-from asynctts.transport import Transport
+from asynctts.transport import Transport, TransportStatistics
 
 log = structlog.get_logger("asynctts.api")
 
@@ -52,6 +54,9 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 ScoringClient = PoolingPRM | LogprobPRM
+
+# solve_many starts at most this many problems per event-loop turn.
+_PROBLEMS_PER_TURN = 8
 
 ProblemItem = str | tuple[str, str] | Mapping[str, Any]
 
@@ -117,11 +122,18 @@ async def run_search(
     Raises:
         SolveFailed: every branch was lost.
     """
-    trace = Trace()
-    traced_generate, traced_score = trace.wrap(generate, score)
+    # The whole tree only when asked for: otherwise count expansions per iteration alone.
+    trace = Trace() if keep_trace else None
+    widths: Trace | _Widths
+    if trace is not None:
+        widths = trace
+        generate, score = trace.wrap(generate, score)
+    else:
+        widths = _Widths()
+        generate = widths.wrap(generate)
     ledger.start()
     try:
-        results = await strategy.run(Path(), n, traced_generate, traced_score)
+        results = await strategy.run(Path(), n, generate, score)
     except BaseExceptionGroup as group:
         first = _first_of(group)
         if first is group:
@@ -129,11 +141,12 @@ async def run_search(
         raise first from None  # its own traceback still shows where it was raised
     finally:
         ledger.stop()
-    trace.close(results)
+    if trace is not None:
+        trace.close(results)
     rows, lost, unfinished = collect(results, strategy.aggregate)
     if not rows:
         raise SolveFailed(problem_id, [r for r in results if isinstance(r, BranchLost)])
-    groups = await equivalence.group([row.answer for row in rows])
+    groups = await _group_answers(equivalence, [row.answer for row in rows])
     candidates = tuple(
         Candidate(
             index=row.index,
@@ -153,7 +166,7 @@ async def run_search(
         lost_scoring=sum(1 for b in lost if b.stage == "scoring"),
         cut=sum(1 for c in candidates if c.finish is Finish.LENGTH),
         unfinished=unfinished,
-        widths=trace.iteration_widths(),
+        widths=widths.iteration_widths(),
         planned_width=n // width if isinstance(width, int) else None,
     )
     return Solution(
@@ -166,8 +179,49 @@ async def run_search(
         lost=tuple(lost),
         ledger=ledger,
         degradation=degradation,
-        trace=trace if keep_trace else None,
+        trace=trace,
     )
+
+
+class _Widths:
+    """Paths expanded at each iteration, counted as `Trace` counts them (a child is one
+    iteration below its parent; a fork of a path, e.g. a DVTS subtree's root, is at its
+    parent's), without keeping the tree: one int per generated path."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[int] = Counter()
+        self._depths: dict[tuple[int, ...], int] = {(): 0}
+
+    def _depth(self, key: tuple[int, ...]) -> int:
+        depth = self._depths.get(key)
+        if depth is None:  # a fork: at its parent's iteration
+            depth = self._depths[key] = self._depth(key[:-1])
+        return depth
+
+    def wrap(self, generate: GenerateSteps) -> GenerateSteps:
+        async def counted(path: Path, k: int, *, to_end: bool = False) -> list[Path]:
+            depth = self._depth(path.key)
+            self._counts[depth] += 1
+            children = await generate(path, k, to_end=to_end)
+            for child in children:
+                self._depths[child.key] = depth + 1
+            return children
+
+        return counted
+
+    def iteration_widths(self) -> tuple[int, ...]:
+        return tuple(self._counts[d] for d in range(max(self._counts, default=-1) + 1))
+
+
+async def _group_answers(
+    equivalence: Equivalence, answers: Sequence[str | None]
+) -> list[int | None]:
+    """`equivalence.group(answers)`, asked for each distinct answer once: n samples mostly
+    repeat a few answers. Group ids number answers in first-seen order, so the distinct
+    answers (kept in first-seen order) get the ids the full list would."""
+    distinct = list(dict.fromkeys(a for a in answers if a is not None))
+    group_of = dict(zip(distinct, await equivalence.group(distinct), strict=True))
+    return [None if answer is None else group_of[answer] for answer in answers]
 
 
 def _first_of(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -218,6 +272,7 @@ class Solver:
         self._generator: PolicyClient | None = None
         self._scorer: ScoringClient | None = None
         self._groups: Equivalence | None = None
+        self._transports: dict[str, Transport] = {}
 
     async def __aenter__(self) -> Solver:
         ensure_logging()
@@ -227,6 +282,11 @@ class Solver:
             await self._stack.aclose()
             raise
         return self
+
+    def statistics(self) -> dict[str, TransportStatistics]:
+        """A snapshot per endpoint ("policy", "prm"): requests in flight and waiting, the
+        current in-flight cap (adaptive concurrency moves it), retries, failures."""
+        return {name: t.statistics() for name, t in self._transports.items()}
 
     async def __aexit__(
         self,
@@ -239,16 +299,29 @@ class Solver:
     async def _open(self) -> None:
         stack = self._stack
         policy_transport = await stack.enter_async_context(Transport(self.policy, name="policy"))
+        self._transports["policy"] = policy_transport
         prm_transport = None
         if self.prm is not None:
             prm_transport = await stack.enter_async_context(Transport(self.prm, name="prm"))
+            self._transports["prm"] = prm_transport
         checks = [_check_model(policy_transport, self.policy)]
         if prm_transport is not None and self.prm is not None:
             checks.append(_check_model(prm_transport, self.prm))
         # both checks run to the end; the first error is raised as itself, not in a group
-        for outcome in await asyncio.gather(*checks, return_exceptions=True):
+        outcomes = await asyncio.gather(*checks, return_exceptions=True)
+        for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+        context = outcomes[0]
+        if isinstance(context, int) and self.sampling.max_tokens > context:
+            # vLLM shortens max_tokens to what the prompt leaves of the context, but rejects a
+            # max_tokens above the context itself (checked on vLLM 0.32): ask for no more
+            log.info(
+                "max_tokens capped at the policy's context",
+                max_tokens=self.sampling.max_tokens,
+                max_model_len=context,
+            )
+            self.sampling = replace(self.sampling, max_tokens=context)
         # clients may load a tokenizer (disk or hub): keep that off the event loop
         self._generator = await asyncio.to_thread(
             PolicyClient, self.policy, policy_transport, sampling=self.sampling
@@ -316,13 +389,17 @@ class Solver:
         )
         generator, scorer = self._generator, self._scorer
 
-        async def generate(path: Path, k: int, *, to_end: bool = False) -> list[Path]:
-            return await generator.generate(ctx, path, k, to_end=to_end)
+        # Plain functions returning the backends' coroutines: an `async def` wrapper would add
+        # a coroutine object per request (measured in benchmarks/overhead.py).
+        def generate(
+            path: Path, k: int, *, to_end: bool = False
+        ) -> Coroutine[Any, Any, list[Path]]:
+            return generator.generate(ctx, path, k, to_end=to_end)
 
-        async def score(paths: Sequence[Path]) -> list[Path]:
+        def score(paths: Sequence[Path]) -> Coroutine[Any, Any, list[Path]]:
             if scorer is None:
                 raise ConfigError(f"strategy {chosen.name!r} asked for PRM scores; no prm set")
-            return await scorer.score(ctx, paths)
+            return scorer.score(ctx, paths)
 
         with structlog.contextvars.bound_contextvars(problem_id=pid):
             solution = await run_search(
@@ -373,10 +450,15 @@ class Solver:
         queue = iter(items)
         try:
             while True:
-                for pid, text in queue:
+                for started, (pid, text) in enumerate(queue, start=1):
                     pending.add(asyncio.create_task(self._solve_one(pid, text, chosen, n, seed)))
                     if len(pending) >= max_problems_in_flight:
                         break
+                    if started % _PROBLEMS_PER_TURN == 0:
+                        # Starting hundreds of problems at once would run all their first
+                        # requests (thousands of connects) in one loop turn and stall every
+                        # other coroutine for seconds (benchmarks/scale.py).
+                        await asyncio.sleep(0)
                 if not pending:
                     return
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -431,7 +513,9 @@ def _scorer_for(endpoint: Endpoint, transport: Transport) -> ScoringClient:
     return LogprobPRM(endpoint, transport)
 
 
-async def _check_model(transport: Transport, endpoint: Endpoint) -> None:
+async def _check_model(transport: Transport, endpoint: Endpoint) -> int | None:
+    """Check that the endpoint answers and serves its model; return the model's context
+    length when the server says it (vLLM's `max_model_len`)."""
     try:
         listing = await transport.get_json("/v1/models")
     except (ConnectFailed, TimedOut) as err:
@@ -450,6 +534,9 @@ async def _check_model(transport: Transport, endpoint: Endpoint) -> None:
         ) from err
     if endpoint.model not in served:
         raise ModelNotFound(endpoint.base_url, endpoint.model, served)
+    entry = listing["data"][served.index(endpoint.model)]
+    context = entry.get("max_model_len") if isinstance(entry, dict) else None
+    return context if isinstance(context, int) and not isinstance(context, bool) else None
 
 
 async def solve(

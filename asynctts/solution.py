@@ -3,6 +3,7 @@ the branches that were lost and why, the votes at every sub-budget, and the ledg
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -182,10 +183,14 @@ def votes_of(candidates: Sequence[Candidate], n: int) -> Votes:
     )
 
 
+# Samples of a problem mostly box the same few answers: normalise each distinct one once.
+_normalized = functools.lru_cache(maxsize=4096)(normalize)
+
+
 def answer_of(path: Path) -> str | None:
     """The normalised content of the last \\boxed{} of a path; None when there is none."""
     boxed = extract_boxed(path.text)
-    return None if boxed is None else normalize(boxed)
+    return None if boxed is None else _normalized(boxed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -216,6 +216,23 @@ def _choice_text(choice: Mapping[str, Any], index: int, route: str) -> str:
     return text
 
 
+# Module-level rather than comprehensions inside `PolicyClient._request`: a comprehension
+# that reads a local makes it a closure cell, one more object per request in flight.
+def branch_ids(key: tuple[int, ...], indexes: range) -> tuple[str, ...]:
+    """`format_key((*key, i))` for each index, the shared prefix formatted once."""
+    if not key:
+        return tuple(map(str, indexes))
+    prefix = format_key(key) + "."
+    return tuple([prefix + str(i) for i in indexes])
+
+
+def children(path: Path, indexes: range, decoded: Sequence[NewSteps]) -> list[Path]:
+    """Child `i` of `path` for each index, with its new steps and finish."""
+    return [
+        path.extend(i, steps, finish) for i, (steps, finish) in zip(indexes, decoded, strict=True)
+    ]
+
+
 def _kind(value: object) -> str:
     return "missing" if value is None else type(value).__name__
 
@@ -244,21 +261,33 @@ class PolicyClient:
             PolicyPrompt.for_endpoint(endpoint) if endpoint.mode == "completions" else None
         )
 
-    async def generate(
+    def generate(
         self, ctx: ProblemContext, path: Path, k: int, *, to_end: bool = False
-    ) -> list[Path]:
-        """The `k` children of `path` in index order (child i has key `path.key + (i,)`).
+    ) -> Coroutine[Any, Any, list[Path]]:
+        """Awaits to the `k` children of `path` in index order (child i has key
+        `path.key + (i,)`).
+
+        A plain method returning the request's coroutine, so that no coroutine of its own
+        stays alive while the request is in flight (benchmarks/overhead.py).
 
         Raises:
+            ValueError: `k` < 1 (at once, before anything is awaited).
             PromptTooLong: the problem's prompt alone exceeds the endpoint's context.
             BranchLost: a request failed for good.
         """
         if k < 1:
             raise ValueError(f"k={k}: need >= 1")
         seed = None if ctx.seed is None else derive_seed(ctx.seed, ctx.problem_id, path.key)
+        if k <= self._endpoint.max_n_per_request:
+            return self._request(ctx, path, 0, k, seed, to_end)
+        return self._request_chunks(ctx, path, k, seed, to_end)
+
+    async def _request_chunks(
+        self, ctx: ProblemContext, path: Path, k: int, seed: int | None, to_end: bool
+    ) -> list[Path]:
+        # Apart from `generate`: its comprehensions would give every call of `generate` (one
+        # per request, alive while it is in flight) a closure cell per captured variable.
         per_request = self._endpoint.max_n_per_request
-        if k <= per_request:
-            return await self._request(ctx, path, 0, k, seed, to_end)
         chunks = [(offset, min(per_request, k - offset)) for offset in range(0, k, per_request)]
         try:
             async with asyncio.TaskGroup() as group:
@@ -285,7 +314,7 @@ class PolicyClient:
         request_seed = None if seed is None else seed + offset
         route, body, prompt_chars = self._encode(ctx, path, n, request_seed, to_end)
         indexes = range(offset, offset + n)
-        charge = Charge(ctx.ledger, tuple(format_key((*path.key, i)) for i in indexes))
+        charge = Charge(ctx.ledger, branch_ids(path.key, indexes))
         try:
             response = await self._transport.post_json(
                 route,
@@ -305,13 +334,10 @@ class PolicyClient:
                 branch=format_key(path.key),
                 steps=len(path.steps),
             )
-            return [path.extend(i, (), Finish.LENGTH) for i in indexes]
+            return children(path, indexes, [((), Finish.LENGTH)] * n)
         except TransportError as exc:
             raise BranchLost(path.key, "generating", exc) from exc
-        return [
-            path.extend(i, steps, finish)
-            for i, (steps, finish) in zip(indexes, decoded, strict=True)
-        ]
+        return children(path, indexes, decoded)
 
     def _encode(
         self, ctx: ProblemContext, path: Path, n: int, seed: int | None, to_end: bool

@@ -29,11 +29,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import hashlib
 import heapq
 import itertools
+import math
 import os
 import random
 import signal
+import statistics
 import time
 import zlib
 from collections import Counter, deque
@@ -87,12 +90,21 @@ class LatencyModel:
         prefill_tokens_per_s: prefill rate of uncached prompt tokens; None: prefill is free.
         per_request_jitter_s: each request waits an extra uniform(0, this) seconds, drawn from
             the server's seeded RNG, so latency varies per request.
+        step_tokens_median, step_tokens_sigma: when a median is set, each generated step
+            ("\\n\\n"-delimited piece of a choice) stands for a log-normal number of tokens
+            (this median, this sigma of the log) instead of its word count: decode iterations
+            and usage both count them. Drawn from a hash of the step's text, so a step costs
+            the same in every run and schedule. The simulated model writes short steps of
+            similar length (7-12 words); real models' steps are longer and heavy-tailed, which
+            is what makes a branch wait for its slowest sibling (benchmarks/scheduling.py).
     """
 
     iteration_points: tuple[tuple[int, float], ...] = ()
     time_scale: float = 1.0
     prefill_tokens_per_s: float | None = None
     per_request_jitter_s: float = 0.0
+    step_tokens_median: float | None = None
+    step_tokens_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         running = [r for r, _ in self.iteration_points]
@@ -115,6 +127,12 @@ class LatencyModel:
             raise ValueError(
                 f"LatencyModel per_request_jitter_s={self.per_request_jitter_s}: need >= 0"
             )
+        if self.step_tokens_median is not None and self.step_tokens_median < 1:
+            raise ValueError(
+                f"LatencyModel step_tokens_median={self.step_tokens_median}: need >= 1 or None"
+            )
+        if self.step_tokens_sigma < 0:
+            raise ValueError(f"LatencyModel step_tokens_sigma={self.step_tokens_sigma}: need >= 0")
 
     @classmethod
     def zero(cls, *, per_request_jitter_s: float = 0.0) -> LatencyModel:
@@ -186,6 +204,20 @@ class LatencyModel:
             seconds = y0 + (running - x0) * (y1 - y0) / (x1 - x0)
         return max(0.0, seconds) * self.time_scale
 
+    def generated_tokens(self, text: str, words: int) -> int:
+        """The tokens a choice with `text` (of `words` words) costs and reports."""
+        median = self.step_tokens_median
+        if median is None:
+            return words
+        tokens = 0
+        for step in text.split("\n\n"):
+            if step.strip():
+                digest = hashlib.blake2b(step.encode(), digest_size=8).digest()
+                unit = (int.from_bytes(digest, "big") + 0.5) / 2.0**64  # in (0, 1)
+                z = _STANDARD_NORMAL.inv_cdf(unit)
+                tokens += max(1, round(median * math.exp(self.step_tokens_sigma * z)))
+        return tokens
+
     def prefill_s(self, tokens: int) -> float:
         """Seconds to prefill `tokens` uncached prompt tokens, time_scale applied."""
         if self.prefill_tokens_per_s is None or tokens <= 0:
@@ -193,6 +225,7 @@ class LatencyModel:
         return tokens / self.prefill_tokens_per_s * self.time_scale
 
 
+_STANDARD_NORMAL = statistics.NormalDist()
 _ZERO_LATENCY = LatencyModel.zero()
 _NO_PROBLEMS: Mapping[str, SimProblem] = MappingProxyType({})
 
@@ -909,26 +942,22 @@ class SimulatedServer:
         return str(name)
 
     def _check_context(self, prompt_tokens: int, max_tokens: int | None) -> int:
-        """vLLM's context check; returns the effective max_tokens."""
+        """vLLM 0.32's context check; returns the effective max_tokens. A prompt that fills
+        the context, or a max_tokens above the context itself, is a 400; otherwise max_tokens
+        is shortened to what the prompt leaves (the completion then ends with "length")."""
         limit = self.max_model_len
-        if max_tokens is None:
-            if prompt_tokens >= limit:
-                raise _HttpError(
-                    400,
-                    f"This model's maximum context length is {limit} tokens. However, you "
-                    f"requested {prompt_tokens} tokens in the messages, Please reduce the "
-                    "length of the messages.",
-                )
-            return limit - prompt_tokens
-        if prompt_tokens + max_tokens > limit:
+        if prompt_tokens >= limit:
             raise _HttpError(
                 400,
-                f"This model's maximum context length is {limit} tokens. However, you "
-                f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the "
-                f"messages, {max_tokens} in the completion). Please reduce the length of the "
-                "messages or completion.",
+                f"This model's maximum context length is {limit} tokens. However, your request "
+                f"has {prompt_tokens} input tokens. Please reduce the length of the input.",
             )
-        return max_tokens
+        if max_tokens is not None and max_tokens > limit:
+            raise _HttpError(
+                400, f"max_tokens={max_tokens} cannot be greater than max_model_len={limit}."
+            )
+        left = limit - prompt_tokens
+        return left if max_tokens is None else min(max_tokens, left)
 
     async def _compute(self, ex: _Exchange, seq_tokens: Sequence[int], prefill: int) -> None:
         """Spend the simulated time of a request: engine iterations, then jitter."""
@@ -961,9 +990,10 @@ class SimulatedServer:
         _, cached = self._prefix_cache.lookup(prompt)
         ex.n, ex.seed, ex.problem = params.n, params.seed, reading.key
         ex.prompt_tokens, ex.cached_tokens = prompt_tokens, cached
-        ex.tokens = sum(s.tokens for s in samples)
+        tokens = [self.latency.generated_tokens(s.text, s.tokens) for s in samples]
+        ex.tokens = sum(tokens)
         ex.finish_reasons = [s.finish_reason for s in samples]
-        await self._compute(ex, [s.tokens for s in samples], prompt_tokens - cached)
+        await self._compute(ex, tokens, prompt_tokens - cached)
         return samples
 
     def _reply(self, id_prefix: str, kind: str, model: str, **fields: Any) -> _Reply:

@@ -16,6 +16,7 @@ from asynctts import (
     MajorityVote,
     ModelNotFound,
     PromptTooLong,
+    Sampling,
     Solver,
     solve,
     solve_many,
@@ -188,3 +189,27 @@ async def test_solver_shares_connections_across_solves(
             sol = await solver.solve(problem, strategy=MajorityVote(), n=2, seed=0)
             assert sol.answer == normalize(problems[problem].answer)
     assert server.stats.routes["/v1/models"] == 2
+
+
+async def test_solver_statistics_per_endpoint(
+    server: SimulatedServer, problems: dict[str, SimProblem]
+) -> None:
+    async with Solver(policy=policy_of(server, max_in_flight=7), prm=prm_of(server)) as solver:
+        await solver.solve(next(iter(problems)), strategy=BestOfN(per_request=1), n=3, seed=0)
+        stats = solver.statistics()
+    assert sorted(stats) == ["policy", "prm"]
+    assert stats["policy"].max_in_flight == 7 and stats["policy"].in_flight == 0
+    assert stats["policy"].requests == 1 + 3  # /v1/models, then one request per sample
+    assert stats["prm"].requests >= 2
+
+
+async def test_max_tokens_above_the_context_is_capped_to_it(
+    problems: dict[str, SimProblem],
+) -> None:
+    """vLLM rejects max_tokens > max_model_len outright; the solver asks for no more."""
+    async with SimulatedServer(model="sim-policy", problems=problems, max_model_len=1024) as s:
+        async with Solver(policy=policy_of(s), sampling=Sampling(max_tokens=4096)) as solver:
+            assert solver.sampling.max_tokens == 1024
+            sol = await solver.solve(next(iter(problems)), strategy="majority", n=2, seed=0)
+        bodies = [r for r in s.stats.records if r.route == "/v1/completions"]
+    assert sol.answer is not None and len(bodies) == 1

@@ -328,22 +328,23 @@ async def test_wrong_model_is_vllms_404(
 
 
 async def test_context_overflow_is_vllms_400(session: aiohttp.ClientSession) -> None:
+    """As vLLM 0.32: max_tokens is shortened to what the prompt leaves of the context; a
+    prompt that fills the context, or max_tokens above the context itself, is a 400."""
     async with SimulatedServer(max_model_len=64) as s:
-        body = {"prompt": "word " * 60, "max_tokens": 10}
+        body = {"prompt": "Q. " + "word " * 59, "max_tokens": 10}
         status, payload = await post(session, s, "/v1/completions", body)
+        assert status == 200 and payload["usage"]["completion_tokens"] <= 64 - 60
+        status, payload = await post(session, s, "/v1/completions", {**body, "max_tokens": 65})
         assert status == 400
         assert payload["error"]["message"] == (
-            "This model's maximum context length is 64 tokens. However, you requested 70 "
-            "tokens (60 in the messages, 10 in the completion). Please reduce the length of "
-            "the messages or completion."
+            "max_tokens=65 cannot be greater than max_model_len=64."
         )
         assert payload["error"]["code"] == 400
-        ok_status, _ = await post(session, s, "/v1/completions", {**body, "max_tokens": 4})
-        assert ok_status == 200
         chat = {"messages": [{"role": "user", "content": "word " * 64}]}
         status, payload = await post(session, s, "/v1/chat/completions", chat)
-        assert (
-            status == 400 and "requested 64 tokens in the messages" in payload["error"]["message"]
+        assert status == 400 and payload["error"]["message"] == (
+            "This model's maximum context length is 64 tokens. However, your request has 64 "
+            "input tokens. Please reduce the length of the input."
         )
 
 
