@@ -162,20 +162,31 @@ def test_stop_signals_the_whole_process_group(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-c", script, launch.VLLM_MODULE], start_new_session=True
     )
-    server = launch.Server(
-        launch.ServerSpec(role="policy", model="m", served_name="x"),
-        port=1,
-        pid=process.pid,
-        log_path=tmp_path / "log",
-        started_s=time.time(),
-    )
-    launch.write_state(tmp_path, [server])
-    (restored,) = launch.read_state(tmp_path)
-    assert restored.pid == process.pid and restored.alive()
-    launch.stop_servers([restored], timeout_s=10, say=lambda _: None)
-    assert process.wait(timeout=10) != 0
-    leftover = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True)
-    assert leftover.stdout.strip() == ""
+    try:
+        # until the child has exec'd, /proc shows the parent's command line
+        cmdline = Path(f"/proc/{process.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while launch.VLLM_MODULE.encode() not in cmdline.read_bytes():
+            assert time.monotonic() < deadline, "the stand-in server did not start"
+            time.sleep(0.01)
+        server = launch.Server(
+            launch.ServerSpec(role="policy", model="m", served_name="x"),
+            port=1,
+            pid=process.pid,
+            log_path=tmp_path / "log",
+            started_s=time.time(),
+        )
+        launch.write_state(tmp_path, [server])
+        (restored,) = launch.read_state(tmp_path)
+        assert restored.pid == process.pid and restored.alive()
+        launch.stop_servers([restored], timeout_s=10, say=lambda _: None)
+        assert process.wait(timeout=10) != 0
+        leftover = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True)
+        assert leftover.stdout.strip() == ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_a_recycled_pid_is_not_signalled(tmp_path: Path) -> None:
