@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import statistics
 import sys
 import tempfile
 import time
@@ -176,11 +177,46 @@ async def run_beam_search(
         return {"wall_s": time.perf_counter() - wall, "answers": answers}
 
 
+def throughput(
+    name: str,
+    round_: int,
+    policy: Endpoint,
+    sampling: Sampling,
+    items: list[tuple[str, str]],
+    bodies: list[dict[str, Any]],
+    n: int,
+    c: int,
+) -> dict[str, Any]:
+    before = metrics(policy.root_url)
+    if name == "bare":
+        cell = asyncio.run(run_bare(policy, bodies, c))
+    else:
+        cell = asyncio.run(run_solve_many(policy, sampling, items, n))
+    after = metrics(policy.root_url)
+    tokens = counter(after, "vllm:generation_tokens") - counter(before, "vllm:generation_tokens")
+    samples = len(bodies)
+    row = {
+        "part": "throughput",
+        "client": name,
+        "round": round_,
+        "concurrency": c,
+        "samples": samples,
+        "generated_tokens": tokens,
+        "samples_per_s": samples / cell["wall_s"],
+        "tokens_per_s": tokens / cell["wall_s"],
+        "client_cpu_ms_per_sample": cell["cpu_s"] / samples * 1e3,
+        **cell,
+    }
+    print(f"round {round_} {name:>10}: {cell['wall_s']:.1f} s, {row['tokens_per_s']:.1f} tokens/s")
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--problems", type=int, default=4)
     parser.add_argument("--n", type=int, default=8, help="samples per problem")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the two clients")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--beam-problems", type=int, default=4)
     parser.add_argument("--beam-depth", type=int, default=5)
@@ -200,33 +236,15 @@ def main() -> None:
         policy = Endpoint(**config["policy"], max_in_flight=args.concurrency)
         prm = Endpoint(**config["prm"], max_in_flight=args.concurrency)
         bodies = bare_bodies(policy, sampling, items, args.n)
-        samples = len(bodies)
-        for name in ("bare", "solve_many"):
-            before = metrics(policy.root_url)
-            if name == "bare":
-                cell = asyncio.run(run_bare(policy, bodies, args.concurrency))
-            else:
-                cell = asyncio.run(run_solve_many(policy, sampling, items, args.n))
-            after = metrics(policy.root_url)
-            tokens = counter(after, "vllm:generation_tokens") - counter(
-                before, "vllm:generation_tokens"
-            )
-            row = {
-                "part": "throughput",
-                "client": name,
-                "concurrency": args.concurrency,
-                "samples": samples,
-                "generated_tokens": tokens,
-                "samples_per_s": samples / cell["wall_s"],
-                "tokens_per_s": tokens / cell["wall_s"],
-                "client_cpu_ms_per_sample": cell["cpu_s"] / samples * 1e3,
-                **cell,
-            }
-            rows.append(row)
-            print(
-                f"{name:>10}: {cell['wall_s']:.1f} s, {row['tokens_per_s']:.1f} tokens/s",
-                flush=True,
-            )
+        clients = ("bare", "solve_many")
+        for round_ in range(args.repeats):
+            # alternate the order: a shared machine drifts within a round
+            for name in clients if round_ % 2 == 0 else clients[::-1]:
+                rows.append(
+                    throughput(
+                        name, round_, policy, sampling, items, bodies, args.n, args.concurrency
+                    )
+                )
 
         roles = {"policy": servers[0], "prm": servers[1]}
         cache_before = {role: metrics(server.root_url) for role, server in roles.items()}
@@ -253,29 +271,40 @@ def main() -> None:
                 }
             )
 
-    bare, many = rows[0], rows[1]
+    runs = [row for row in rows if row["part"] == "throughput"]
     print()
     print(
-        f"SmolLM2-135M-Instruct on vLLM (CPU): {bare['samples']} samples of <= "
-        f"{args.max_tokens} tokens, {args.concurrency} in flight"
+        f"SmolLM2-135M-Instruct on vLLM (CPU): {len(bodies)} samples of <= "
+        f"{args.max_tokens} tokens, {args.concurrency} in flight, {args.repeats} rounds"
     )
     print(
-        f"{'client':>10} | {'wall s':>6} | {'samples/s':>9} | {'tokens':>6} | "
+        f"{'round':>5} | {'client':>10} | {'wall s':>6} | {'samples/s':>9} | {'tokens':>6} | "
         f"{'tokens/s':>8} | client CPU ms/sample"
     )
-    for row in (bare, many):
+    for row in runs:
         print(
-            f"{row['client']:>10} | {row['wall_s']:>6.1f} | {row['samples_per_s']:>9.2f} | "
-            f"{row['generated_tokens']:>6.0f} | {row['tokens_per_s']:>8.1f} | "
-            f"{row['client_cpu_ms_per_sample']:>8.2f}"
+            f"{row['round']:>5} | {row['client']:>10} | {row['wall_s']:>6.1f} | "
+            f"{row['samples_per_s']:>9.2f} | {row['generated_tokens']:>6.0f} | "
+            f"{row['tokens_per_s']:>8.1f} | {row['client_cpu_ms_per_sample']:>8.2f}"
         )
-    print(f"solve_many / bare, samples/s: {many['samples_per_s'] / bare['samples_per_s']:.2f}")
+    ratios = [
+        next(r for r in runs if r["round"] == i and r["client"] == "solve_many")["samples_per_s"]
+        / next(r for r in runs if r["round"] == i and r["client"] == "bare")["samples_per_s"]
+        for i in range(args.repeats)
+    ]
+    summary = {"part": "throughput_ratio", "paired_ratios": ratios}
+    summary["median_ratio"] = statistics.median(ratios)
+    rows.append(summary)
+    print(
+        f"solve_many / bare, samples/s, per round: {', '.join(f'{r:.2f}' for r in ratios)}"
+        f" (median {statistics.median(ratios):.2f})"
+    )
     print()
     print(
         f"beam search, n=8, width 4, depth <= {args.beam_depth}, {args.beam_problems} "
         "problems: prefix cache"
     )
-    for row in rows[2:]:
+    for row in (r for r in rows if r["part"] == "beam_search_prefix_cache"):
         rate = "n/a" if row["hit_rate"] is None else f"{row['hit_rate']:.1%}"
         print(
             f"{row['server']:>7}: {row['prefix_cache_hits']:.0f} of "
@@ -288,6 +317,7 @@ def main() -> None:
             "problems": args.problems,
             "n": args.n,
             "concurrency": args.concurrency,
+            "repeats": args.repeats,
             "max_tokens": args.max_tokens,
             "beam_problems": args.beam_problems,
             "beam_depth": args.beam_depth,
