@@ -28,6 +28,7 @@ from asynctts.errors import (
     TimedOut,
     TransportError,
 )
+from asynctts.gc_tuning import throughput_gc
 from asynctts.ledger import Attempt, Ledger, Usage
 from asynctts.logs import configure_logging
 from asynctts.protocols import Finish, GenerateSteps, Path, ScoreSteps
@@ -79,4 +80,5 @@ __all__ = [
     "configure_logging",
     "solve",
     "solve_many",
+    "throughput_gc",
 ]

@@ -39,6 +39,7 @@ from asynctts.eval.report import (
     write_report,
 )
 from asynctts.eval.runner import LOG_NAME, RunOptions, run_eval
+from asynctts.gc_tuning import throughput_gc
 from asynctts.logs import configure_logging
 
 __all__ = [
@@ -393,11 +394,18 @@ def exit_status(command: str, call: Callable[[], int]) -> int:
         return EXIT_INTERRUPTED
 
 
+def _run_eval(args: argparse.Namespace) -> int:
+    # The CLI owns its process, so it may tune the collector for thousands of requests in
+    # flight (gc_tuning.py; a library call would leave that to its application).
+    with throughput_gc():
+        return asyncio.run(eval_async(args))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script. Returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.command == "eval":
-        return exit_status("eval", lambda: asyncio.run(eval_async(args)))
+        return exit_status("eval", lambda: _run_eval(args))
     return exit_status("report", lambda: _report(args, sys.stdout))
 
 

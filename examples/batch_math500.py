@@ -39,7 +39,7 @@ import asyncio
 import sys
 from collections.abc import Iterable
 
-from asynctts import configure_logging
+from asynctts import configure_logging, throughput_gc
 from asynctts.cli import EVAL_DESCRIPTION, add_eval_arguments, eval_async, exit_status
 from asynctts.errors import ConfigError
 from asynctts.eval.data import Problem, load_dataset
@@ -110,7 +110,12 @@ def main() -> int:
     )
     args = parser.parse_args()
     configure_logging()  # warnings only until `eval` sends the logs to RUN_DIR/eval.log
-    return exit_status("eval", lambda: asyncio.run(run(args)))
+
+    def run_tuned() -> int:
+        with throughput_gc():  # this script owns its process (see asynctts/gc_tuning.py)
+            return asyncio.run(run(args))
+
+    return exit_status("eval", run_tuned)
 
 
 if __name__ == "__main__":

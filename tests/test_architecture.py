@@ -22,6 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "asynctts.ledger": set(),
     "asynctts.answers": set(),
     "asynctts.logs": set(),
+    "asynctts.gc_tuning": {"asynctts.errors"},
     "asynctts.endpoint": {"asynctts.errors"},
     "asynctts.concurrency": {"asynctts.errors", "asynctts.endpoint"},
     "asynctts.search": {"asynctts.protocols", "asynctts.errors", "asynctts.search"},
