@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -44,7 +43,7 @@ from asynctts.search.majority_vote import MajorityVote
 from asynctts.search.strategy import Strategy
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 from asynctts.solution import Candidate, Degradation, Solution, collect, pick, votes_of
-from asynctts.trace import Trace
+from asynctts.trace import Trace, Widths
 from asynctts.transport import Transport, TransportStatistics
 
 log = structlog.get_logger("asynctts.api")
@@ -124,12 +123,11 @@ async def run_search(
     """
     # The whole tree only when asked for: otherwise count expansions per iteration alone.
     trace = Trace() if keep_trace else None
-    widths: Trace | _Widths
     if trace is not None:
-        widths = trace
+        widths = trace.widths
         generate, score = trace.wrap(generate, score)
     else:
-        widths = _Widths()
+        widths = Widths()
         generate = widths.wrap(generate)
     ledger.start()
     try:
@@ -181,36 +179,6 @@ async def run_search(
         degradation=degradation,
         trace=trace,
     )
-
-
-class _Widths:
-    """Paths expanded at each iteration, counted as `Trace` counts them (a child is one
-    iteration below its parent; a fork of a path, e.g. a DVTS subtree's root, is at its
-    parent's), without keeping the tree: one int per generated path."""
-
-    def __init__(self) -> None:
-        self._counts: Counter[int] = Counter()
-        self._depths: dict[tuple[int, ...], int] = {(): 0}
-
-    def _depth(self, key: tuple[int, ...]) -> int:
-        depth = self._depths.get(key)
-        if depth is None:  # a fork: at its parent's iteration
-            depth = self._depths[key] = self._depth(key[:-1])
-        return depth
-
-    def wrap(self, generate: GenerateSteps) -> GenerateSteps:
-        async def counted(path: Path, k: int, *, to_end: bool = False) -> list[Path]:
-            depth = self._depth(path.key)
-            self._counts[depth] += 1
-            children = await generate(path, k, to_end=to_end)
-            for child in children:
-                self._depths[child.key] = depth + 1
-            return children
-
-        return counted
-
-    def iteration_widths(self) -> tuple[int, ...]:
-        return tuple(self._counts[d] for d in range(max(self._counts, default=-1) + 1))
 
 
 async def _group_answers(

@@ -2,9 +2,10 @@
 plain: every `GenerateSteps` call expands a node into children, every `ScoreSteps` call
 fills in scores. Kept nodes are the expanded ones and the results; the rest were pruned.
 
-The tree lives while its problem is solved (the per-iteration widths feed the Solution's
-record of what degraded); the Solution keeps it only when asked (`trace=True`), since a beam
-search at n=256 makes ~10,000 nodes.
+Every solve counts the paths expanded per iteration (`Widths`: they feed the Solution's
+record of what degraded). The tree itself is built only when asked for (`trace=True`): a beam
+search at n=256 makes ~10,000 nodes, and an untraced solve is kept to one int per generated
+path and one wrapper per `GenerateSteps` call (no object per child; benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -62,12 +63,66 @@ class Node:
         }
 
 
+class Widths:
+    """Paths expanded at each iteration, without the tree: one int per generated path.
+
+    The iteration (depth) rule of every solve, traced or not: the root is at iteration 0, a
+    child is one below the path it was generated from, and a fork of a path (a DVTS subtree's
+    or a sample group's root) is at its parent's iteration.
+    """
+
+    __slots__ = ("_counts", "_depths")
+
+    def __init__(self) -> None:
+        self._counts: Counter[int] = Counter()
+        self._depths: dict[Key, int] = {(): 0}
+
+    def depth(self, key: Key) -> int:
+        """The iteration of the path at `key`."""
+        depth = self._depths.get(key)
+        if depth is None:  # a fork: at its parent's iteration
+            depth = self._depths[key] = self.depth(key[:-1])
+        return depth
+
+    def expanded(self, key: Key) -> int:
+        """Count an expansion of the path at `key`; return its iteration."""
+        depth = self.depth(key)
+        self._counts[depth] += 1
+        return depth
+
+    def generated(self, children: Sequence[Path], depth: int) -> int:
+        """Place the children of a path at iteration `depth`; return their iteration."""
+        below = depth + 1
+        for child in children:
+            self._depths[child.key] = below
+        return below
+
+    def wrap(self, generate: GenerateSteps) -> GenerateSteps:
+        """`generate`, counted (the whole cost of an untraced solve's bookkeeping)."""
+
+        async def counted(path: Path, k: int, *, to_end: bool = False) -> list[Path]:
+            depth = self.expanded(path.key)
+            children = await generate(path, k, to_end=to_end)
+            self.generated(children, depth)
+            return children
+
+        return counted
+
+    def iteration_widths(self) -> tuple[int, ...]:
+        """Paths expanded at each iteration, from the root's (iteration 0) on."""
+        counts = self._counts
+        return tuple(counts[d] for d in range(max(counts, default=-1) + 1))
+
+    def __repr__(self) -> str:
+        return f"Widths({self.iteration_widths()})"
+
+
 @dataclass
 class Trace:
     """Records a solve's tree. `wrap` the two protocols, run the strategy, then `close`."""
 
     clock: Callable[[], float] = time.monotonic
-    widths: Counter[int] = field(default_factory=Counter)  # iteration -> paths expanded
+    widths: Widths = field(default_factory=Widths)
     nodes: dict[Key, Node] = field(default_factory=dict)
     _t0: float = 0.0
 
@@ -82,7 +137,7 @@ class Trace:
         node = self.nodes.get(path.key)
         if node is None:  # a fork of a known node: a DVTS subtree's or a sample group's root
             parent = self._node(Path(key=path.key[:-1]))
-            node = Node(key=path.key, parent=parent.key, depth=parent.depth)
+            node = Node(key=path.key, parent=parent.key, depth=self.widths.depth(path.key))
             self.nodes[path.key] = node
         return node
 
@@ -90,7 +145,7 @@ class Trace:
         async def traced_generate(path: Path, k: int, *, to_end: bool = False) -> list[Path]:
             node = self._node(path)
             node.expanded = True
-            self.widths[node.depth] += 1
+            depth = self.widths.expanded(path.key)
             start = self._since()
             try:
                 children = await generate(path, k, to_end=to_end)
@@ -98,11 +153,12 @@ class Trace:
                 node.lost = lost.reason
                 raise
             span = (start, self._since())
+            below = self.widths.generated(children, depth)
             for child in children:
                 self.nodes[child.key] = Node(
                     key=child.key,
                     parent=path.key,
-                    depth=node.depth + 1,
+                    depth=below,
                     steps=child.steps[len(path.steps) :],
                     finish=child.finish,
                     generated_s=span,
@@ -141,7 +197,7 @@ class Trace:
 
     def iteration_widths(self) -> tuple[int, ...]:
         """Paths expanded at each iteration, from the root's (iteration 0) on."""
-        return tuple(self.widths[d] for d in range(max(self.widths, default=-1) + 1))
+        return self.widths.iteration_widths()
 
     def to_dict(self) -> dict[str, Any]:
         return {

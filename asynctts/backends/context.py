@@ -1,7 +1,8 @@
-"""What every backend request needs to know about its problem, and the one transport call it makes.
+"""What every backend request needs to know about its problem, the one transport call it makes,
+and the shape check both backends apply to a response's list of entries.
 
 Rules:
-- Values only: nothing here does I/O or holds a session.
+- Values and pure functions only: nothing here does I/O or holds a session.
 - Seeds derive from (base seed, problem id, tree position) through a cryptographic hash, so a
   branch draws the same seed in every process and on every run (`hash()` is salted per process).
 - A backend sees the transport only through `PostJson`, so backends type-check and are tested
@@ -14,9 +15,9 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from asynctts.errors import ConfigError
+from asynctts.errors import BadResponse, ConfigError
 from asynctts.ledger import Charge, Ledger
 
 # The system prompt search-and-learn used for Llama-3.2 Instruct on MATH (DESIGN.md section 3).
@@ -97,3 +98,38 @@ class PostJson(Protocol):
         charges: Sequence[Charge] = (),
         tokens_hint: int = 0,
     ) -> dict[str, Any]: ...
+
+
+def in_index_order(
+    response: Mapping[str, Any], field: str, n: int, route: str
+) -> list[Mapping[str, Any]]:
+    """`response[field]` (the policy's "choices", the PRM's "data" or "choices"), one object per
+    sample or input, ordered by each entry's "index" (default: its position): the wire format
+    numbers the entries, so the list's own order is not relied on.
+
+    Raises:
+        BadResponse: `field` is not a list of `n` objects with distinct indexes in 0..n-1 (the
+            message names the route, the field and the entry).
+    """
+    items = response.get(field)
+    if not isinstance(items, list):
+        raise BadResponse(f"{route}: '{field}' is {type_name(items)}, expected a list")
+    if len(items) != n:
+        raise BadResponse(f"{route}: {len(items)} entries in '{field}', expected {n}")
+    ordered: list[Mapping[str, Any] | None] = [None] * n
+    for position, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise BadResponse(f"{route}: {field}[{position}] is {type_name(item)}, not an object")
+        index = item.get("index", position)
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
+            raise BadResponse(f"{route}: {field}[{position}].index is {index!r}, need 0..{n - 1}")
+        if ordered[index] is not None:
+            raise BadResponse(f"{route}: {field}[{position}].index {index} is repeated")
+        ordered[index] = item
+    # n entries with distinct indexes in 0..n-1 fill every slot
+    return cast(list[Mapping[str, Any]], ordered)
+
+
+def type_name(value: object) -> str:
+    """A JSON value's type for error messages; None (an absent field) is "missing"."""
+    return "missing" if value is None else type(value).__name__

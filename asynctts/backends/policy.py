@@ -27,7 +27,14 @@ from typing import Any
 
 import structlog
 
-from asynctts.backends.context import PostJson, ProblemContext, Sampling, derive_seed
+from asynctts.backends.context import (
+    PostJson,
+    ProblemContext,
+    Sampling,
+    derive_seed,
+    in_index_order,
+    type_name,
+)
 from asynctts.backends.templates import PolicyPrompt, chat_fields
 from asynctts.endpoint import Endpoint
 from asynctts.errors import (
@@ -141,25 +148,9 @@ def decode_choices(
     Raises:
         BadResponse: the response does not hold `n` well-formed choices (names the field).
     """
-    choices = response.get("choices")
-    if not isinstance(choices, list):
-        raise BadResponse(f"{route}: 'choices' is {_kind(choices)}, expected a list")
-    if len(choices) != n:
-        raise BadResponse(f"{route}: {len(choices)} choices for n={n}")
-    ordered: list[Mapping[str, Any] | None] = [None] * n
-    for position, choice in enumerate(choices):
-        if not isinstance(choice, Mapping):
-            raise BadResponse(f"{route}: choices[{position}] is {_kind(choice)}, not an object")
-        index = choice.get("index", position)
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
-            raise BadResponse(f"{route}: choices[{position}].index is {index!r}, need 0..{n - 1}")
-        if ordered[index] is not None:
-            raise BadResponse(f"{route}: choices[{position}].index {index} is repeated")
-        ordered[index] = choice
     return [
         _decode_choice(choice, i, route=route, delimiter=delimiter, to_end=to_end)
-        for i, choice in enumerate(ordered)
-        if choice is not None
+        for i, choice in enumerate(in_index_order(response, "choices", n, route))
     ]
 
 
@@ -203,7 +194,7 @@ def _choice_text(choice: Mapping[str, Any], index: int, route: str) -> str:
     if "message" in choice:
         message = choice["message"]
         if not isinstance(message, Mapping):
-            raise BadResponse(f"{route}: choices[{index}].message is {_kind(message)}")
+            raise BadResponse(f"{route}: choices[{index}].message is {type_name(message)}")
         text = message.get("content")
         if text is None:
             return ""  # OpenAI sends null content for an empty message
@@ -212,7 +203,8 @@ def _choice_text(choice: Mapping[str, Any], index: int, route: str) -> str:
         text = choice.get("text")
         field = "text"
     if not isinstance(text, str):
-        raise BadResponse(f"{route}: choices[{index}].{field} is {_kind(text)}, expected a string")
+        kind = type_name(text)
+        raise BadResponse(f"{route}: choices[{index}].{field} is {kind}, expected a string")
     return text
 
 
@@ -231,10 +223,6 @@ def children(path: Path, indexes: range, decoded: Sequence[NewSteps]) -> list[Pa
     return [
         path.extend(i, steps, finish) for i, (steps, finish) in zip(indexes, decoded, strict=True)
     ]
-
-
-def _kind(value: object) -> str:
-    return "missing" if value is None else type(value).__name__
 
 
 class PolicyClient:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from asynctts.backends.coalesce import Coalescer, CoalescerClosed
-from asynctts.backends.context import PostJson, ProblemContext
+from asynctts.backends.context import PostJson, ProblemContext, in_index_order
 from asynctts.backends.templates import (
     LabelledPrompt,
     LogprobPrompt,
@@ -88,7 +88,7 @@ def decode_pooling(response: Mapping[str, Any], jobs: Sequence[ScoreJob]) -> lis
     Raises:
         BadResponse: `data` is not one entry per input with distinct indexes.
     """
-    rows_by_job = _indexed(response, "data", len(jobs), POOLING_ROUTE)
+    rows_by_job = in_index_order(response, "data", len(jobs), POOLING_ROUTE)
     outcomes: list[Outcome] = []
     for job, item in zip(jobs, rows_by_job, strict=True):
         rows = item.get("data")
@@ -146,7 +146,7 @@ def decode_logprob(
     Raises:
         BadResponse: `choices` is not one entry per prompt with distinct indexes.
     """
-    choices = _indexed(response, "choices", len(jobs), COMPLETIONS_ROUTE)
+    choices = in_index_order(response, "choices", len(jobs), COMPLETIONS_ROUTE)
     outcomes: list[Outcome] = []
     for job, choice in zip(jobs, choices, strict=True):
         try:
@@ -222,29 +222,6 @@ def _sigmoid(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
     return z / (1.0 + z)
-
-
-def _indexed(
-    response: Mapping[str, Any], field: str, n: int, route: str
-) -> list[Mapping[str, Any]]:
-    """`response[field]` reordered by each entry's "index" (default: its position)."""
-    items = response.get(field)
-    if not isinstance(items, list):
-        kind = "missing" if items is None else type(items).__name__
-        raise BadResponse(f"{route}: '{field}' is {kind}, expected a list")
-    if len(items) != n:
-        raise BadResponse(f"{route}: {len(items)} entries in '{field}' for {n} inputs")
-    ordered: list[Mapping[str, Any] | None] = [None] * n
-    for position, item in enumerate(items):
-        if not isinstance(item, Mapping):
-            raise BadResponse(f"{route}: {field}[{position}] is {type(item).__name__}")
-        index = item.get("index", position)
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
-            raise BadResponse(f"{route}: {field}[{position}].index is {index!r}, need 0..{n - 1}")
-        if ordered[index] is not None:
-            raise BadResponse(f"{route}: {field}[{position}].index {index} is repeated")
-        ordered[index] = item
-    return [item for item in ordered if item is not None]
 
 
 # The rendered prompt kind of each PRM client.

@@ -21,10 +21,12 @@ from typing import Any
 
 import pytest
 
-from asynctts import BestOfN, Endpoint, Solution, Solver
+from asynctts import BestOfN, Solution, Solver
 from asynctts.equivalence import Equivalence
 from asynctts.testing import LatencyModel, SimProblem, SimulatedServer
 from asynctts.transport import Transport
+
+from helpers_endpoints import endpoints, policy_of
 
 ROUTE = "/v1/completions"
 
@@ -59,9 +61,8 @@ async def test_the_cap_settles_near_a_concurrency_limit_and_recovers_when_it_is_
     limit = 16
     latency = LatencyModel.zero(per_request_jitter_s=0.04)  # 20 ms a request on average
     async with SimulatedServer(latency=latency, max_concurrent_requests=limit, seed=2) as server:
-        endpoint = Endpoint(
-            base_url=server.base_url,
-            model="sim-policy",
+        endpoint = policy_of(
+            server,
             adaptive_concurrency=True,
             max_in_flight=128,
             adaptive_initial_in_flight=8,
@@ -90,9 +91,8 @@ async def test_a_growing_waiting_queue_backs_the_cap_off() -> None:
     # 8 sequences run at once; everything beyond waits in the server's queue
     latency = LatencyModel.constant(0.004)
     async with SimulatedServer(latency=latency, max_num_seqs=8) as server:
-        endpoint = Endpoint(
-            base_url=server.base_url,
-            model="sim-policy",
+        endpoint = policy_of(
+            server,
             adaptive_concurrency=True,
             max_in_flight=64,
             adaptive_initial_in_flight=64,
@@ -126,15 +126,9 @@ async def best_of_8(
         seed=3,
     )
     async with server:
-        common: dict[str, Any] = {"base_url": server.base_url, "adaptive_concurrency": adaptive}
-        policy = Endpoint(
-            model="sim-policy", prompt_format="{system}\n\n{problem}\n\n", max_attempts=8, **common
-        )
-        prm = Endpoint(
-            model="sim-prm", prompt_format="{problem}\n\n{solution}", max_attempts=8, **common
-        )
+        settings = endpoints(server, adaptive_concurrency=adaptive, max_attempts=8)
         items = [(f"p{i}", text) for i, text in enumerate(problems)]
-        async with Solver(policy=policy, prm=prm, equivalence=equivalence) as solver:
+        async with Solver(**settings, equivalence=equivalence) as solver:
             solutions = [
                 s
                 async for s in solver.solve_many(

@@ -23,6 +23,8 @@ from asynctts.api import problem_key
 from asynctts.backends.context import derive_seed
 from asynctts.testing import Fault, SimProblem, SimulatedServer
 
+from helpers_endpoints import endpoints, policy_of
+
 PROBLEM = "What is $7 \\times 8$?"
 
 
@@ -31,23 +33,6 @@ async def server() -> AsyncIterator[SimulatedServer]:
     problems = {PROBLEM: SimProblem(answer="56", slip_rate=0.0)}
     async with SimulatedServer(prm_model="sim-prm", problems=problems, max_model_len=4096) as s:
         yield s
-
-
-def endpoints(server: SimulatedServer, **kw: Any) -> dict[str, Endpoint]:
-    return {
-        "policy": Endpoint(
-            base_url=server.base_url,
-            model="sim-policy",
-            prompt_format="{system}\n\n{problem}\n\n",
-            **kw,
-        ),
-        "prm": Endpoint(
-            base_url=server.base_url,
-            model="sim-prm",
-            prompt_format="{problem}\n\n{solution}",
-            **kw,
-        ),
-    }
 
 
 @pytest.mark.parametrize(
@@ -114,7 +99,7 @@ def test_endpoint_bad_limits() -> None:
 async def test_huge_problem_is_prompt_too_long(server: SimulatedServer) -> None:
     huge = "Compute " + "1 + " * 200_000 + "1."
     with pytest.raises(PromptTooLong, match="maximum context length is 4096"):
-        await solve(huge, strategy="majority", n=2, policy=endpoints(server)["policy"])
+        await solve(huge, strategy="majority", n=2, policy=policy_of(server))
 
 
 async def test_endpoint_that_answers_html(server: SimulatedServer) -> None:
@@ -122,7 +107,7 @@ async def test_endpoint_that_answers_html(server: SimulatedServer) -> None:
         Fault(route="/v1/models", body="<html><body>Welcome to nginx!</body></html>", times=9)
     )
     with pytest.raises(EndpointUnreachable, match="does not answer like an OpenAI-compatible"):
-        await solve(PROBLEM, strategy="majority", n=1, policy=endpoints(server)["policy"])
+        await solve(PROBLEM, strategy="majority", n=1, policy=policy_of(server))
 
 
 async def test_policy_html_mid_run_loses_the_branch_with_a_clear_reason(
@@ -163,12 +148,7 @@ async def test_api_key_missing_for_a_remote_endpoint(
     server: SimulatedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("REMOTE_POLICY_KEY", raising=False)
-    policy = Endpoint(
-        base_url=server.base_url,
-        model="sim-policy",
-        prompt_format="{problem}",
-        api_key_env="REMOTE_POLICY_KEY",
-    )
+    policy = policy_of(server, api_key_env="REMOTE_POLICY_KEY")
     with pytest.raises(ConfigError, match="API key variable REMOTE_POLICY_KEY is not set"):
         async with Solver(policy=policy):
             pass

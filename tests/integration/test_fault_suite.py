@@ -29,10 +29,12 @@ from typing import Any
 
 import pytest
 
-from asynctts import DVTS, BeamSearch, BestOfN, Endpoint, MajorityVote, Solution, Solver
+from asynctts import DVTS, BeamSearch, BestOfN, MajorityVote, Solution, Solver
 from asynctts.equivalence import Equivalence
 from asynctts.search.strategy import Strategy
 from asynctts.testing import Fault, SimProblem, SimulatedServer
+
+from helpers_endpoints import policy_of, prm_of
 
 POLICY = "/v1/completions"
 PRM = "/pooling"
@@ -74,21 +76,9 @@ async def server(problems: dict[str, SimProblem]) -> AsyncIterator[SimulatedServ
 
 
 def solver(server: SimulatedServer, strategy: str, equivalence: Equivalence, **kw: Any) -> Solver:
-    common: dict[str, Any] = {
-        "base_url": server.base_url,
-        "max_attempts": MAX_ATTEMPTS,
-        "backoff_base_s": 0.01,
-        **kw,
-    }
-    policy = Endpoint(
-        model="sim-policy", prompt_format="{system}\n\nProblem: {problem}\n\nSolution:\n", **common
-    )
-    prm = Endpoint(
-        model="sim-prm", prompt_format="Problem: {problem}\n\nSolution:\n{solution}", **common
-    )
-    return Solver(
-        policy=policy, prm=None if strategy == "majority" else prm, equivalence=equivalence
-    )
+    settings: dict[str, Any] = {"max_attempts": MAX_ATTEMPTS, "backoff_base_s": 0.01, **kw}
+    prm = None if strategy == "majority" else prm_of(server, **settings)
+    return Solver(policy=policy_of(server, **settings), prm=prm, equivalence=equivalence)
 
 
 async def run(

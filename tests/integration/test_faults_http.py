@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
-from asynctts import BestOfN, Endpoint, MajorityVote, Solution, solve
+from asynctts import BestOfN, MajorityVote, Solution, solve
 from asynctts.answers import normalize
 from asynctts.api import problem_key
 from asynctts.backends.context import derive_seed
 from asynctts.testing import Fault, SimProblem, SimulatedServer
+
+from helpers_endpoints import endpoints, policy_of
 
 PROBLEM = "What is the sum of the first $10$ positive integers?"
 ANSWER = "55"
@@ -24,23 +26,6 @@ async def server() -> AsyncIterator[SimulatedServer]:
     problems = {PROBLEM: SimProblem(answer=ANSWER, slip_rate=0.0)}
     async with SimulatedServer(prm_model="sim-prm", problems=problems) as s:
         yield s
-
-
-def endpoints(server: SimulatedServer, **kw: Any) -> dict[str, Endpoint]:
-    return {
-        "policy": Endpoint(
-            base_url=server.base_url,
-            model="sim-policy",
-            prompt_format="{system}\n\n{problem}\n\n",
-            **kw,
-        ),
-        "prm": Endpoint(
-            base_url=server.base_url,
-            model="sim-prm",
-            prompt_format="{problem}\n\n{solution}",
-            **kw,
-        ),
-    }
 
 
 async def best_of_4(server: SimulatedServer, **kw: Any) -> Solution:
@@ -121,7 +106,7 @@ async def test_retries_exhausted_lose_the_branch_not_the_problem(
         strategy=MajorityVote(per_request=1),
         n=4,
         seed=0,
-        policy=endpoints(server, max_attempts=2)["policy"],
+        policy=policy_of(server, max_attempts=2),
     )
     assert sol.answer == normalize(ANSWER)
     assert [(b.branch, b.stage) for b in sol.lost] == [("0.0", "generating")]

@@ -24,16 +24,7 @@ from asynctts import (
 from asynctts.answers import normalize
 from asynctts.testing import LatencyModel, SimProblem, SimulatedServer
 
-POLICY_FORMAT = "{system}\n\nProblem: {problem}\n\nSolution:\n"
-PRM_FORMAT = "Problem: {problem}\n\nSolution:\n{solution}"
-
-
-def policy_of(server: SimulatedServer, **kw: Any) -> Endpoint:
-    return Endpoint(base_url=server.base_url, model="sim-policy", prompt_format=POLICY_FORMAT, **kw)
-
-
-def prm_of(server: SimulatedServer, **kw: Any) -> Endpoint:
-    return Endpoint(base_url=server.base_url, model="sim-prm", prompt_format=PRM_FORMAT, **kw)
+from helpers_endpoints import POLICY_FORMAT, policy_of, prm_of
 
 
 @pytest.fixture
@@ -148,7 +139,7 @@ async def test_unreachable_endpoint_is_a_clear_error() -> None:
 
 
 async def test_wrong_model_name_is_a_clear_error(server: SimulatedServer) -> None:
-    policy = Endpoint(base_url=server.base_url, model="nope", prompt_format=POLICY_FORMAT)
+    policy = policy_of(server, model="nope")
     with pytest.raises(ModelNotFound, match=r"'nope'.*sim-policy"):
         await solve("1+1?", strategy="majority", n=1, policy=policy)
 

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from asynctts import BeamSearch, Endpoint, Solver
+from asynctts import BeamSearch, Solver
 from asynctts.answers import normalize
 from asynctts.testing import Fault, LatencyModel, SimProblem, SimulatedServer
+
+from helpers_endpoints import endpoints
 
 
 @pytest.fixture
@@ -19,22 +21,6 @@ def problems(math500: list[dict[str, Any]]) -> dict[str, SimProblem]:
     return {
         r["problem"]: SimProblem(answer=r["answer"], n_steps=4, slip_rate=0.25)
         for r in math500[10:18]
-    }
-
-
-def endpoints(server: SimulatedServer) -> dict[str, Endpoint]:
-    return {
-        "policy": Endpoint(
-            base_url=server.base_url,
-            model="sim-policy",
-            prompt_format="{system}\n\nProblem: {problem}\n\nSolution:\n",
-            max_attempts=2,
-        ),
-        "prm": Endpoint(
-            base_url=server.base_url,
-            model="sim-prm",
-            prompt_format="Problem: {problem}\n\nSolution:\n{solution}",
-        ),
     }
 
 
@@ -50,7 +36,7 @@ async def test_tree_searches_solve_problems_the_prm_can_guide(
     server: SimulatedServer, problems: dict[str, SimProblem], strategy: str
 ) -> None:
     """With a quarter of the steps slipping, the PRM steers the search to right answers."""
-    async with Solver(**endpoints(server)) as solver:
+    async with Solver(**endpoints(server, max_attempts=2)) as solver:
         solutions = [
             s
             async for s in solver.solve_many(
@@ -81,7 +67,7 @@ async def test_a_slow_problem_does_not_hold_back_the_others(
             match=lambda body: slow in body.get("prompt", ""),
         )
     )
-    async with Solver(**endpoints(server)) as solver:
+    async with Solver(**endpoints(server, max_attempts=2)) as solver:
         order = [
             s.problem
             async for s in solver.solve_many(
@@ -111,7 +97,7 @@ async def test_a_third_of_policy_requests_failing_for_good(
         )
     )
     problem = next(iter(problems))
-    async with Solver(**endpoints(server)) as solver:
+    async with Solver(**endpoints(server, max_attempts=2)) as solver:
         sol = await solver.solve(problem, strategy=strategy, n=16, seed=11)
     attempts = [r for r in server.stats.records if r.route == "/v1/completions"]
     failed = sum(1 for r in attempts if r.status == 500) // 2  # each was tried twice

@@ -101,7 +101,7 @@ def test_pooling_bad_rows(rows: Any, message: str) -> None:
     ("response", "message"),
     [
         ({}, "/pooling: 'data' is missing, expected a list"),
-        ({"data": [{"index": 0, "data": [[0, 1]]}]}, "1 entries in 'data' for 2 inputs"),
+        ({"data": [{"index": 0, "data": [[0, 1]]}]}, "1 entries in 'data', expected 2"),
         ({"data": [{"index": 0, "data": []}, {"index": 0, "data": []}]},
          r"data\[1\].index 0 is repeated"),
         ({"data": [{"index": 0, "data": []}, "x"]}, r"data\[1\] is str"),
@@ -189,7 +189,7 @@ def test_logprob_bad_entries_fail_that_path(logprobs: Any, message: str) -> None
 
 
 def test_logprob_wrong_choice_count_fails_the_batch() -> None:
-    with pytest.raises(BadResponse, match="/v1/completions: 0 entries in 'choices' for 1 inputs"):
+    with pytest.raises(BadResponse, match="/v1/completions: 0 entries in 'choices', expected 1"):
         decode_logprob({"choices": []}, [job(1, positions=(1,))], top_k=5)
 
 

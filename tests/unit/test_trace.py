@@ -16,6 +16,7 @@ from asynctts.search.dvts import DVTS
 from asynctts.search.strategy import Strategy
 from asynctts.solution import Solution
 from asynctts.testing.fakes import FakePolicy, FakePRM
+from asynctts.trace import Widths
 
 
 def policy_ending_at(depth_of_end: dict[tuple[int, ...], int], default: int) -> FakePolicy:
@@ -135,3 +136,33 @@ async def test_dvts_unfinished_subtree_is_recorded_not_a_candidate(
     assert sol.degradation.unfinished == 1
     assert {c.branch.split(".")[0] for c in sol.candidates} == {"0"}
     assert "1 paths hit the iteration limit unfinished" in sol.degradation.notes()
+
+
+async def test_widths_put_forks_at_their_parents_iteration_and_children_one_below() -> None:
+    async def generate(path: Path, k: int, *, to_end: bool = False) -> list[Path]:
+        return [path.extend(i, ("step\n\n",), Finish.STEP) for i in range(k)]
+
+    widths = Widths()
+    counted = widths.wrap(generate)
+    root = Path()
+    # two forks of the root (DVTS subtrees): both expanded at iteration 0
+    first, _ = await counted(root.fork(0), 2)
+    await counted(root.fork(1), 2)
+    # a child, and a fork of that child (a subtree started below the root)
+    await counted(first, 3)
+    await counted(first.fork(7), 1)
+    assert widths.iteration_widths() == (2, 2)
+    depths = {(): 0, (0,): 0, (0, 1): 1, (0, 0, 2): 2, (0, 0, 7): 1}
+    assert {key: widths.depth(key) for key in depths} == depths
+
+
+async def test_traced_nodes_are_at_the_iterations_widths_counts(equivalence: Equivalence) -> None:
+    prm = FakePRM(lambda path, i: 0.5)
+    sol = await search(DVTS(width=2, max_depth=3), 4, policy_ending_at({}, 3), prm, equivalence)
+    assert sol.trace is not None
+    nodes = sol.trace.nodes.values()
+    assert all(node.depth == sol.trace.widths.depth(node.key) for node in nodes)
+    expanded = [node.depth for node in nodes if node.expanded]
+    assert sol.trace.iteration_widths() == tuple(
+        expanded.count(d) for d in range(max(expanded) + 1)
+    )
