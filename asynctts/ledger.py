@@ -15,9 +15,8 @@ from typing import NamedTuple
 
 
 class Attempt(NamedTuple):
-    """One try of one request. A tuple of plain values: it costs a third of a frozen
-    dataclass to build, and CPython's collector stops tracking such a tuple at its first
-    pass, so the attempts ledgers hold while their problems run are never walked again."""
+    """One try of one request. A named tuple: built once per attempt on the hot path, it
+    costs a third of a frozen 13-field dataclass (0.5 us against 1.7 us)."""
 
     endpoint: str  # "policy" or "prm"
     route: str
