@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from asynctts import (
     solve_many,
 )
 from asynctts.answers import normalize
-from asynctts.testing import LatencyModel, SimProblem, SimulatedServer
+from asynctts.testing import Fault, LatencyModel, SimProblem, SimulatedServer
 
 from helpers_endpoints import POLICY_FORMAT, policy_of, prm_of
 
@@ -204,3 +206,54 @@ async def test_max_tokens_above_the_context_is_capped_to_it(
             sol = await solver.solve(next(iter(problems)), strategy="majority", n=2, seed=0)
         bodies = [r for r in s.stats.records if r.route == "/v1/completions"]
     assert sol.answer is not None and len(bodies) == 1
+
+
+async def test_solve_many_yields_problems_in_the_order_they_finish(
+    server: SimulatedServer, problems: dict[str, SimProblem]
+) -> None:
+    texts = list(problems)[:4]
+    # problem i's requests are held 0.9 - 0.3 i seconds: they finish in the order 3, 2, 1, 0
+    for i, text in enumerate(texts[:3]):
+        server.add_fault(
+            Fault(
+                route="/v1/completions",
+                delay_s=0.9 - 0.3 * i,
+                times=10**6,
+                match=lambda body, text=text: text in body.get("prompt", ""),
+            )
+        )
+    async with Solver(policy=policy_of(server)) as solver:
+        order = [
+            s.problem_id
+            async for s in solver.solve_many(
+                [(str(i), t) for i, t in enumerate(texts)], strategy="majority", n=2, seed=0
+            )
+        ]
+    assert order == ["3", "2", "1", "0"]
+
+
+async def test_leaving_solve_many_early_cancels_the_problems_still_running(
+    server: SimulatedServer, problems: dict[str, SimProblem]
+) -> None:
+    texts = list(problems)[:3]
+    slow = texts[1:]
+    server.add_fault(
+        Fault(
+            route="/v1/completions",
+            delay_s=30.0,
+            times=10**6,
+            match=lambda body: any(t in body.get("prompt", "") for t in slow),
+        )
+    )
+    async with Solver(policy=policy_of(server)) as solver:
+        first = None
+        many = solver.solve_many(
+            [(str(i), t) for i, t in enumerate(texts)], strategy="majority", n=2, seed=0
+        )
+        async with aclosing(many):
+            async for s in many:
+                first = s
+                break
+        assert first is not None and first.problem_id == "0" and first.ok
+        running = [t for t in asyncio.all_tasks() if "_solve_one" in repr(t.get_coro())]
+        assert running == []
