@@ -26,8 +26,7 @@ Target: (b)/(a) >= 0.75 at 512 and 4096.
 
     python benchmarks/overhead.py [--problems 1000] [--n 16] [--repeats 3] [--prm]
 
-`SimServerProcess` (a SimulatedServer in a spawned process, with its statistics read over a
-pipe) is shared with the other benchmarks.
+The server process is `harness.SimServerProcess`, shared with the other benchmarks.
 """
 
 from __future__ import annotations
@@ -35,20 +34,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
-import multiprocessing
-import resource
 import statistics
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
-from multiprocessing.connection import Connection
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 import orjson
-import structlog
 
 from asynctts import (
     DEFAULT_SYSTEM_PROMPT,
@@ -57,13 +50,15 @@ from asynctts import (
     MajorityVote,
     Sampling,
     Solver,
+    throughput_gc,
 )
 from asynctts.backends.context import derive_seed
 from asynctts.backends.policy import encode_completions
 from asynctts.backends.prm import encode_pooling
-from asynctts.testing import Fault, SimProblem, SimulatedServer
+from asynctts.gc_tuning import THROUGHPUT_GC_THRESHOLDS
+from asynctts.testing import SimProblem
 
-from harness import add_output_argument, write_report
+from harness import SimServerProcess, add_output_argument, quiet_logs, write_report
 
 POLICY_MODEL = "sim-policy"
 PRM_MODEL = "sim-prm"
@@ -72,14 +67,6 @@ PRM_FORMAT = "Problem: {problem}\n\nSolution:\n{solution}"
 STEP_TAG = "<extra_0>"
 CONCURRENCY = (64, 512, 4096)
 SEED = 0
-
-
-def quiet_logs() -> None:
-    """As an application would run: warnings only, filtered cheaply."""
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        cache_logger_on_first_use=True,
-    )
 
 
 def make_problems(count: int, *, slip_rate: float = 0.0, n_steps: int = 4) -> dict[str, SimProblem]:
@@ -92,123 +79,6 @@ def make_problems(count: int, *, slip_rate: float = 0.0, n_steps: int = 4) -> di
         ): SimProblem(answer=str(i), slip_rate=slip_rate, n_steps=n_steps)
         for i in range(count)
     }
-
-
-# -- the server in its own process ---------------------------------------------------------
-
-
-def _stats_snapshot(server: SimulatedServer) -> dict[str, Any]:
-    stats = server.stats
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {
-        "clock_s": time.monotonic(),  # CLOCK_MONOTONIC: the same clock in every process
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "routes": dict(stats.routes),
-        "statuses": {str(k): v for k, v in stats.statuses.items()},
-        "peak_concurrent": stats.peak_concurrent,
-        "peak_running": stats.peak_running,
-        "peak_waiting": stats.peak_waiting,
-        "iterations": stats.iterations,
-        "busy_s": stats.busy_s,
-        "seq_s": stats.seq_s,
-        "max_num_seqs": stats.max_num_seqs,
-        "prompt_tokens": dict(stats.prompt_tokens),
-        "cached_tokens": dict(stats.cached_tokens),
-        "completion_tokens": dict(stats.completion_tokens),
-    }
-
-
-def _serve(settings: dict[str, Any], faults: Sequence[dict[str, Any]], conn: Connection) -> None:
-    quiet_logs()
-
-    async def main() -> None:
-        server = SimulatedServer(**settings)
-        for fault in faults:
-            server.add_fault(Fault(**fault))
-        await server.start()
-        conn.send(server.port)
-        loop = asyncio.get_running_loop()
-        while True:
-            command = await loop.run_in_executor(None, conn.recv)
-            if command == "stats":
-                conn.send(_stats_snapshot(server))
-            elif command == "reset":
-                server.reset_stats()
-                conn.send(_stats_snapshot(server))
-            elif command == "restart":  # cold caches, as a restarted vLLM; same port
-                await server.stop()
-                await server.start()
-                server.reset_stats()
-                conn.send(_stats_snapshot(server))
-            else:
-                break
-        await server.stop()
-        conn.send("stopped")
-
-    asyncio.run(main())
-
-
-class SimServerProcess:
-    """A `SimulatedServer(**settings)` in a spawned process; `stats()` and `reset()` read its
-    counters (as a dict, with the process's CPU seconds) over a pipe.
-
-    Use as `with SimServerProcess(model=..., latency=...) as server: server.base_url`.
-    """
-
-    def __init__(self, *, faults: Sequence[dict[str, Any]] = (), **settings: Any) -> None:
-        settings.setdefault("keep_records", False)
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(
-            target=_serve, args=(settings, list(faults), child), daemon=True
-        )
-        self.port = 0
-
-    def __enter__(self) -> Self:
-        self._process.start()
-        self.port = self._conn.recv()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            self._conn.send("stop")
-            if self._conn.poll(10):
-                self._conn.recv()
-        finally:
-            self._process.join(5)
-            if self._process.is_alive():
-                self._process.terminate()
-                self._process.join()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/v1"
-
-    def stats(self) -> dict[str, Any]:
-        self._conn.send("stats")
-        snapshot: dict[str, Any] = self._conn.recv()
-        return snapshot
-
-    def reset(self) -> dict[str, Any]:
-        """Fresh counters from now on; returns a snapshot taken just after the reset."""
-        self._conn.send("reset")
-        snapshot: dict[str, Any] = self._conn.recv()
-        return snapshot
-
-    def restart(self) -> dict[str, Any]:
-        """Stop and start the server (its prefix cache starts cold), then `reset`."""
-        self._conn.send("restart")
-        snapshot: dict[str, Any] = self._conn.recv()
-        return snapshot
 
 
 def total(counts: Mapping[str, float]) -> float:
@@ -366,26 +236,16 @@ CLIENTS: dict[str, Client] = {
 
 
 GC_MODES = ("default", "tuned")
-# What a high-throughput asyncio service sets at startup: collect young objects every 50,000
-# allocations instead of 700, and keep the objects alive at startup out of full collections.
-TUNED_GC_THRESHOLD = (50_000, 20, 10)
 
 
 @contextmanager
 def gc_settings(mode: str) -> Iterator[None]:
-    """CPython's defaults, or the tuned settings (both clients get the same)."""
+    """CPython's defaults, or `asynctts.throughput_gc()` (both clients get the same)."""
     if mode == "default":
         yield
         return
-    threshold = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*TUNED_GC_THRESHOLD)
-    try:
+    with throughput_gc():
         yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
 
 
 def main() -> None:
@@ -485,7 +345,7 @@ def main() -> None:
             "repeats": args.repeats,
             "strategy": "best_of_n" if args.prm else "majority",
             "per_request": 1,
-            "tuned_gc_threshold": TUNED_GC_THRESHOLD,
+            "tuned_gc_threshold": THROUGHPUT_GC_THRESHOLDS,
         },
         {"aiohttp": aiohttp.__version__, "orjson": orjson.__version__},
         rows,

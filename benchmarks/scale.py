@@ -39,19 +39,17 @@ import orjson
 from overhead import (
     GC_MODES,
     POLICY_MODEL,
-    SimServerProcess,
     bare_bodies,
     gc_settings,
     make_problems,
     policy_endpoint,
-    quiet_logs,
     total,
 )
 
 from asynctts import MajorityVote, Solver
 from asynctts.testing import LatencyModel
 
-from harness import add_output_argument, write_report
+from harness import SimServerProcess, add_output_argument, quiet_logs, write_report
 
 N = 16  # branches per problem
 TICK_S = 0.010
