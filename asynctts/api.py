@@ -424,19 +424,23 @@ class Solver:
         finished: asyncio.Queue[asyncio.Task[Solution]] = asyncio.Queue()
         pending: set[asyncio.Task[Solution]] = set()
         queue = iter(items)
+        started = 0
         try:
             while True:
-                for started, (pid, text) in enumerate(queue, start=1):
+                for pid, text in queue:
                     task = asyncio.create_task(self._solve_one(pid, text, chosen, n, seed))
                     task.add_done_callback(finished.put_nowait)
                     pending.add(task)
+                    started += 1
+                    if started % _PROBLEMS_PER_TURN == 0:
+                        # Starting hundreds of problems at once (at the start, or after a
+                        # burst of them finished) would run all their first requests in one
+                        # loop turn: a stall of seconds at thousands of requests, and a burst
+                        # of allocations that costs a third more CPU in the garbage collector
+                        # at 4096 in flight (benchmarks/scale.py, overhead.py).
+                        await asyncio.sleep(0)
                     if len(pending) >= max_problems_in_flight:
                         break
-                    if started % _PROBLEMS_PER_TURN == 0:
-                        # Starting hundreds of problems at once would run all their first
-                        # requests (thousands of connects) in one loop turn and stall every
-                        # other coroutine for seconds (benchmarks/scale.py).
-                        await asyncio.sleep(0)
                 if not pending:
                     return
                 done = await finished.get()
