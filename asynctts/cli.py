@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import dataclasses
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -394,18 +394,18 @@ def exit_status(command: str, call: Callable[[], int]) -> int:
         return EXIT_INTERRUPTED
 
 
-def _run_eval(args: argparse.Namespace) -> int:
-    # The CLI owns its process, so it may tune the collector for thousands of requests in
-    # flight (gc_tuning.py; a library call would leave that to its application).
+def run_owning_process(main: Coroutine[Any, Any, int]) -> int:
+    """`asyncio.run(main)` for a command that owns its process: under `throughput_gc()`,
+    which a library call would leave to its application (gc_tuning.py)."""
     with throughput_gc():
-        return asyncio.run(eval_async(args))
+        return asyncio.run(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script. Returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.command == "eval":
-        return exit_status("eval", lambda: _run_eval(args))
+        return exit_status("eval", lambda: run_owning_process(eval_async(args)))
     return exit_status("report", lambda: _report(args, sys.stdout))
 
 

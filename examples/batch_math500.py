@@ -35,12 +35,17 @@ Against real servers (see servers/), e.g. vLLM on the CPU with a few problems:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Iterable
 
-from asynctts import configure_logging, throughput_gc
-from asynctts.cli import EVAL_DESCRIPTION, add_eval_arguments, eval_async, exit_status
+from asynctts import configure_logging
+from asynctts.cli import (
+    EVAL_DESCRIPTION,
+    add_eval_arguments,
+    eval_async,
+    exit_status,
+    run_owning_process,
+)
 from asynctts.errors import ConfigError
 from asynctts.eval.data import Problem, load_dataset
 from asynctts.testing import LatencyModel, SimProblem, SimulatedServer
@@ -111,11 +116,7 @@ def main() -> int:
     args = parser.parse_args()
     configure_logging()  # warnings only until `eval` sends the logs to RUN_DIR/eval.log
 
-    def run_tuned() -> int:
-        with throughput_gc():  # this script owns its process (see asynctts/gc_tuning.py)
-            return asyncio.run(run(args))
-
-    return exit_status("eval", run_tuned)
+    return exit_status("eval", lambda: run_owning_process(run(args)))
 
 
 if __name__ == "__main__":
