@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -34,16 +33,9 @@ LAUNCH = [sys.executable, str(ROOT / "servers" / "launch.py")]
 RUN_DIR = ROOT / ".cache" / "demo-servers"
 LOCAL_MATH500 = ROOT.parent / "shared" / "data" / "math500.jsonl"
 
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """A quick look before asking the hub client, which retries for half a minute."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+# servers/launch.py is a stdlib-only script (not a package): its hub check serves here too.
+sys.path.insert(0, str(ROOT / "servers"))
+from launch import hub_reachable  # noqa: E402
 
 
 def math500(count: int) -> list[Problem]:

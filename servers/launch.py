@@ -184,6 +184,7 @@ def cpu_flags(*, kv_cache_mib: int, max_model_len: int) -> tuple[str, ...]:
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick look before asking the hub client, which retries for half a minute."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
     try:
