@@ -53,6 +53,16 @@ HIDDEN = 128
 HEADS = 4
 LAYERS = 2
 MAX_LEN = 2048
+# One shape for both tiny models (the policy is trained, the PRM only has to run).
+SHAPE: dict[str, int | bool] = {
+    "hidden_size": HIDDEN,
+    "intermediate_size": 4 * HIDDEN,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "num_key_value_heads": HEADS,
+    "max_position_embeddings": MAX_LEN,
+    "tie_word_embeddings": False,
+}
 TRAIN_STEPS = 300
 BATCH = 16
 
@@ -150,16 +160,10 @@ def train_policy(tokenizer: object, texts: list[str], out: Path) -> float:
     eos_id = tokenizer.eos_token_id  # type: ignore[attr-defined]
     config = LlamaConfig(
         vocab_size=len(tokenizer),  # type: ignore[arg-type]
-        hidden_size=HIDDEN,
-        intermediate_size=4 * HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS,
-        max_position_embeddings=MAX_LEN,
+        **SHAPE,
         bos_token_id=tokenizer.bos_token_id,  # type: ignore[attr-defined]
         eos_token_id=eos_id,
         pad_token_id=pad_id,
-        tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config)
     # The texts already hold their BOS (the template writes it): no second one.
@@ -201,15 +205,9 @@ def build_prm(tokenizer: object, out: Path) -> int:
     torch.manual_seed(2)
     config = Qwen2Config(
         vocab_size=len(tokenizer),  # type: ignore[arg-type]
-        hidden_size=HIDDEN,
-        intermediate_size=4 * HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS,
-        max_position_embeddings=MAX_LEN,
+        **SHAPE,
         bos_token_id=tokenizer.bos_token_id,  # type: ignore[attr-defined]
         eos_token_id=tokenizer.eos_token_id,  # type: ignore[attr-defined]
-        tie_word_embeddings=False,
     )
     backbone = Qwen2Model(config)
     tensors = {f"model.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
