@@ -55,6 +55,7 @@ import statistics
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from importlib.resources.abc import Traversable
 from typing import Any, TypeVar
 
 import orjson
@@ -77,6 +78,7 @@ from asynctts import (
     Solution,
     Solver,
 )
+from asynctts.eval.data import packaged_math500
 from asynctts.testing import LatencyModel, SimProblem
 
 from harness import SimServerProcess, add_output_argument, quiet_logs, write_report
@@ -106,8 +108,6 @@ QUIET_TURNS = 8
 # blank lines) and puts p99 at 1,022, far above the data, so it is not used.
 STEP_TOKENS_MEDIAN = 85.0
 STEP_TOKENS_SIGMA = 0.87
-# MATH-500 as the repository's examples find it offline (examples/demo_cpu.py)
-MATH500 = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "math500.jsonl"
 BLANK_LINE = re.compile(r"\n[ \t]*\n")
 
 T = TypeVar("T")
@@ -169,12 +169,14 @@ def smollm2_tokenizer() -> pathlib.Path:
     return found[0]
 
 
-def fit_step_lengths(data: pathlib.Path, tokenizer: pathlib.Path) -> StepFit:
+def fit_step_lengths(data: Traversable, tokenizer: pathlib.Path) -> StepFit:
     """Split each record's `solution` at blank lines and count each piece's tokens."""
     from tokenizers import Tokenizer  # the `hf` extra: only this measurement needs it
 
     solutions = [
-        str(orjson.loads(line)["solution"]) for line in data.read_text().splitlines() if line
+        str(orjson.loads(line)["solution"])
+        for line in data.read_text(encoding="utf-8").split("\n")
+        if line
     ]
     pieces = [[p.strip() for p in BLANK_LINE.split(s) if p.strip()] for s in solutions]
     steps = [p for ps in pieces for p in ps]
@@ -198,7 +200,7 @@ def fit_step_lengths(data: pathlib.Path, tokenizer: pathlib.Path) -> StepFit:
     )
 
 
-def print_fit(data: pathlib.Path, tokenizer: pathlib.Path) -> None:
+def print_fit(data: Traversable, tokenizer: pathlib.Path) -> None:
     fit = fit_step_lengths(data, tokenizer)
     print(f"{data}: {fit.solutions} solutions, {fit.steps} steps (pieces between blank lines);")
     print(f"  {fit.one_piece_solutions} solutions have no blank line (one piece)")
@@ -478,7 +480,11 @@ def main() -> None:
         action="store_true",
         help="measure the step-length model from --fit-data with --fit-tokenizer, and exit",
     )
-    parser.add_argument("--fit-data", type=pathlib.Path, default=MATH500)
+    parser.add_argument(
+        "--fit-data",
+        type=pathlib.Path,
+        help="a JSONL with a `solution` per line (default: MATH-500 as packaged with asynctts)",
+    )
     parser.add_argument(
         "--fit-tokenizer",
         type=pathlib.Path,
@@ -488,7 +494,7 @@ def main() -> None:
     add_output_argument(parser, "scheduling")
     args = parser.parse_args()
     if args.fit_steps:
-        print_fit(args.fit_data, args.fit_tokenizer or smollm2_tokenizer())
+        print_fit(args.fit_data or packaged_math500(), args.fit_tokenizer or smollm2_tokenizer())
         return
     steps = step_tokens(args.step_tokens)
     quiet_logs()

@@ -6,19 +6,20 @@ it at real endpoints with `--policy-url/--policy-model/--prm-url/--prm-model` (o
 in this process (real HTTP on 127.0.0.1) and registers every selected problem with it, harder
 by level: a level-L problem takes 2 + L steps and each step slips (one slip makes the answer
 wrong) with the rate in SLIP_RATE_BY_LEVEL, so the accuracy-vs-N curves behave like the
-published ones (no GPU, no download).
+published ones (no GPU, no download). The problems are the MATH-500 copy packaged with
+asynctts unless `--data` names a JSONL file (or `hub`).
 
     # both families over all 500 problems, N = 1..16 (DVTS needs multiples of its width 4)
-    python examples/batch_math500.py --simulate --data ../shared/data/math500.jsonl \\
+    python examples/batch_math500.py --simulate \\
         --strategy weighted_best_of_n --strategy dvts@4,8,16 --n 1 2 4 8 16 \\
         --out runs/sim500
     asynctts report runs/sim500                  # the table again; runs/sim500/accuracy.png
 
     # killed halfway (SIGKILL), then resumed: ends with exactly 500 results per job
-    python examples/batch_math500.py --simulate --data ../shared/data/math500.jsonl \\
+    python examples/batch_math500.py --simulate \\
         --strategy weighted_best_of_n --n 1 2 4 8 16 --out runs/killed \\
         --sim-latency h200_1b & sleep 20; kill -KILL $!
-    python examples/batch_math500.py --simulate --data ../shared/data/math500.jsonl \\
+    python examples/batch_math500.py --simulate \\
         --strategy weighted_best_of_n --n 1 2 4 8 16 --out runs/killed \\
         --sim-latency h200_1b --resume
 

