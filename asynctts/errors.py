@@ -7,16 +7,21 @@ AsyncttsError
 │   ├── ModelNotFound
 │   └── PromptTooLong
 ├── TransportError                   one request, after the transport mapped it
-│   ├── ConnectFailed     (transient)
+│   ├── ConnectFailed     (transient: refused, reset, dropped: a server restarting)
 │   ├── TimedOut          (transient)
 │   ├── RateLimited       (transient, carries Retry-After)
 │   ├── ServerError       (transient: 408, 409, 5xx)
 │   ├── BadResponse       (transient: not JSON, or JSON of the wrong shape)
+│   ├── HostNotFound      (final: the host name does not resolve)
+│   ├── TLSFailed         (final: TLS handshake or certificate check failed)
 │   └── RequestRejected   (final: any other 4xx)
 │       └── ContextLengthExceeded
 ├── BranchLost                       a branch whose requests failed for good; strategies
 │                                    return it as a value so it never sinks its problem
 └── SolveFailed                      no branch of a problem survived
+
+A transport error that spent all its attempts says how many (`attempts`); its message already
+summarises the library error underneath, so that one is not chained to it.
 """
 
 from __future__ import annotations
@@ -61,9 +66,17 @@ class PromptTooLong(EndpointError):
 
 
 class TransportError(AsyncttsError):
-    """One HTTP exchange failed; `transient` says whether a retry may help."""
+    """One HTTP exchange failed; `transient` says whether a retry may help. `attempts` counts
+    the tries the transport made before it gave up (the message says so when > 1)."""
 
     transient: bool = True
+    attempts: int = 1
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        if self.attempts > 1:
+            return f"{message}; gave up after {self.attempts} attempts"
+        return message
 
 
 class ConnectFailed(TransportError):
@@ -93,6 +106,20 @@ class ServerError(TransportError):
 
 class BadResponse(TransportError):
     """A 2xx whose body is not the JSON we expect."""
+
+
+class HostNotFound(TransportError):
+    """The host name of the URL does not resolve: a typo or a missing DNS entry, which a retry
+    a second later would not fix."""
+
+    transient = False
+
+
+class TLSFailed(TransportError):
+    """The TLS handshake failed (https:// to a plain-HTTP port, no common protocol) or the
+    server's certificate was rejected: a setting to fix, not a fault to retry."""
+
+    transient = False
 
 
 class RequestRejected(TransportError):

@@ -10,9 +10,16 @@ Rules:
   because aiolimiter favours small weights), then a slot of the resizable in-flight cap. No
   slot is held while a request sleeps before its retry.
 - Foreign exceptions never escape: every failure becomes a `TransportError` whose message names
-  the URL, route and status. Only transient ones are retried (tenacity, built per call, bounded
-  by `Endpoint.max_attempts`); `Retry-After` is honoured exactly, otherwise exponential backoff
-  with full jitter. Cancellation always propagates and frees the slot.
+  the URL, route and status and summarises the library's error (which is therefore not chained:
+  aiohttp's internals add lines, not information). Only transient ones are retried (tenacity,
+  built per call, bounded by `Endpoint.max_attempts`), and the final error says how many
+  attempts were made; `Retry-After` is honoured exactly, otherwise exponential backoff with
+  full jitter. A host name that does not resolve and a failed TLS handshake or certificate
+  check are final: they fail at once. Cancellation always propagates and frees the slot.
+- Timeouts: the endpoint's connect, read (silence) and total timeouts bound every attempt. A
+  call can instead carry its own per-attempt timeout and a deadline for all its attempts and
+  the waits between them (the model check at open): no attempt outlives the deadline, and no
+  retry starts whose wait would end past it.
 - Every attempt, successful or not, is recorded in the ledger of every `Charge` of the call.
 - Adaptive concurrency (`Endpoint.adapts_concurrency`): every attempt's status is reported to
   an `AIMDController` (concurrency.py) as its slot is released, and the gate is resized to the
@@ -43,7 +50,13 @@ import aiohttp
 import orjson
 import structlog
 from aiolimiter import AsyncLimiter
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+)
+from tenacity.stop import stop_base
 from yarl import URL
 
 from asynctts.concurrency import AIMDController, controller_for, queue_length, signal_of
@@ -53,10 +66,12 @@ from asynctts.errors import (
     ConfigError,
     ConnectFailed,
     ContextLengthExceeded,
+    HostNotFound,
     RateLimited,
     RequestRejected,
     ServerError,
     TimedOut,
+    TLSFailed,
     TransportError,
 )
 from asynctts.ledger import Attempt, Charge
@@ -64,10 +79,12 @@ from asynctts.ledger import Attempt, Charge
 __all__ = ["FifoLimiter", "Transport", "TransportStatistics"]
 
 _LOGGER_NAME: Final = "asynctts.transport"
-KEEPALIVE_TIMEOUT_S: Final = 4.0  # below vLLM's 5 s keep-alive (DESIGN.md section 8)
+KEEPALIVE_TIMEOUT_S: Final = 4.0  # below vLLM's 5 s keep-alive (docs/design.md, section 8)
 BACKOFF_CAP_S: Final = 30.0
 RETRY_AFTER_CAP_S: Final = 120.0
 _MESSAGE_FALLBACK_CHARS: Final = 300
+# aiohttp reads a timeout of 0 as "no timeout": an attempt at its deadline still gets this much
+_SHORTEST_TIMEOUT_S: Final = 0.001
 _CONTEXT_LENGTH_MARKERS: Final = ("maximum context length", "max_model_len", "context length")
 _JSON_HEADERS: Final = {"Content-Type": "application/json"}
 
@@ -107,6 +124,8 @@ class _Request:
     charges: Sequence[Charge]
     tokens_hint: int
     expect: int  # _OBJECT, _ANY_JSON or _TEXT
+    timeout: aiohttp.ClientTimeout  # per attempt
+    deadline: float | None  # clock() time by which every attempt has ended, if any
 
 
 class _State(enum.Enum):
@@ -177,7 +196,7 @@ class FifoLimiter:
     """aiolimiter's leaky bucket, admitting strictly first come, first served.
 
     aiolimiter wakes its waiters smallest amount first, so under a steady flood of small
-    requests a large one waits until the flood ends (DESIGN.md section 8;
+    requests a large one waits until the flood ends (docs/design.md, section 8;
     benchmarks/rate_limiters.py measures it). Here one waiter at a time queues at the bucket,
     behind an `asyncio.Lock` (itself FIFO), so nobody is served before an earlier arrival.
     Amounts above the bucket's size are clamped to it: the request then waits for a full bucket.
@@ -200,6 +219,17 @@ def _is_transient(error: BaseException) -> bool:
 
 
 _RETRY_TRANSIENT: Final = retry_if_exception(_is_transient)
+
+
+class _StopAtDeadline(stop_base):
+    """Stop retrying when the wait before the next attempt would end at or past `deadline`."""
+
+    def __init__(self, deadline: float, clock: Callable[[], float]) -> None:
+        self._deadline = deadline
+        self._clock = clock
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._clock() + (retry_state.upcoming_sleep or 0.0) >= self._deadline
 
 
 class Transport:
@@ -230,6 +260,11 @@ class Transport:
         self._rng = rng if rng is not None else random.Random()
         self._state = _State.UNOPENED
         self._session: aiohttp.ClientSession | None = None
+        self._timeout = aiohttp.ClientTimeout(
+            total=endpoint.total_timeout_s,
+            connect=endpoint.connect_timeout_s,
+            sock_read=endpoint.read_timeout_s,
+        )
         self._log: Any = structlog.get_logger(_LOGGER_NAME)
         self._urls: dict[str, URL] = {}
         self._controller = controller_for(endpoint)
@@ -274,11 +309,7 @@ class Transport:
                 limit_per_host=0,
                 keepalive_timeout=KEEPALIVE_TIMEOUT_S,
             ),
-            timeout=aiohttp.ClientTimeout(
-                total=endpoint.total_timeout_s,
-                connect=endpoint.connect_timeout_s,
-                sock_read=endpoint.read_timeout_s,
-            ),
+            timeout=self._timeout,
             headers={"Authorization": f"Bearer {key}"} if key else None,
         )
         self._state = _State.OPEN
@@ -420,18 +451,37 @@ class Transport:
         except TypeError as error:
             raise TypeError(f"{self._url}{route}: request body is not JSON: {error}") from error
         call: Coroutine[Any, Any, dict[str, Any]] = self._call(
-            "POST", route, data, _JSON_HEADERS, charges, tokens_hint, _OBJECT
+            "POST", route, data, _JSON_HEADERS, charges, tokens_hint, _OBJECT, self._timeout, None
         )
         return call
 
-    async def get_json(self, route: str) -> Any:
+    async def get_json(
+        self,
+        route: str,
+        *,
+        attempt_timeout_s: float | None = None,
+        deadline_s: float | None = None,
+    ) -> Any:
         """GET `route` ("/v1/models") and return its JSON; retried like `post_json`, charged to
-        no ledger."""
-        return await self._call("GET", route, None, None, (), 0, _ANY_JSON)
+        no ledger.
+
+        Args:
+            route: an absolute path under the endpoint's root URL.
+            attempt_timeout_s: each attempt's whole time (connect, send, answer) instead of the
+                endpoint's timeouts.
+            deadline_s: give up this many seconds from now, attempts and the waits between
+                them included: the attempt running then is cut short, and no retry starts
+                whose wait would end past it.
+        """
+        timeout = self._timeout
+        if attempt_timeout_s is not None:
+            timeout = aiohttp.ClientTimeout(total=attempt_timeout_s)
+        deadline = None if deadline_s is None else self._clock() + deadline_s
+        return await self._call("GET", route, None, None, (), 0, _ANY_JSON, timeout, deadline)
 
     async def get_text(self, route: str) -> str:
         """GET `route` ("/metrics") and return its body as text; retried like `post_json`."""
-        text: str = await self._call("GET", route, None, None, (), 0, _TEXT)
+        text: str = await self._call("GET", route, None, None, (), 0, _TEXT, self._timeout, None)
         return text
 
     async def _call(
@@ -443,13 +493,26 @@ class Transport:
         charges: Sequence[Charge],
         tokens_hint: int,
         expect: int,
+        attempt_timeout: aiohttp.ClientTimeout,
+        deadline: float | None,
     ) -> Any:
         url = self._urls.get(route)
         if url is None:
             if not route.startswith("/"):
                 raise ValueError(f"route {route!r} for {self._url}: must start with '/'")
             url = self._urls[route] = URL(self._url + route)
-        request = _Request(method, route, url, data, headers, charges, tokens_hint, expect)
+        request = _Request(
+            method,
+            route,
+            url,
+            data,
+            headers,
+            charges,
+            tokens_hint,
+            expect,
+            attempt_timeout,
+            deadline,
+        )
         self._requests += 1
         try:
             # The first attempt runs without tenacity: building a retrying object per call
@@ -478,9 +541,12 @@ class Transport:
             attempt += 1
             return await self._attempt(request, attempt)
 
+        stop: stop_base = self._stop
+        if request.deadline is not None:
+            stop = self._stop | _StopAtDeadline(request.deadline, self._clock)
         # Built per call: tenacity's retrying objects keep per-call state.
         retrying = AsyncRetrying(
-            stop=self._stop,
+            stop=stop,
             wait=self._wait,
             retry=_RETRY_TRANSIENT,
             reraise=True,
@@ -497,6 +563,7 @@ class Transport:
 
     def _fail(self, route: str, attempts: int, error: TransportError) -> None:
         self._failures += 1
+        error.attempts = attempts
         self._log.debug("request failed", route=route, attempts=attempts, error=str(error))
 
     async def _attempt(self, request: _Request, attempt: int) -> Any:
@@ -516,12 +583,21 @@ class Transport:
         ticket = 0 if controller is None else controller.started()
         start_s = self._clock()
         status: int | None = None
+        timeout = request.timeout
+        if request.deadline is not None:  # cut the attempt short at the deadline
+            left = max(request.deadline - start_s, _SHORTEST_TIMEOUT_S)
+            if timeout.total is None or left < timeout.total:
+                timeout = aiohttp.ClientTimeout(total=left)
         try:
             retry_after: str | None = None
             try:
                 try:
                     async with session.request(
-                        request.method, request.url, data=request.data, headers=request.headers
+                        request.method,
+                        request.url,
+                        data=request.data,
+                        headers=request.headers,
+                        timeout=timeout,
                     ) as reply:
                         status = reply.status
                         raw = await reply.read()
@@ -531,19 +607,23 @@ class Transport:
                     if controller is not None:  # before the release: it measures saturation
                         self._adapt(controller, ticket, status)
                     self._gate.release()
-            # TimeoutError first: aiohttp's timeout errors are also connection errors.
+            # The messages summarise aiohttp's error, so it is not chained (`from None`).
+            # TimeoutError first: aiohttp's timeout errors are also connection errors; DNS and
+            # TLS errors before the connection errors they derive from.
             except TimeoutError as error:
-                raise TimedOut(
-                    f"{self._url}{route}: timed out ({_describe(error)}; timeouts: "
-                    f"connect {self._endpoint.connect_timeout_s} s, "
-                    f"read {self._endpoint.read_timeout_s} s, "
-                    f"total {self._endpoint.total_timeout_s} s)"
-                ) from error
+                raise TimedOut(f"{self._url}{route}: {_timed_out(error, timeout)}") from None
+            except aiohttp.ClientConnectorDNSError as error:
+                raise HostNotFound(
+                    f"{self._url}{route}: cannot resolve host {error.host!r} "
+                    f"({error.strerror}); check the host name in the URL"
+                ) from None
+            except aiohttp.ClientSSLError as error:  # raised by the handshake only
+                raise TLSFailed(f"{self._url}{route}: {_tls_failure(error)}") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as error:
                 raise ConnectFailed(
                     f"{self._url}{route}: connection failed "
                     f"{'before' if status is None else 'during'} the response: {_describe(error)}"
-                ) from error
+                ) from None
             except aiohttp.ClientError as error:  # e.g. a response that is not valid HTTP
                 raise BadResponse(f"{self._url}{route}: {_describe(error)}") from error
             if 200 <= status < 300:
@@ -796,6 +876,34 @@ def _parse_retry_after(value: str) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _timed_out(error: TimeoutError, timeout: aiohttp.ClientTimeout) -> str:
+    """Which timeout fired, and the timeouts in force."""
+    if isinstance(error, aiohttp.SocketTimeoutError):
+        what = f"the server sent nothing for {timeout.sock_read} s"
+    elif isinstance(error, aiohttp.ConnectionTimeoutError):
+        what = f"no connection within {timeout.connect} s"
+    else:
+        what = f"no complete answer within {timeout.total} s"
+    limits = (("connect", timeout.connect), ("read", timeout.sock_read), ("total", timeout.total))
+    in_force = ", ".join(f"{name} {value} s" for name, value in limits if value is not None)
+    return f"timed out ({what}; timeouts: {in_force})"
+
+
+def _tls_failure(error: aiohttp.ClientSSLError) -> str:
+    """What went wrong in the TLS handshake, and what to check."""
+    if isinstance(error, aiohttp.ClientConnectorCertificateError):
+        rejected = error.certificate_error
+        reason = getattr(rejected, "verify_message", None) or str(rejected)
+        return (
+            f"TLS handshake failed: the certificate of {error.host}:{error.port} was rejected "
+            f"({reason}); check the host name, or trust the server's CA (SSL_CERT_FILE)"
+        )
+    return (
+        f"TLS handshake failed with {error.host}:{error.port} ({error.os_error}); if the "
+        "server speaks plain HTTP, use an http:// URL"
+    )
 
 
 def _describe(error: BaseException) -> str:

@@ -5,9 +5,10 @@ Rules:
   item, in order) and hands each caller its own result or error.
 - A batch waits at most `window_s` after its first item, and leaves at once when it holds
   `max_batch` items.
-- A batch rejected for good (`is_splittable(error)`, by default a non-transient
-  `TransportError` such as a 400) is bisected and the halves resent, so only the item that
-  caused the rejection fails. Any other error fails every item of the batch.
+- A batch rejected for good (`is_splittable(error)`, by default a `RequestRejected` such as
+  a 400) is bisected and the halves resent, so only the item that caused the rejection fails.
+  Any other error fails every item of the batch (a host that does not resolve or a failed TLS
+  handshake would fail every half alike).
 - A caller that is cancelled stops waiting; its item leaves a batch not yet sent, and a batch
   in flight goes on for the others.
 - Every send runs in a task the coalescer owns; `aclose()` sends what is pending and waits for
@@ -23,7 +24,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from asynctts.errors import TransportError
+from asynctts.errors import RequestRejected
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -36,8 +37,9 @@ class CoalescerClosed(RuntimeError):
 
 
 def rejected_for_good(error: BaseException) -> bool:
-    """Whether resending the same items cannot help, so a batch should be bisected."""
-    return isinstance(error, TransportError) and not error.transient
+    """Whether the server refused these items (a 4xx), so a batch should be bisected: resending
+    them all cannot help, a part of them may pass."""
+    return isinstance(error, RequestRejected)
 
 
 @dataclass(eq=False, slots=True)

@@ -1,15 +1,17 @@
 """Transport over real HTTP on 127.0.0.1, against small scripted aiohttp.web apps.
 
-Time is virtual (injected clock and sleep) except for the read-timeout cases, which need a
-real socket timeout of a few tens of milliseconds. No test asserts on elapsed time.
+Time is virtual (injected clock and sleep) except for the timeout cases, which need real
+socket timeouts of a few tenths of a second at most. No test asserts on elapsed time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -19,6 +21,7 @@ from typing import Any
 import orjson
 import pytest
 import structlog
+import trustme
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,10 +33,12 @@ from asynctts.errors import (
     ConfigError,
     ConnectFailed,
     ContextLengthExceeded,
+    HostNotFound,
     RateLimited,
     RequestRejected,
     ServerError,
     TimedOut,
+    TLSFailed,
 )
 from asynctts.ledger import Attempt, Charge, Ledger, Usage
 from asynctts.transport import (
@@ -443,6 +448,170 @@ async def test_connection_refused_is_connect_failed_after_max_attempts() -> None
     assert [a.attempt for a in ledger.attempts] == [1, 2, 3]
     assert len(vt.sleeps) == 2
     assert (stats.attempts, stats.retries, stats.failures, stats.in_flight) == (3, 2, 1, 0)
+
+
+# --- timeouts, deadlines and failures that are not retried --------------------------------
+
+
+def trickle(every_s: float) -> Fault:
+    """Send the headers, then one byte of the body every `every_s`, never finishing."""
+
+    async def fault(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.content_length = 1000
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError):  # the client gave up
+            for _ in range(1000):
+                await response.write(b" ")
+                await asyncio.sleep(every_s)
+        return response
+
+    return fault
+
+
+async def test_a_failure_after_retries_says_how_many_attempts(serve: Serve) -> None:
+    stalled = asyncio.Event()
+    url = await serve(Scripted(hold(stalled), hold(stalled)))
+    root = url.removesuffix("/v1")
+    vt = VirtualTime()
+    ledger = Ledger()
+    async with transport(url, vt, read_timeout_s=0.05, max_attempts=2) as t:
+        with pytest.raises(TimedOut) as caught:
+            await t.post_json(ROUTE, {}, charges=[Charge(ledger, ("0",))])
+    stalled.set()
+    attempt_message = (
+        f"{root}{ROUTE}: timed out (the server sent nothing for 0.05 s; "
+        "timeouts: connect 10.0 s, read 0.05 s, total 900.0 s)"
+    )
+    assert str(caught.value) == f"{attempt_message}; gave up after 2 attempts"
+    assert caught.value.attempts == 2
+    assert [a.error for a in ledger.attempts] == [f"TimedOut: {attempt_message}"] * 2
+    # aiohttp's error is summarised in the message, not chained under it
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+async def test_a_trickling_answer_is_cut_by_the_total_timeout(serve: Serve) -> None:
+    url = await serve(Scripted(trickle(0.01)))
+    vt = VirtualTime()
+    async with transport(url, vt, read_timeout_s=0.2, total_timeout_s=0.3, max_attempts=1) as t:
+        with pytest.raises(TimedOut) as caught:
+            await t.post_json(ROUTE, {})
+    # the bytes keep coming, so the read timeout never fires: the total one bounds the attempt
+    assert str(caught.value) == (
+        f"{url.removesuffix('/v1')}{ROUTE}: timed out (no complete answer within 0.3 s; "
+        "timeouts: connect 10.0 s, read 0.2 s, total 0.3 s)"
+    )
+
+
+async def test_a_call_timeout_replaces_the_endpoint_timeouts(serve: Serve) -> None:
+    stalled = asyncio.Event()
+    url = await serve(Scripted(hold(stalled)))
+    vt = VirtualTime()
+    async with transport(url, vt, max_attempts=1) as t:
+        with pytest.raises(TimedOut) as caught:
+            await t.get_json("/v1/models", attempt_timeout_s=0.1, deadline_s=60.0)
+    stalled.set()
+    assert str(caught.value) == (
+        f"{url.removesuffix('/v1')}/v1/models: timed out (no complete answer within 0.1 s; "
+        "timeouts: total 0.1 s)"
+    )
+
+
+async def test_an_attempt_ends_at_the_call_deadline(serve: Serve) -> None:
+    stalled = asyncio.Event()
+    url = await serve(Scripted(hold(stalled)))
+    vt = VirtualTime()
+    async with transport(url, vt, max_attempts=1) as t:
+        with pytest.raises(
+            TimedOut, match=r"no complete answer within 0.1 s; timeouts: total 0.1 s"
+        ):
+            await t.get_json("/v1/models", attempt_timeout_s=5.0, deadline_s=0.1)
+    stalled.set()
+
+
+async def test_no_retry_starts_whose_wait_ends_past_the_deadline() -> None:
+    url = f"http://127.0.0.1:{unused_port()}"
+    vt = VirtualTime()
+    async with transport(url, vt, max_attempts=50, backoff_base_s=0.1, seed=3) as t:
+        with pytest.raises(ConnectFailed) as caught:
+            await t.get_json("/v1/models", deadline_s=1.0)
+    # the same jitter as the transport's: full jitter, doubling from 0.1 s
+    jitter = random.Random(3)
+    waits: list[float] = []
+    while True:
+        wait = jitter.uniform(0, 0.1 * 2 ** len(waits))
+        if sum(waits) + wait >= 1.0:  # this wait would end past the deadline: no retry
+            break
+        waits.append(wait)
+    assert vt.sleeps == waits
+    assert caught.value.attempts == len(waits) + 1 < 50
+    assert str(caught.value).endswith(f"; gave up after {len(waits) + 1} attempts")
+
+
+async def test_an_unresolvable_host_fails_at_once() -> None:
+    vt = VirtualTime()
+    ledger = Ledger()
+    url = "http://no-such-host.invalid:8000/v1"
+    # a connect timeout long enough for a slow resolver to say no
+    async with transport(url, vt, max_attempts=4, connect_timeout_s=60.0) as t:
+        with pytest.raises(HostNotFound) as caught:
+            await t.post_json(ROUTE, {}, charges=[Charge(ledger, ("0",))])
+        stats = t.statistics()
+    message = str(caught.value)
+    assert message.startswith(
+        f"http://no-such-host.invalid:8000{ROUTE}: cannot resolve host 'no-such-host.invalid' ("
+    )
+    assert message.endswith("); check the host name in the URL")
+    assert not caught.value.transient and caught.value.__cause__ is None
+    assert (stats.attempts, stats.retries, stats.failures) == (1, 0, 1)
+    assert vt.sleeps == [] and [a.attempt for a in ledger.attempts] == [1]
+
+
+async def test_https_to_a_plain_http_server_fails_at_once(serve: Serve) -> None:
+    server = Scripted()
+    url = (await serve(server)).replace("http://", "https://")
+    host_port = url.removeprefix("https://").removesuffix("/v1")
+    vt = VirtualTime()
+    async with transport(url, vt, max_attempts=4) as t:
+        with pytest.raises(TLSFailed) as caught:
+            await t.post_json(ROUTE, {})
+        stats = t.statistics()
+    message = str(caught.value)
+    assert message.startswith(
+        f"https://{host_port}{ROUTE}: TLS handshake failed with {host_port} ("
+    )
+    assert message.endswith("); if the server speaks plain HTTP, use an http:// URL")
+    assert caught.value.__cause__ is None
+    assert (stats.attempts, stats.retries, vt.sleeps, server.seen) == (1, 0, [], [])
+
+
+async def test_an_untrusted_certificate_fails_at_once() -> None:
+    certificate = trustme.CA().issue_cert("127.0.0.1")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(tls)
+    server = Scripted()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", server.handle)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
+        port = runner.addresses[0][1]
+        vt = VirtualTime()
+        async with transport(f"https://127.0.0.1:{port}/v1", vt, max_attempts=4) as t:
+            with pytest.raises(TLSFailed) as caught:
+                await t.post_json(ROUTE, {})
+            stats = t.statistics()
+    finally:
+        await runner.cleanup()
+    assert str(caught.value).startswith(
+        f"https://127.0.0.1:{port}{ROUTE}: TLS handshake failed: the certificate of "
+        f"127.0.0.1:{port} was rejected ("
+    )
+    assert str(caught.value).endswith(
+        "); check the host name, or trust the server's CA (SSL_CERT_FILE)"
+    )
+    assert (stats.attempts, stats.retries, vt.sleeps, server.seen) == (1, 0, [], [])
 
 
 FAULTS: dict[str, Fault] = {
