@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path as FilePath
 from typing import Any
 
+from asynctts.answers import extract_boxed, normalize
 from asynctts.errors import BranchLost, format_key
 from asynctts.protocols import Finish, GenerateSteps, Path, ScoreSteps
 
@@ -119,11 +120,18 @@ class Widths:
 
 @dataclass
 class Trace:
-    """Records a solve's tree. `wrap` the two protocols, run the strategy, then `close`."""
+    """Records a solve's tree. `wrap` the two protocols, run the strategy, then `close`.
+
+    `problem`, `strategy` and `n` say what was solved and `answer` what was chosen (set by
+    `close`): the picture's title and the JSON carry them."""
 
     clock: Callable[[], float] = time.monotonic
     widths: Widths = field(default_factory=Widths)
     nodes: dict[Key, Node] = field(default_factory=dict)
+    problem: str = ""
+    strategy: str = ""
+    n: int | None = None
+    answer: str | None = None
     _t0: float = 0.0
 
     def __post_init__(self) -> None:
@@ -184,8 +192,9 @@ class Trace:
 
         return traced_generate, traced_score
 
-    def close(self, results: Sequence[Path | BranchLost]) -> None:
-        """Mark the strategy's results and lost branches."""
+    def close(self, results: Sequence[Path | BranchLost], *, answer: str | None = None) -> None:
+        """Mark the strategy's results and lost branches, and record the chosen answer."""
+        self.answer = answer
         for result in results:
             node = self.nodes.get(result.key)
             if node is None:
@@ -199,19 +208,51 @@ class Trace:
         """Paths expanded at each iteration, from the root's (iteration 0) on."""
         return self.widths.iteration_widths()
 
-    def to_dict(self) -> dict[str, Any]:
+    def text_of(self, key: Key) -> str:
+        """The whole text of the path at `key`: its ancestors' steps, then its own."""
+        parts: list[tuple[str, ...]] = []
+        node: Node | None = self.nodes.get(key)
+        while node is not None:
+            parts.append(node.steps)
+            node = None if node.parent is None else self.nodes.get(node.parent)
+        return "".join(step for steps in reversed(parts) for step in steps)
+
+    def answers(self) -> dict[Key, str | None]:
+        """The answer of every finished node, normalised as a candidate's (None: no
+        \\boxed{} in it), including finished paths the search did not keep."""
         return {
+            node.key: _normalized_boxed(self.text_of(node.key))
+            for node in self.nodes.values()
+            if node.finish is not Finish.STEP
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        answers = self.answers()
+        return {
+            "problem": self.problem,
+            "strategy": self.strategy,
+            "n": self.n,
+            "answer": self.answer,
             "widths": list(self.iteration_widths()),
-            "nodes": [node.to_dict() for node in self.nodes.values()],
+            "nodes": [
+                {**node.to_dict(), "answer": answers.get(node.key)} for node in self.nodes.values()
+            ],
         }
 
     def save_json(self, path: str | FilePath) -> None:
         FilePath(path).write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
 
-    def render(self, path: str | FilePath, *, title: str = "") -> None:
+    def render(self, path: str | FilePath, *, title: str | None = None) -> None:
         """Draw the tree to an image file (PNG, SVG, PDF: by suffix) with matplotlib: one
         row per iteration, nodes coloured by their last step's PRM score, results ringed,
-        pruned nodes faded, lost nodes crossed. Needs `pip install 'asynctts[eval]'`."""
+        pruned nodes faded, lost nodes crossed, finished paths labelled with their answer;
+        titled with the problem, strategy, n and chosen answer unless `title` is given.
+        Needs `pip install 'asynctts[eval]'`."""
         from asynctts.trace_plot import draw_tree
 
-        draw_tree(list(self.nodes.values()), FilePath(path), title=title)
+        draw_tree(self, FilePath(path), title=title)
+
+
+def _normalized_boxed(text: str) -> str | None:
+    boxed = extract_boxed(text)
+    return None if boxed is None else normalize(boxed)

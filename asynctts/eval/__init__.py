@@ -1,7 +1,8 @@
 """Evaluation on MATH-500 (or any JSONL of problem/answer): what `asynctts eval` and
 `asynctts report` are made of.
 
-- `data`: load the data set (hub or local JSONL) and select problems.
+- `data`: load the data set (MATH-500 packaged with asynctts, the hub's, or a local JSONL)
+  and select problems.
 - `plan`: which runs an evaluation makes (the best-of-N family once at the largest N, tree
   searches once per N), checked before any request; the run's identity.
 - `grading`: predicted vs reference answer with math-verify in worker processes.

@@ -39,6 +39,7 @@ __all__ = [
     "Job",
     "Line",
     "StrategySettings",
+    "build_strategy",
     "endpoint_identity",
     "endpoint_info",
     "parse_strategy",
@@ -174,7 +175,7 @@ def plan_jobs(
     for name, ns in wanted.items():
         if name in FAMILY:
             continue
-        strategy = _build(name, knobs)
+        strategy = build_strategy(name, knobs)
         own_lines = tuple(
             Line(
                 label=name if selection == strategy.selection else f"{name}/{selection}",
@@ -198,7 +199,7 @@ def _family_job(family: Mapping[str, tuple[int, ...]], knobs: StrategySettings) 
         runner = "best_of_n"
     else:
         runner = "majority"
-    strategy = _build(runner, knobs)
+    strategy = build_strategy(runner, knobs)
     points = tuple(sorted({n for ns in family.values() for n in ns}))
     for n in points:
         _check_budget(strategy, n)
@@ -210,7 +211,14 @@ def _family_job(family: Mapping[str, tuple[int, ...]], knobs: StrategySettings) 
     return Job(strategy, points[-1], points, lines, all_candidates=False)
 
 
-def _build(name: str, knobs: StrategySettings) -> Strategy:
+def build_strategy(name: str, knobs: StrategySettings) -> Strategy:
+    """The strategy `name` with the knobs it has (the others are ignored).
+
+    Raises:
+        ConfigError: an unknown name, or a knob the strategy refuses (named with its value).
+    """
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
     cls = STRATEGIES[name]
     accepted: set[str] = (
         {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()

@@ -12,8 +12,6 @@ import pytest
 
 from asynctts.cli import main
 
-MATH500 = Path(__file__).resolve().parents[3] / "shared" / "data" / "math500.jsonl"
-
 
 @pytest.fixture
 def listener() -> Iterator[socket.socket]:
@@ -37,8 +35,6 @@ def eval_args(sock: socket.socket, out: Path, *extra: str) -> list[str]:
         "m",
         "--prm-model",
         "p",
-        "--data",
-        str(MATH500),
         "--out",
         str(out),
         "--no-progress",
@@ -110,15 +106,30 @@ def test_bad_data_files_are_named_with_their_line(
         if records is not None:
             write(path, *records)
         args = eval_args(listener, tmp_path / "run", "--strategy", "majority", "--n", "2")
-        args[args.index("--data") + 1] = str(path)
-        assert main(args) == 2
+        assert main([*args, "--data", str(path)]) == 2
         assert expected[name] in capsys.readouterr().err
     malformed = tmp_path / "malformed.jsonl"
     malformed.write_text(json.dumps(good) + "\n{oops\n", encoding="utf-8")
     args = eval_args(listener, tmp_path / "run", "--strategy", "majority", "--n", "2")
-    args[args.index("--data") + 1] = str(malformed)
-    assert main(args) == 2
+    assert main([*args, "--data", str(malformed)]) == 2
     assert "malformed.jsonl:2: not valid JSON" in capsys.readouterr().err
+
+
+def test_the_hub_offline_fails_at_once_naming_the_packaged_copy(
+    listener: socket.socket,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = eval_args(listener, tmp_path / "run", "--strategy", "majority", "--n", "2")
+    assert main([*args, "--data", "hub"]) == 2
+    assert capsys.readouterr().err == (
+        "asynctts eval: error: cannot fetch HuggingFaceH4/MATH-500/test.jsonl from the Hugging"
+        " Face hub: HF_HUB_OFFLINE is set; drop `--data hub` to use the MATH-500 copy packaged"
+        " with asynctts (load_dataset() with no argument), or pass a local JSONL file\n"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_prm_strategy_without_a_prm_is_named(
@@ -167,7 +178,7 @@ def test_an_endpoints_file_replaces_the_flags(
         tmp_path / "endpoints.json",
         {"policy": {"base_url": url, "model": "m"}, "prm": {"base_url": url, "model": "p"}},
     )
-    base = ["eval", "--data", str(MATH500), "--out", str(tmp_path / "r"), "--no-progress"]
+    base = ["eval", "--out", str(tmp_path / "r"), "--no-progress"]
     # the file is read and the plan checked (dvts@6 is bad), all before any request
     assert main([*base, "--endpoints", str(endpoints), "--strategy", "dvts@6"]) == 2
     assert "strategy 'dvts' cannot use budget n=6" in capsys.readouterr().err

@@ -3,8 +3,6 @@ run identity without URLs or secrets."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 import pytest
 
@@ -104,7 +102,7 @@ def test_bad_plans_are_named(specs: list[str], budgets: list[int] | None, messag
 
 
 def make_plan(jobs: list[str], problems: list[Problem]) -> EvalPlan:
-    data = DataSet(tuple(problems), "data.jsonl", Path("data.jsonl"), "ab" * 32)
+    data = DataSet(tuple(problems), "data.jsonl", "ab" * 32)
     return EvalPlan(
         data=data,
         problems=tuple(problems),

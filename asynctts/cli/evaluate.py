@@ -1,0 +1,225 @@
+"""`asynctts eval`: strategies at budgets over a data set, into a resumable run directory.
+
+Rules:
+- Bad input (data, strategies, budgets, endpoints flags, a journal of another configuration)
+  is reported before any request; nothing is written either.
+- The report goes to stdout, the progress bar to stderr, structured logs to RUN_DIR/eval.log.
+- No secrets on the command line: API keys come from the environment variable named by
+  `--api-key-env` / `--prm-api-key-env` (never logged or journaled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from asynctts.api import STRATEGIES
+from asynctts.cli.arguments import (
+    add_endpoint_arguments,
+    add_sampling_arguments,
+    add_search_arguments,
+    endpoints_of,
+    positive_int,
+    sampling_of,
+    system_prompt_of,
+)
+from asynctts.endpoint import Endpoint
+from asynctts.errors import ConfigError
+from asynctts.eval.data import load_dataset, select
+from asynctts.eval.plan import EvalPlan, StrategySettings, plan_jobs
+from asynctts.eval.report import REPORT_PLOT, REPORT_TEXT, write_report
+from asynctts.eval.runner import LOG_NAME, RunOptions, run_eval
+from asynctts.logs import configure_logging
+
+__all__ = ["EVAL_DESCRIPTION", "Prepared", "add_eval_arguments", "eval_async", "prepare_eval"]
+
+EVAL_DESCRIPTION = (
+    "Run strategies at budgets N over MATH-500 (or a JSONL file), grade every answer,"
+    " journal every result, then write report.txt, report.json and accuracy.png."
+    " The best-of-N family (majority, best_of_n, weighted_best_of_n) runs once at"
+    " the largest N and reports every smaller n from the same samples."
+)
+
+
+def add_eval_arguments(run: argparse.ArgumentParser) -> None:
+    """The flags of `asynctts eval` (examples/batch_math500.py adds its own to these)."""
+    what = run.add_argument_group("what to run")
+    what.add_argument(
+        "--strategy",
+        action="append",
+        required=True,
+        metavar="NAME[@N,...]",
+        help=f"one of {', '.join(sorted(STRATEGIES))}; repeat for several; NAME@4,8,16 gives"
+        " the strategy its own budgets",
+    )
+    what.add_argument(
+        "--n",
+        nargs="+",
+        type=positive_int,
+        metavar="N",
+        help="budgets of the strategies given without their own, e.g. 1 2 4 8 16",
+    )
+    add_search_arguments(what)
+    what.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run directory")
+    what.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    what.add_argument(
+        "--retry-errors", action="store_true", help="with --resume: redo problems that failed"
+    )
+    data = run.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="where the problems come from: 'hub' for HuggingFaceH4/MATH-500 (test split) from"
+        " the Hugging Face hub, or a JSONL file with 'problem' and 'answer' per line"
+        " (default: the copy of MATH-500 shipped with asynctts, read with no network)",
+    )
+    data.add_argument(
+        "--limit", type=positive_int, help="first K problems, after filtering (default: all)"
+    )
+    data.add_argument(
+        "--levels", nargs="+", type=int, metavar="L", help="e.g. 1 2 (default: all levels)"
+    )
+    data.add_argument(
+        "--subjects",
+        nargs="+",
+        metavar="S",
+        help='e.g. Algebra "Number Theory" (default: all subjects)',
+    )
+    data.add_argument("--shuffle", action="store_true", help="shuffle (with --seed) first")
+    data.add_argument("--seed", type=int, default=0, help="shuffle and request seed")
+    add_sampling_arguments(run.add_argument_group("sampling"))
+    add_endpoint_arguments(run)
+    how = run.add_argument_group("how")
+    how.add_argument(
+        "--max-problems-in-flight",
+        type=positive_int,
+        default=64,
+        help="problems solved at once",
+    )
+    how.add_argument(
+        "--grading-workers", type=positive_int, default=2, help="processes grading answers"
+    )
+    how.add_argument("--no-progress", action="store_true", help="no progress bar")
+    how.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="of the structured logs in RUN_DIR/eval.log",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    plan: EvalPlan
+    policy: Endpoint
+    prm: Endpoint | None
+    run_dir: Path
+    options: RunOptions
+
+
+def prepare_eval(args: argparse.Namespace) -> Prepared:
+    """Everything `eval` needs, checked; nothing is sent and nothing is written.
+
+    Raises:
+        ConfigError: any bad input, named.
+    """
+    policy, prm = endpoints_of(args)
+    jobs = plan_jobs(
+        args.strategy,
+        args.n,
+        settings=StrategySettings(
+            width=args.width, max_depth=args.max_depth, aggregate=args.aggregate
+        ),
+    )
+    if args.retry_errors and not args.resume:
+        raise ConfigError("--retry-errors only applies with --resume")
+    dataset = load_dataset(args.data)
+    selection = {
+        "limit": args.limit,
+        "levels": sorted(args.levels) if args.levels else None,
+        "subjects": sorted(args.subjects) if args.subjects else None,
+        "shuffle": args.shuffle,
+        "shuffle_seed": args.seed if args.shuffle else None,
+    }
+    problems = select(
+        dataset.problems,
+        limit=args.limit,
+        levels=args.levels,
+        subjects=args.subjects,
+        shuffle=args.shuffle,
+        seed=args.seed,
+    )
+    plan = EvalPlan(
+        data=dataset,
+        problems=tuple(problems),
+        selection=selection,
+        jobs=tuple(jobs),
+        sampling=sampling_of(args),
+        seed=args.seed,
+        system_prompt=system_prompt_of(args),
+    )
+    plan.check(has_prm=prm is not None)
+    options = RunOptions(
+        resume=args.resume,
+        retry_errors=args.retry_errors,
+        max_problems_in_flight=args.max_problems_in_flight,
+        progress=not args.no_progress,
+        grading_workers=args.grading_workers,
+    )
+    return Prepared(plan, policy, prm, args.out, options)
+
+
+class _LogFile:
+    """The run's log file as structlog's stream. Writes after `close()` are dropped: loggers
+    cache their stream on first use, and the run (not the process) owns this file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: TextIO | None = path.open("a", encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        return self._file.write(text) if self._file is not None else 0
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
+
+
+async def eval_async(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """`asynctts eval` with parsed arguments (examples fill in endpoints first)."""
+    prepared = prepare_eval(args)
+    stdout = out or sys.stdout
+    log_file = _LogFile(prepared.run_dir / LOG_NAME)
+    configure_logging(level=args.log_level, stream=log_file, json=True)  # type: ignore[arg-type]
+    try:
+        outcomes = await run_eval(
+            prepared.plan,
+            policy=prepared.policy,
+            prm=prepared.prm,
+            run_dir=prepared.run_dir,
+            options=prepared.options,
+        )  # no argv in the journal: a URL on the command line may carry credentials
+    finally:
+        log_file.close()
+    _, text = write_report(prepared.run_dir)
+    stdout.write(text)
+    for outcome in outcomes:
+        stdout.write(
+            f"{outcome.key}: {outcome.solved} solved now, {outcome.resumed} from the journal,"
+            f" {outcome.wall_s:.1f} s\n"
+        )
+    stdout.write(
+        f"report: {prepared.run_dir / REPORT_TEXT}, plot: {prepared.run_dir / REPORT_PLOT}\n"
+    )
+    return 0
