@@ -6,6 +6,10 @@ Rules:
   coalesce and call `transport.post_json`.
 - Paths from concurrent `score` calls, from any problem, are coalesced into one request
   (`Coalescer`); each problem's ledger is charged its share of the request's input characters.
+- A pooling PRM whose prompts the server renders (`PoolingPrompt.rendering == "server"`: no
+  tokenizer here) sends chat `messages`, which vLLM takes one conversation per request: the
+  coalesced paths then go out as concurrent requests of one path each, and a failed request
+  fails its path alone. Which rendering is in use is logged once, when the client is built.
 - A response that is wrong for one path (a wrong number of step scores) fails that path only;
   a response of the wrong shape as a whole fails the batch.
 - Failures reach the caller as `BranchLost(path.key, "scoring", cause)` for the first failed
@@ -18,23 +22,31 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
+
+import structlog
 
 from asynctts.backends.coalesce import Coalescer, CoalescerClosed
 from asynctts.backends.context import PostJson, ProblemContext, in_index_order
 from asynctts.backends.templates import (
     LabelledPrompt,
     LogprobPrompt,
+    Message,
     PoolingPrompt,
     PromptRenderError,
+    Rendering,
 )
 from asynctts.endpoint import Endpoint
 from asynctts.errors import BadResponse, BranchLost, ConfigError, TransportError, format_key
 from asynctts.ledger import Charge, Ledger
 from asynctts.protocols import STEP_DELIMITER, Path
+
+log = structlog.get_logger("asynctts.backends.prm")
 
 POOLING_ROUTE = "/pooling"
 COMPLETIONS_ROUTE = "/v1/completions"
@@ -42,17 +54,24 @@ COMPLETIONS_ROUTE = "/v1/completions"
 Scores = tuple[float, ...]
 # One outcome per item of a batch: its scores, or why the response was wrong for it alone.
 Outcome = Scores | BadResponse
+# What the coalescer hands each path: also a failed request of its own (server rendering).
+Result = Scores | TransportError
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreJob:
-    """One path to score, rendered, with what its charge and error messages need."""
+    """One path to score, rendered, with what its charge and error messages need.
+
+    `prompt` is the input as it travels: the rendered text, or (server rendering) `messages`
+    as JSON. Jobs with the same prompt are sent once; its length sets the job's share of a cost.
+    """
 
     ledger: Ledger
     problem_id: str
     path: Path
     prompt: str
     label_positions: tuple[int, ...] = ()  # logprob PRMs only
+    messages: tuple[Message, ...] = ()  # pooling PRMs rendered on the server only
 
     @property
     def name(self) -> str:
@@ -80,6 +99,11 @@ def coalesced_charges(jobs: Sequence[ScoreJob]) -> list[Charge]:
 
 def encode_pooling(model: str, prompts: Sequence[str]) -> dict[str, Any]:
     return {"model": model, "input": list(prompts)}
+
+
+def encode_pooling_messages(model: str, messages: Sequence[Message]) -> dict[str, Any]:
+    """One conversation for the server to render with the model's chat template."""
+    return {"model": model, "messages": list(messages)}
 
 
 def decode_pooling(response: Mapping[str, Any], jobs: Sequence[ScoreJob]) -> list[Outcome]:
@@ -252,10 +276,24 @@ class _CoalescedPRM(Generic[_PromptT]):
             )
         self._endpoint = endpoint
         self._transport = transport
-        self._coalescer: Coalescer[ScoreJob, Outcome] = Coalescer(
-            self._send, max_batch=max_batch, window_s=window_s
-        )
         self._prompt: _PromptT = self._prompt_type.for_endpoint(endpoint, delimiter=delimiter)
+        send = self._send_each if self.rendering == "server" else self._send
+        self._coalescer: Coalescer[ScoreJob, Result] = Coalescer(
+            send, max_batch=max_batch, window_s=window_s
+        )
+        log.info(
+            "prm rendering",
+            endpoint=endpoint.base_url,
+            model=endpoint.model,
+            rendering=self.rendering,
+            rendered_with=self._prompt.how,
+        )
+
+    @property
+    def rendering(self) -> Rendering:
+        """Where prompts are rendered: "client" (several paths per request) or "server"
+        (chat messages, one path per request)."""
+        return self._prompt.rendering
 
     async def score(self, ctx: ProblemContext, paths: Sequence[Path]) -> list[Path]:
         """The same paths in the same order, with one score in [0, 1] per step.
@@ -300,18 +338,15 @@ class _CoalescedPRM(Generic[_PromptT]):
     def _encode(self, jobs: Sequence[ScoreJob]) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _encode_one(self, job: ScoreJob) -> dict[str, Any]:
+        """The body of a request for one job, when the server renders the prompts."""
+        raise NotImplementedError
+
     def _decode(self, response: Mapping[str, Any], jobs: Sequence[ScoreJob]) -> list[Outcome]:
         raise NotImplementedError
 
-    async def _send(self, jobs: Sequence[ScoreJob]) -> list[Outcome]:
-        # identical prompts (sibling paths that wrote the same text) are sent once; every
-        # job still shares the cost
-        first_of: dict[str, int] = {}
-        unique: list[ScoreJob] = []
-        for job in jobs:
-            if job.prompt not in first_of:
-                first_of[job.prompt] = len(unique)
-                unique.append(job)
+    async def _send(self, jobs: Sequence[ScoreJob]) -> list[Result]:
+        unique, first_of = _distinct(jobs)
         response = await self._transport.post_json(
             self._route,
             self._encode(unique),
@@ -321,20 +356,69 @@ class _CoalescedPRM(Generic[_PromptT]):
         outcomes = self._decode(response, unique)
         return [outcomes[first_of[job.prompt]] for job in jobs]
 
+    async def _send_each(self, jobs: Sequence[ScoreJob]) -> list[Result]:
+        """One request per distinct conversation, all at once; a request that fails is the
+        result of its own jobs only."""
+        unique, first_of = _distinct(jobs)
+        sharing: list[list[ScoreJob]] = [[] for _ in unique]
+        for job in jobs:
+            sharing[first_of[job.prompt]].append(job)
+        results = await asyncio.gather(
+            *(self._send_one(job, same) for job, same in zip(unique, sharing, strict=True)),
+            return_exceptions=True,
+        )
+        settled: list[Result] = []
+        for result in results:
+            if isinstance(result, TransportError) or not isinstance(result, BaseException):
+                settled.append(result)
+            else:
+                raise result  # not a failed exchange: a bug, failing the batch
+        return [settled[first_of[job.prompt]] for job in jobs]
+
+    async def _send_one(self, job: ScoreJob, same: Sequence[ScoreJob]) -> Result:
+        response = await self._transport.post_json(
+            self._route,
+            self._encode_one(job),
+            charges=coalesced_charges(same),
+            tokens_hint=len(job.prompt) // 4,
+        )
+        return self._decode(response, [job])[0]
+
+
+def _distinct(jobs: Sequence[ScoreJob]) -> tuple[list[ScoreJob], dict[str, int]]:
+    """The jobs with distinct prompts, and each prompt's place among them: identical prompts
+    (sibling paths that wrote the same text) are sent once, and every job shares the cost."""
+    first_of: dict[str, int] = {}
+    unique: list[ScoreJob] = []
+    for job in jobs:
+        if job.prompt not in first_of:
+            first_of[job.prompt] = len(unique)
+            unique.append(job)
+    return unique, first_of
+
 
 class PoolingPRM(_CoalescedPRM[PoolingPrompt]):
-    """A `*ForProcessRewardModel` served by vLLM with `--runner pooling` (STEP pooling)."""
+    """A `*ForProcessRewardModel` served by vLLM with `--runner pooling` (STEP pooling).
+    Prompts rendered here travel several per request (`input`); prompts the server renders
+    travel as `messages`, one conversation per request."""
 
     _route = POOLING_ROUTE
     _scoring = "pooling"
     _prompt_type = PoolingPrompt
 
     def _job(self, ctx: ProblemContext, path: Path) -> ScoreJob:
+        if self.rendering == "server":
+            messages = self._prompt.messages(ctx.problem, path.steps)
+            as_sent = json.dumps(messages, ensure_ascii=False)
+            return ScoreJob(ctx.ledger, ctx.problem_id, path, as_sent, messages=tuple(messages))
         prompt = self._prompt.render(ctx.problem, path.steps)
         return ScoreJob(ctx.ledger, ctx.problem_id, path, prompt)
 
     def _encode(self, jobs: Sequence[ScoreJob]) -> dict[str, Any]:
         return encode_pooling(self._endpoint.model, [job.prompt for job in jobs])
+
+    def _encode_one(self, job: ScoreJob) -> dict[str, Any]:
+        return encode_pooling_messages(self._endpoint.model, job.messages)
 
     def _decode(self, response: Mapping[str, Any], jobs: Sequence[ScoreJob]) -> list[Outcome]:
         return decode_pooling(response, jobs)

@@ -1,5 +1,5 @@
-"""Client-side prompt rendering: the policy's prompt in completions mode, the policy's messages in
-chat mode, and the inputs of both PRM kinds.
+"""Prompt rendering: the policy's prompt in completions mode, the policy's messages in chat mode,
+and the inputs of both PRM kinds (a pooling PRM's as chat messages when the server renders).
 
 Rules:
 - transformers (and jinja2, which renders chat templates) are imported lazily: the `hf` extra.
@@ -20,16 +20,24 @@ Rules:
 - Nothing here mutates a tokenizer (search-and-learn rewrote the shared tokenizer's template).
 - Text that would make a PRM input ambiguous (a step containing the step tag) raises
   `PromptRenderError` rather than being scored wrongly.
+- A tokenizer is looked for locally first (a directory, or the Hugging Face cache); the hub is
+  asked only when `asynctts.hub.hub_unavailable()` says it answers, so an unreachable hub fails
+  in one short probe rather than after the hub client's half minute of retries.
+- A pooling PRM with neither `tokenizer=` nor `prompt_format=` renders on the client when the
+  model's own tokenizer can be had, and otherwise sends the conversation as chat `messages` for
+  the server to render with the model's template (one conversation per request).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from asynctts.errors import AsyncttsError, ConfigError
+from asynctts.hub import hub_unavailable
 from asynctts.protocols import STEP_DELIMITER
 
 if TYPE_CHECKING:
@@ -55,28 +63,66 @@ class PromptRenderError(AsyncttsError, ValueError):
     or the template lost or duplicated a step's marker)."""
 
 
+class TokenizerUnavailable(ConfigError):
+    """No tokenizer could be loaded for a name. `reason` says why, without the advice on what
+    to pass instead (which depends on who needed the tokenizer)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(
+            f"cannot load tokenizer {name!r}: {reason}; point `tokenizer=` at a local directory "
+            "holding the tokenizer files, or set `prompt_format=` to render prompts without a "
+            "tokenizer"
+        )
+        self.name = name
+        self.reason = reason
+
+
 @functools.lru_cache(maxsize=16)
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """The tokenizer (with its chat template) of a model, loaded once per name.
+    """The tokenizer (with its chat template) of a model, loaded once per name: from a local
+    directory or the Hugging Face cache, else from the hub if it answers (see the rules).
 
     Raises:
-        ConfigError: transformers is not installed, or the tokenizer cannot be loaded.
+        TokenizerUnavailable: transformers is not installed, or the tokenizer cannot be loaded.
     """
     try:
         from transformers import AutoTokenizer
     except ImportError as exc:
-        raise ConfigError(
-            f"rendering the chat template of {name_or_path!r} needs transformers: {INSTALL_HINT}"
+        raise TokenizerUnavailable(
+            name_or_path, f"transformers is not installed ({INSTALL_HINT})"
         ) from exc
     try:
-        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
+            name_or_path, local_files_only=True
+        )
+        return tokenizer
+    except (OSError, ValueError) as exc:
+        local_error: Exception = exc
+    except ImportError as exc:
+        raise TokenizerUnavailable(name_or_path, str(exc)) from exc
+    if _names_a_path(name_or_path):
+        if os.path.isdir(name_or_path):
+            reason = f"the local directory does not hold a loadable tokenizer ({local_error})"
+        else:
+            reason = "no such local directory"
+        raise TokenizerUnavailable(name_or_path, reason) from local_error
+    unreachable = hub_unavailable()
+    if unreachable is not None:
+        raise TokenizerUnavailable(
+            name_or_path,
+            "it is neither a local directory nor in the Hugging Face cache, and the hub "
+            f"cannot be asked ({unreachable})",
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, ImportError) as exc:
-        raise ConfigError(
-            f"cannot load tokenizer {name_or_path!r}: {exc}. The Hugging Face hub may be "
-            "unreachable: point `tokenizer=` at a local directory holding the tokenizer files, "
-            "or set `prompt_format=` to render prompts without a tokenizer"
-        ) from exc
+        raise TokenizerUnavailable(name_or_path, f"the Hugging Face hub answered: {exc}") from exc
     return tokenizer
+
+
+def _names_a_path(name: str) -> bool:
+    """A directory, or a name written as a path: never a hub repository id."""
+    return os.path.isdir(name) or os.path.isabs(name) or name.startswith((".", "~"))
 
 
 class _ChatRenderer:
@@ -249,9 +295,17 @@ def bare_step(step: str, delimiter: str) -> str:
     return step.removesuffix(delimiter).strip()
 
 
+Rendering = Literal["client", "server"]
+
+
 class PoolingPrompt:
     """The input of a `*ForProcessRewardModel` served with STEP pooling (Qwen2.5-Math-PRM): the
-    conversation with the step tag after every step, so the server returns one row per step."""
+    conversation with the step tag after every step, so the server returns one row per step.
+
+    Rendered here (`rendering == "client"`: a tokenizer's chat template, or `prompt_format`),
+    or with neither sent as chat `messages` for the server to render (`"server"`). `how` says
+    which, and why, for the logs.
+    """
 
     def __init__(
         self,
@@ -264,6 +318,7 @@ class PoolingPrompt:
     ) -> None:
         if not step_tag:
             raise ConfigError("PoolingPrompt step_tag is empty")
+        self._renderer: _ChatRenderer | None = None
         if prompt_format is not None:
             _check_format(prompt_format, {"problem": "", "solution": ""}, "PRM")
             if step_tag in prompt_format:
@@ -271,11 +326,15 @@ class PoolingPrompt:
                     f"PRM prompt_format {prompt_format!r} contains the step tag {step_tag!r}; "
                     "the tags come from {solution}, one after every step"
                 )
-            self._renderer: _ChatRenderer | None = None
+            self.rendering: Rendering = "client"
+            self.how = "prompt_format"
         elif tokenizer is not None:
             self._renderer = _ChatRenderer(tokenizer)
+            self.rendering = "client"
+            self.how = f"the chat template of tokenizer {self._renderer.name!r}"
         else:
-            raise ConfigError("PoolingPrompt needs a tokenizer or a prompt_format")
+            self.rendering = "server"
+            self.how = "the server's chat template"
         self.step_tag = step_tag
         self._delimiter = delimiter
         self._format = prompt_format
@@ -283,24 +342,28 @@ class PoolingPrompt:
 
     @classmethod
     def for_endpoint(cls, endpoint: Endpoint, *, delimiter: str = STEP_DELIMITER) -> PoolingPrompt:
+        """`prompt_format` or an explicit `tokenizer` render on the client (a tokenizer that
+        cannot be loaded is an error); with neither, the served model's tokenizer renders on
+        the client when it can be had (see `load_tokenizer`), else the server renders."""
+        settings: dict[str, Any] = {"step_tag": endpoint.step_tag, "delimiter": delimiter}
         if endpoint.prompt_format is not None:
-            return cls(
-                step_tag=endpoint.step_tag,
-                delimiter=delimiter,
-                prompt_format=endpoint.prompt_format,
-            )
-        return cls(
-            step_tag=endpoint.step_tag,
-            delimiter=delimiter,
-            tokenizer=load_tokenizer(endpoint.tokenizer_name),
-        )
+            return cls(prompt_format=endpoint.prompt_format, **settings)
+        if endpoint.tokenizer is not None:
+            return cls(tokenizer=load_tokenizer(endpoint.tokenizer), **settings)
+        try:
+            tokenizer = load_tokenizer(endpoint.model)
+        except TokenizerUnavailable as exc:
+            prompt = cls(**settings)
+            prompt.how = f"the server's chat template (no tokenizer here: {exc.reason})"
+            return prompt
+        return cls(tokenizer=tokenizer, **settings)
 
-    def render(self, problem: str, steps: Sequence[str]) -> str:
-        """The rendered conversation with exactly one step tag per step.
+    def messages(self, problem: str, steps: Sequence[str]) -> list[Message]:
+        """The conversation: the PRM's system prompt, the problem, and the steps as the
+        assistant's message, each followed by the step tag.
 
         Raises:
-            PromptRenderError: the problem or a step contains the step tag, or the template
-                changed the number of tags.
+            PromptRenderError: the problem or a step contains the step tag.
         """
         tag = self.step_tag
         if tag in problem:
@@ -308,22 +371,36 @@ class PoolingPrompt:
         for i, step in enumerate(steps):
             if tag in step:
                 raise PromptRenderError(f"step {i} contains the PRM step tag {tag!r}: {step!r}")
-        solution = "".join(bare_step(step, self._delimiter) + tag for step in steps)
-        if self._format is not None:
-            return self._format.format(problem=problem, solution=solution)
-        assert self._renderer is not None
-        messages = [
+        return [
             *_system_messages(self._system),
             {"role": "user", "content": problem},
-            {"role": "assistant", "content": solution},
+            {"role": "assistant", "content": self._solution(steps)},
         ]
+
+    def render(self, problem: str, steps: Sequence[str]) -> str:
+        """The conversation rendered here, with exactly one step tag per step.
+
+        Raises:
+            PromptRenderError: the problem or a step contains the step tag, or the template
+                changed the number of tags.
+            ConfigError: this prompt renders on the server (no tokenizer, no prompt_format).
+        """
+        messages = self.messages(problem, steps)
+        if self._format is not None:
+            return self._format.format(problem=problem, solution=self._solution(steps))
+        if self._renderer is None:
+            raise ConfigError("this PRM prompt renders on the server: send `messages`")
         text = self._renderer.render(messages, add_generation_prompt=False)
+        tag = self.step_tag
         if text.count(tag) != len(steps):
             raise PromptRenderError(
                 f"the chat template of {self._renderer.name!r} rendered {text.count(tag)} "
                 f"step tags for {len(steps)} steps"
             )
         return text
+
+    def _solution(self, steps: Sequence[str]) -> str:
+        return "".join(bare_step(step, self._delimiter) + self.step_tag for step in steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +432,8 @@ class LogprobPrompt:
         self._tokenizer = tokenizer
         self._delimiter = delimiter
         self.label = label
+        self.rendering: Rendering = "client"  # the label positions need the tokens
+        self.how = f"the chat template of tokenizer {self._renderer.name!r}"
 
     @classmethod
     def for_endpoint(cls, endpoint: Endpoint, *, delimiter: str = STEP_DELIMITER) -> LogprobPrompt:
@@ -363,7 +442,16 @@ class LogprobPrompt:
                 f"PRM endpoint {endpoint.base_url}: scoring='logprob' locates the labels with "
                 "the tokenizer's chat template; prompt_format is not supported there"
             )
-        return cls(load_tokenizer(endpoint.tokenizer_name), delimiter=delimiter)
+        try:
+            tokenizer = load_tokenizer(endpoint.tokenizer_name)
+        except TokenizerUnavailable as exc:
+            raise ConfigError(
+                f"PRM endpoint {endpoint.base_url}: scoring='logprob' needs the PRM's tokenizer "
+                "here, to find each label's position among the prompt's tokens (prompt_format "
+                "cannot stand in for it): pass `tokenizer=` a local directory holding the "
+                f"tokenizer files of {endpoint.model!r}. Tokenizer {exc.name!r}: {exc.reason}"
+            ) from exc
+        return cls(tokenizer, delimiter=delimiter)
 
     def render(self, problem: str, steps: Sequence[str]) -> LabelledPrompt:
         """Raises:

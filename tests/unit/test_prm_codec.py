@@ -24,8 +24,9 @@ from asynctts.backends.prm import (
     decode_pooling,
     encode_logprob,
     encode_pooling,
+    encode_pooling_messages,
 )
-from asynctts.backends.templates import PromptRenderError
+from asynctts.backends.templates import PRM_SYSTEM_PROMPT, PromptRenderError
 from asynctts.endpoint import Endpoint
 from asynctts.errors import BadResponse, BranchLost, ConfigError, ServerError
 from asynctts.ledger import Charge, Ledger
@@ -440,3 +441,118 @@ async def test_identical_prompts_are_sent_once() -> None:
     assert call.body["input"] == ["Q1|same<t>", "Q1|other<t>"]
     assert call.charges == (Charge(ledger, ("0.0", "0.1", "0.2", "1.0"), share=1.0),)
     await prm.aclose()
+
+
+# --- pooling rendered on the server (no tokenizer here) ---------------------------------------
+
+
+def server_rendered(
+    monkeypatch: pytest.MonkeyPatch, transport: ScriptedTransport, *, max_batch: int = 1
+) -> PoolingPRM:
+    """A pooling PRM with neither tokenizer nor prompt_format, offline: the server renders.
+    A batch leaves when it holds `max_batch` paths."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    endpoint = Endpoint(base_url="http://127.0.0.1:9/v1", model="my-prm", step_tag="<t>")
+    return PoolingPRM(endpoint, transport, max_batch=max_batch, window_s=LONG_WINDOW_S)
+
+
+def pooled_conversation(route: str, body: Mapping[str, Any]) -> dict[str, Any] | BaseException:
+    """One conversation per request, as vLLM takes `messages`: one data entry, one row per tag
+    of the assistant message; p_pos = 0.1 * step. A step "fail" makes the request a 502."""
+    assert "input" not in body
+    solution = body["messages"][-1]["content"]
+    if "fail" in solution:
+        return ServerError("502 from the PRM", 502)
+    rows = [[1 - 0.1 * s, 0.1 * s] for s in range(1, solution.count("<t>") + 1)]
+    return {"data": [{"index": 0, "object": "pooling", "data": rows}]}
+
+
+def test_encode_pooling_messages() -> None:
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "a<t>"}]
+    assert encode_pooling_messages("prm", messages) == {"model": "prm", "messages": messages}
+
+
+async def test_server_rendering_sends_one_conversation_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    transport = ScriptedTransport(pooled_conversation)
+    prm = server_rendered(monkeypatch, transport, max_batch=2)  # both paths in one batch
+    assert prm.rendering == "server"
+    a, b = Ledger(), Ledger()
+    one = Path(steps=("a\n\n", "b\n\n"), key=(0,))
+    two = Path(steps=("c\n\n",), key=(1,))
+    first, second = await asyncio.gather(
+        prm.score(ctx("1", a), [one]), prm.score(ctx("2", b), [two])
+    )
+    assert first == [one.with_scores((pytest.approx(0.1), pytest.approx(0.2)))]
+    assert second == [two.with_scores((pytest.approx(0.1),))]
+    assert [call.route for call in transport.calls] == [POOLING_ROUTE, POOLING_ROUTE]
+    assert transport.calls[0].body == {
+        "model": "my-prm",
+        "messages": [
+            {"role": "system", "content": PRM_SYSTEM_PROMPT},
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "a<t>b<t>"},
+        ],
+    }
+    # each request is charged to its own problem alone
+    assert [call.charges for call in transport.calls] == [
+        (Charge(a, ("0",), share=1.0),),
+        (Charge(b, ("1",), share=1.0),),
+    ]
+    await prm.aclose()
+
+
+async def test_server_rendering_fails_a_failed_request_s_path_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prm = server_rendered(monkeypatch, ScriptedTransport(pooled_conversation), max_batch=2)
+    bad, good = Path(steps=("fail\n\n",), key=(1,)), Path(steps=("ok\n\n",), key=(2,))
+    outcomes = await asyncio.gather(
+        prm.score(ctx("1", Ledger()), [bad]),
+        prm.score(ctx("2", Ledger()), [good]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], BranchLost)
+    assert outcomes[0].key == (1,)
+    assert isinstance(outcomes[0].cause, ServerError)
+    assert outcomes[1] == [good.with_scores((pytest.approx(0.1),))]
+    await prm.aclose()
+
+
+async def test_server_rendering_keeps_scored_prefixes_and_sends_twins_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    transport = ScriptedTransport(pooled_conversation)
+    prm = server_rendered(monkeypatch, transport, max_batch=3)  # the three unscored paths
+    ledger = Ledger()
+    done = Path(steps=("a\n\n",), scores=(0.9,), key=(0,))
+    child = Path(steps=("a\n\n", "b\n\n"), scores=(0.55,), key=(0, 0))
+    twins = [Path(steps=("same\n\n",), key=(1, i)) for i in range(2)]
+    scored = await prm.score(ctx("1", ledger), [done, child, *twins])
+    assert scored[0] is done  # nothing new: not sent
+    assert scored[1].scores == (0.55, pytest.approx(0.2))
+    assert [p.scores for p in scored[2:]] == [(pytest.approx(0.1),)] * 2
+    solutions = [call.body["messages"][-1]["content"] for call in transport.calls]
+    assert sorted(solutions) == ["a<t>b<t>", "same<t>"]
+    (twin_call,) = [c for c in transport.calls if c.body["messages"][-1]["content"] == "same<t>"]
+    assert twin_call.charges == (Charge(ledger, ("1.0", "1.1"), share=1.0),)
+    await prm.aclose()
+
+
+async def test_server_rendering_after_aclose_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    prm = server_rendered(monkeypatch, ScriptedTransport(pooled_conversation))
+    await prm.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await prm.score(ctx("1", Ledger()), [Path(steps=("a",))])
+
+
+def test_a_logprob_prm_without_tokenizer_fails_at_construction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    endpoint = Endpoint(base_url="http://127.0.0.1:9/v1", model="judge", scoring="logprob")
+    transport = ScriptedTransport(pooled)
+    with pytest.raises(ConfigError, match=r"scoring='logprob' needs the PRM's tokenizer here"):
+        LogprobPRM(endpoint, transport)
+    assert transport.calls == []

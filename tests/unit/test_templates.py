@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -17,11 +18,13 @@ from asynctts.backends.templates import (
     PolicyPrompt,
     PoolingPrompt,
     PromptRenderError,
+    TokenizerUnavailable,
     bare_step,
     chat_fields,
     continued_ids,
     load_tokenizer,
 )
+from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
 
 from helpers_tokenizers import BOS, CHATML_TEMPLATE, LLAMA_TEMPLATE, build_tokenizer
@@ -55,18 +58,52 @@ def test_load_tokenizer_caches_per_name(llama: PreTrainedTokenizerBase) -> None:
     assert load_tokenizer(llama.name_or_path) is llama
 
 
-def test_load_tokenizer_failure_names_the_tokenizer_and_the_ways_out(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_a_missing_local_path_fails_without_asking_the_hub(tmp_path: Path) -> None:
     missing = str(tmp_path / "no-such-tokenizer")
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(TokenizerUnavailable) as caught:
         load_tokenizer(missing)
+    assert caught.value.reason == "no such local directory"
     message = str(caught.value)
     assert repr(missing) in message
-    assert "hub may be unreachable" in message
-    assert "tokenizer=" in message
+    assert "tokenizer=` at a local directory" in message
     assert "prompt_format=" in message
+
+
+def test_a_directory_without_tokenizer_files_says_so(tmp_path: Path) -> None:
+    with pytest.raises(TokenizerUnavailable) as caught:
+        load_tokenizer(str(tmp_path))
+    assert caught.value.reason.startswith("the local directory does not hold a loadable tokenizer")
+
+
+def test_offline_a_hub_name_fails_at_once_naming_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TokenizerUnavailable) as caught:
+        load_tokenizer("acme/no-such-prm")
+    assert caught.value.reason == (
+        "it is neither a local directory nor in the Hugging Face cache, and the hub cannot be "
+        "asked (HF_HUB_OFFLINE is set)"
+    )
+    assert str(caught.value).startswith("cannot load tokenizer 'acme/no-such-prm': it is neither")
+
+
+def test_a_tokenizer_in_the_hugging_face_cache_loads_offline(
+    chatml: PreTrainedTokenizerBase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the cache's own layout: models--{org}--{name}/snapshots/{revision}, refs/main names it,
+    # .no_exist/{revision} records files the repository lacks (here config.json)
+    repo = tmp_path / "models--acme--cached-prm"
+    chatml.save_pretrained(repo / "snapshots" / "0123abcd")
+    (repo / ".no_exist" / "0123abcd").mkdir(parents=True)
+    (repo / ".no_exist" / "0123abcd" / "config.json").touch()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = load_tokenizer.__wrapped__("acme/cached-prm")
+    assert loaded.chat_template == CHATML_TEMPLATE
+    assert loaded.get_vocab() == chatml.get_vocab()
 
 
 def test_load_tokenizer_without_transformers_says_what_to_install(
@@ -75,8 +112,9 @@ def test_load_tokenizer_without_transformers_says_what_to_install(
     import sys
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes the import fail
-    with pytest.raises(ConfigError, match=r"pip install 'asynctts\[hf\]'"):
+    with pytest.raises(TokenizerUnavailable) as caught:
         load_tokenizer.__wrapped__("some/model")
+    assert caught.value.reason == "transformers is not installed (pip install 'asynctts[hf]')"
 
 
 # --- policy, completions mode ---------------------------------------------------------------
@@ -228,6 +266,81 @@ def test_pooling_rejects_a_step_containing_the_tag(chatml: PreTrainedTokenizerBa
         prompt.render("What is <extra_0>?", ["a\n\n"])
 
 
+def test_pooling_messages_are_what_the_client_renders(chatml: PreTrainedTokenizerBase) -> None:
+    prompt = PoolingPrompt(step_tag="<extra_0>", tokenizer=chatml)
+    steps = ["Step 1: add.\n\n", "So $\\boxed{2}$."]
+    messages = prompt.messages(PROBLEM, steps)
+    assert messages == [
+        {"role": "system", "content": PRM_SYSTEM_PROMPT},
+        {"role": "user", "content": PROBLEM},
+        {"role": "assistant", "content": "Step 1: add.<extra_0>So $\\boxed{2}$.<extra_0>"},
+    ]
+    # what a server renders from them (its template, no generation prompt) is the client's text
+    on_server = chatml.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    assert on_server == prompt.render(PROBLEM, steps)
+
+
+def test_pooling_prompt_without_tokenizer_or_format_renders_on_the_server() -> None:
+    prompt = PoolingPrompt(step_tag="<t>")
+    assert (prompt.rendering, prompt.how) == ("server", "the server's chat template")
+    assert prompt.messages(PROBLEM, ["a\n\n", "b"])[-1] == {
+        "role": "assistant",
+        "content": "a<t>b<t>",
+    }
+    with pytest.raises(PromptRenderError, match=r"step 0 contains the PRM step tag '<t>'"):
+        prompt.messages(PROBLEM, ["a<t>"])
+    with pytest.raises(ConfigError, match="renders on the server: send `messages`"):
+        prompt.render(PROBLEM, ["a"])
+
+
+def prm_endpoint(**fields: str) -> Endpoint:
+    return Endpoint(base_url="http://127.0.0.1:9/v1", step_tag="<t>", **fields)  # type: ignore[arg-type]
+
+
+def test_pooling_for_endpoint_without_a_tokenizer_at_hand_renders_on_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prompt = PoolingPrompt.for_endpoint(prm_endpoint(model="my-prm"))
+    assert prompt.rendering == "server"
+    assert prompt.how == (
+        "the server's chat template (no tokenizer here: it is neither a local directory nor "
+        "in the Hugging Face cache, and the hub cannot be asked (HF_HUB_OFFLINE is set))"
+    )
+
+
+def test_pooling_for_endpoint_renders_here_when_the_model_is_local(
+    chatml: PreTrainedTokenizerBase,
+) -> None:
+    prompt = PoolingPrompt.for_endpoint(prm_endpoint(model=chatml.name_or_path))
+    assert prompt.rendering == "client"
+    assert prompt.how == f"the chat template of tokenizer {chatml.name_or_path!r}"
+    assert PoolingPrompt.for_endpoint(prm_endpoint(model="m", prompt_format="{problem}{solution}"))\
+        .rendering == "client"  # fmt: skip
+
+
+def test_pooling_for_endpoint_with_an_explicit_tokenizer_never_falls_back(
+    tmp_path: Path,
+) -> None:
+    missing = str(tmp_path / "gone")
+    with pytest.raises(TokenizerUnavailable, match="no such local directory"):
+        PoolingPrompt.for_endpoint(prm_endpoint(model="my-prm", tokenizer=missing))
+
+
+def test_logprob_without_a_tokenizer_says_what_to_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    endpoint = prm_endpoint(model="judge", scoring="logprob")
+    with pytest.raises(ConfigError) as caught:
+        LogprobPrompt.for_endpoint(endpoint)
+    assert str(caught.value) == (
+        "PRM endpoint http://127.0.0.1:9/v1: scoring='logprob' needs the PRM's tokenizer here, "
+        "to find each label's position among the prompt's tokens (prompt_format cannot stand "
+        "in for it): pass `tokenizer=` a local directory holding the tokenizer files of "
+        "'judge'. Tokenizer 'judge': it is neither a local directory nor in the Hugging Face "
+        "cache, and the hub cannot be asked (HF_HUB_OFFLINE is set)"
+    )
+
+
 def test_pooling_prompt_format() -> None:
     prompt = PoolingPrompt(step_tag="<t>", prompt_format="Q: {problem}\nA: {solution}")
     assert prompt.render(PROBLEM, ["a\n\n", "b"]) == "Q: What is 1+1?\nA: a<t>b<t>"
@@ -308,7 +421,7 @@ def test_saved_tokenizer_files_hold_the_template(llama: PreTrainedTokenizerBase)
     assert config.get("chat_template", on_disk) == LLAMA_TEMPLATE
 
 
-# --- policy, completions mode as token ids (the "\n\n" boundary, DESIGN.md section 6) --------
+# --- policy, completions mode as token ids (the "\n\n" boundary, docs/design.md, section 6) -------
 
 
 def test_this_tokenizer_has_the_boundary_trap(chatml: PreTrainedTokenizerBase) -> None:
