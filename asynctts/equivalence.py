@@ -5,44 +5,59 @@ Rules:
   without math-verify (the fast path: most votes are mostly identical strings).
 - Distinct forms go to a worker process as ONE task per `group()` call. There each distinct
   form is parsed once and compared with the representative of each group so far, in
-  first-seen order; it joins the first group whose representative it equals, else it starts
-  a new group. So d distinct forms cost at most d(d-1)/2 comparisons, capped at `max_pairs`.
-- math-verify's equality is neither symmetric nor transitive ("(1,2)" equals "\\{1,2\\}",
-  which equals "\\{2,1\\}", which equals "(2,1)"). For votes two forms are equal only when
-  math-verify says so in both directions and both or neither are sets; `equal()` (grading)
-  is math-verify's verify(gold, answer) unchanged, so scores match published ones.
+  first-seen order (asynctts/verify_worker.py); so d distinct forms cost at most d(d-1)/2
+  comparisons, capped at `max_pairs`. For votes two forms are equal only when math-verify says
+  so in both directions and both or neither are sets; `equal()` (grading) is math-verify's
+  verify(gold, answer) unchanged, so scores match published ones.
+- Workers are `python -m asynctts.verify_worker` processes talking JSON lines over their
+  pipes. They never import the caller's `__main__`, so any program can group answers: a script
+  without a main guard, a program read from stdin, a notebook. Each worker is driven by a
+  thread of its pool, so one pool serves every event loop and thread of the process; tasks
+  beyond `workers` wait their turn.
 - math-verify never runs on the event loop (it is CPU-bound and cannot be interrupted from
   another thread). Two deadlines bound it: inside the worker, each parse or comparison gets
   at most `comparison_timeout_s` and the whole task at most `timeout_s` (SIGALRM timers, which
-  interrupt Python code); outside, pebble kills a worker still busy `_KILL_GRACE_S` after
-  that (stuck in C code, Math-Verify#65) and starts a new one.
-- Whatever could not be decided (a timeout, the cap, a killed or crashed worker) falls back
-  to string grouping: those answers are never "equal" by accident. Each fallback is logged.
+  interrupt Python code); outside, a worker with no reply `_KILL_GRACE_S` after that is
+  killed (stuck in C code, Math-Verify#65). A worker that died or replied nonsense is dropped
+  too; the next task starts a new one.
+- Whatever could not be decided (a timeout, the cap, a killed, crashed or failing worker) falls
+  back to string grouping for that call only (`equal()`: None): those answers are never
+  "equal" by accident. Each fallback is logged as a warning with its reason and counted in
+  `statistics()`.
+- Workers start on first need. An `Equivalence` stops its own at `aclose()`; one made with
+  `share_workers=True` (as `Solver` and `solve()` do) uses the process's shared pool instead,
+  so a second one-shot solve starts no process; that pool stops at interpreter exit. A worker
+  also ends when its stdin closes, and on Linux when the thread that started it ends.
 - So: "0.5" = "\\frac{1}{2}" = "\\dfrac12"; "90^\\circ" = "90"; "\\text{(A)}" = "A";
   "\\{1,2\\}" = "\\{2,1\\}" (sets); "(1,2)" != "(2,1)" (tuples); "[0,1)" != "[0,1]"
   (intervals); "(1,2)" != "\\{1,2\\}". "10\\%" = "10" (math-verify says so, and `normalize`
   drops the percent sign), so "10\\%" is not grouped with "0.1".
-- Workers are started with the "spawn" method, lazily on first need, so a program using this
-  module must guard its entry point with `if __name__ == "__main__":`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
-import logging
 import math
-import multiprocessing
+import os
+import queue
+import select
 import signal
+import site
+import subprocess
+import sys
+import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
-from types import FrameType
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
-import pebble
+import orjson
 import structlog
 
 from asynctts.answers import normalize
@@ -54,6 +69,13 @@ log = structlog.get_logger("asynctts.equivalence")
 
 # A worker still busy this long after its own deadline is stuck in uninterruptible code.
 _KILL_GRACE_S = 1.0
+# Most time a new worker may take to load sympy and math-verify (about 1 s when idle).
+_START_TIMEOUT_S = 60.0
+# Most time a worker that closed its stdout may take to exit before it is killed.
+_EXIT_WAIT_S = 5.0
+_WORKER_MODULE = "asynctts.verify_worker"
+# The directory this asynctts was imported from: a checkout or an editable install too.
+_IMPORT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 _T = TypeVar("_T")
 
@@ -66,7 +88,8 @@ class EquivalenceStatistics:
     comparisons: int = 0  # math-verify comparisons the workers ran
     timeouts: int = 0  # parses or comparisons cut by a deadline inside a worker
     skipped_forms: int = 0  # distinct forms grouped by string only (cap or task deadline)
-    lost_tasks: int = 0  # tasks whose worker was killed at the outer deadline or crashed
+    lost_tasks: int = 0  # tasks whose worker was killed at the outer deadline, died or failed
+    workers_started: int = 0  # worker processes this Equivalence's tasks started
 
 
 class _State(enum.Enum):
@@ -88,6 +111,7 @@ class Equivalence:
         timeout_s: float = 5.0,
         max_pairs: int = 2000,
         comparison_timeout_s: float = 1.0,
+        share_workers: bool = False,
     ) -> None:
         """
         Args:
@@ -98,6 +122,9 @@ class Equivalence:
                 by string.
             comparison_timeout_s: most time one parse or comparison may take; one that takes
                 longer counts as "not equal".
+            share_workers: use the process's shared pool of `workers` processes (started
+                once, on first need, stopped at interpreter exit; `aclose()` leaves it
+                running) instead of a pool of its own.
 
         Raises:
             ConfigError: a value out of range (named in the message).
@@ -112,11 +139,14 @@ class Equivalence:
         ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value!r}: need a finite number of seconds > 0")
+        if not isinstance(share_workers, bool):
+            raise ConfigError(f"share_workers={share_workers!r}: need a bool")
         self._workers = workers
         self._timeout_s = float(timeout_s)
         self._max_pairs = max_pairs
         self._comparison_timeout_s = float(comparison_timeout_s)
-        self._pool: pebble.ProcessPool | None = None
+        self._share_workers = share_workers
+        self._pool: _WorkerPool | None = None
         self._state = _State.OPEN
         self._stats = EquivalenceStatistics()
 
@@ -128,12 +158,12 @@ class Equivalence:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the worker processes (a task still running is abandoned). Idempotent."""
+        """Stop the worker processes unless they are shared (a task still running is
+        abandoned). Idempotent."""
         self._state = _State.CLOSED
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.stop()  # type: ignore[no-untyped-call]  # pebble leaves it unannotated
-            await asyncio.to_thread(pool.join)
+        if pool is not None and not self._share_workers:
+            await asyncio.to_thread(pool.close)
 
     def statistics(self) -> EquivalenceStatistics:
         return self._stats
@@ -176,7 +206,7 @@ class Equivalence:
 
         Returns:
             True or False; None when it could not be decided in time (a deadline, or the
-            worker was killed or crashed).
+            worker was killed, crashed or failed).
 
         Raises:
             TypeError: `gold` or `answer` is not a str.
@@ -190,9 +220,9 @@ class Equivalence:
         if gold_form == answer_form:
             return True
         verdict = await self._run(
-            _equal_in_worker, gold_form, answer_form, self._timeout_s, self._comparison_timeout_s
+            "equal", {"gold": gold_form, "answer": answer_form}, _decode_verdict
         )
-        if isinstance(verdict, _Lost):
+        if verdict is None:
             log.warning("equivalence.equal_undecided", gold=gold_form, answer=answer_form)
             return None
         self._count(comparisons=1, timeouts=int(verdict.equal is None))
@@ -208,13 +238,11 @@ class Equivalence:
                 self._count(skipped_forms=len(forms) - 1)
             return by_string
         grouping = await self._run(
-            _group_in_worker,
-            forms,
-            self._max_pairs,
-            self._timeout_s,
-            self._comparison_timeout_s,
+            "group",
+            {"forms": forms, "max_pairs": self._max_pairs},
+            lambda reply: _decode_grouping(reply, len(forms)),
         )
-        if isinstance(grouping, _Lost):
+        if grouping is None:
             log.warning("equivalence.grouped_by_string", forms=len(forms))
             return by_string
         self._count(
@@ -234,26 +262,32 @@ class Equivalence:
             )
         return list(grouping.representative)
 
-    async def _run(self, function: Callable[..., _T], *args: object) -> _T | _Lost:
-        """Run `function(*args)` in a worker; `_LOST` when it was killed or crashed."""
+    async def _run(
+        self, op: str, arguments: dict[str, Any], decode: Callable[[dict[str, Any]], _T]
+    ) -> _T | None:
+        """A worker's decoded reply to operation `op`; None when the task was lost (logged
+        and counted)."""
         if self._pool is None:
-            self._pool = pebble.ProcessPool(
-                max_workers=self._workers,
-                initializer=_init_worker,
-                context=multiprocessing.get_context("spawn"),  # no fork of a threaded process
+            self._pool = (
+                _shared_pool(self._workers) if self._share_workers else _WorkerPool(self._workers)
             )
-            log.info("equivalence.pool_started", workers=self._workers)
+        request = {
+            "op": op,
+            **arguments,
+            "budget_s": self._timeout_s,
+            "per_operation_s": self._comparison_timeout_s,
+        }
         self._count(worker_tasks=1)
-        future = self._pool.schedule(function, args=args, timeout=self._timeout_s + _KILL_GRACE_S)
-        try:
-            return await asyncio.wrap_future(future)
-        except TimeoutError:
-            reason = f"no result within {self._timeout_s + _KILL_GRACE_S} s: worker killed"
-        except pebble.ProcessExpired as expired:
-            reason = f"worker died with exit code {expired.exitcode}"
-        self._count(lost_tasks=1)
-        log.warning("equivalence.worker_task_lost", reason=reason, task=function.__name__)
-        return _LOST
+        outcome = await self._pool.run(
+            orjson.dumps(request), self._timeout_s + _KILL_GRACE_S, decode
+        )
+        if outcome.started_pid is not None:
+            self._count(workers_started=1)
+            log.info("equivalence.worker_started", pid=outcome.started_pid)
+        if outcome.lost is not None:
+            self._count(lost_tasks=1)
+            log.warning("equivalence.worker_task_lost", reason=outcome.lost, task=op)
+        return outcome.result
 
     def _count(self, **increments: int) -> None:
         current = self._stats
@@ -265,15 +299,8 @@ class Equivalence:
             raise RuntimeError("this Equivalence is closed")
 
 
-class _Lost(enum.Enum):
-    LOST = "lost"
-
-
-_LOST = _Lost.LOST
-
-
 # ---------------------------------------------------------------------------------------------
-# Worker side: runs in the main thread of a worker process, where SIGALRM timers work.
+# Replies of the worker (asynctts/verify_worker.py).
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,124 +316,263 @@ class _Verdict:
     equal: bool | None  # None: cut by a deadline
 
 
-class _OperationTimeout(BaseException):
-    """Raised by the SIGALRM handler; a BaseException, so math-verify's own `except Exception`
-    blocks cannot swallow it and it reaches `_Clock.bounded`."""
+def _count_in(reply: dict[str, Any], field: str) -> int:
+    value = reply[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{field}={value!r}: need a count")
+    return value
 
 
-@dataclass
-class _Alarm:
-    armed: bool = False  # an alarm that lands after its operation ended is ignored
+def _decode_grouping(reply: dict[str, Any], forms: int) -> _Grouping:
+    """The reply to a group request over `forms` forms.
+
+    Raises:
+        ValueError: it is not a grouping (the message says why).
+    """
+    if set(reply) != {"representative", "comparisons", "timeouts", "skipped_forms"}:
+        raise ValueError(f"not a grouping: fields {sorted(reply)}")
+    representative = reply["representative"]
+    # each form's representative is itself or an earlier form
+    if not (
+        isinstance(representative, list)
+        and len(representative) == forms
+        and all(type(r) is int and 0 <= r <= i for i, r in enumerate(representative))
+    ):
+        raise ValueError(f"representative={str(representative)[:200]} for {forms} forms")
+    return _Grouping(
+        tuple(representative),
+        _count_in(reply, "comparisons"),
+        _count_in(reply, "timeouts"),
+        _count_in(reply, "skipped_forms"),
+    )
 
 
-_alarm = _Alarm()  # per worker process
+def _decode_verdict(reply: dict[str, Any]) -> _Verdict:
+    """The reply to an equal request.
+
+    Raises:
+        ValueError: it is not a verdict.
+    """
+    if set(reply) != {"equal"} or reply["equal"] not in (True, False, None):
+        raise ValueError(f"not a verdict: {str(reply)[:200]}")
+    return _Verdict(reply["equal"])
 
 
-# math_verify (and sympy) are imported inside the worker functions: the event-loop process
-# never needs them.
-def _init_worker() -> None:
-    from math_verify import parse
-
-    # We pass timeout=None to math-verify (its SIGALRM timeouts take whole seconds and would
-    # replace our handler); its one-time "timeout disabled" warning is about exactly that.
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    signal.signal(signal.SIGALRM, _raise_operation_timeout)
-    parse("$1$", parsing_timeout=None)  # load the LaTeX grammar before any deadline runs
+# ---------------------------------------------------------------------------------------------
+# The pool: worker processes, each driven by one of the pool's threads at a time.
 
 
-def _raise_operation_timeout(signum: int, frame: FrameType | None) -> None:
-    if _alarm.armed:
-        raise _OperationTimeout
+@dataclass(frozen=True, slots=True)
+class _Outcome(Generic[_T]):
+    result: _T | None  # None: the task was lost
+    lost: str | None = None  # why it was lost
+    started_pid: int | None = None  # a worker started for this task
 
 
-class _Clock:
-    """Deadlines inside one worker task."""
+class _WorkerLost(Exception):
+    """The worker of a task was killed or gave up; the message says why."""
 
-    def __init__(self, budget_s: float, per_operation_s: float) -> None:
-        self.deadline = time.monotonic() + budget_s
-        self.per_operation_s = per_operation_s
-        self.timeouts = 0
 
-    @property
-    def expired(self) -> bool:
-        return time.monotonic() >= self.deadline
+class _Worker:
+    """One worker process slot: its process starts on first need and is replaced once lost.
+    One pool thread at a time uses it; starting and stopping hold the pool's lock."""
 
-    def bounded(self, operation: Callable[[], _T]) -> _T | None:
-        """`operation()`, or None when it ran out of time (counted in `timeouts`)."""
-        seconds = min(self.per_operation_s, self.deadline - time.monotonic())
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self._unread = bytearray()  # what was read past the last line
+
+    def start(self) -> int:
+        self.process = subprocess.Popen(
+            # -P: not the working directory on the worker's path, only the library's
+            [sys.executable, "-P", "-m", _WORKER_MODULE, str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=_worker_environment(),
+        )
+        self._unread.clear()
+        return self.process.pid
+
+    def send(self, request: bytes) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(request + b"\n")
+        self.process.stdin.flush()
+
+    def receive(self, wait_s: float) -> bytes:
+        """The next line the worker writes.
+
+        Raises:
+            _WorkerLost: none within `wait_s` (the worker is killed), or it closed its output.
+        """
+        assert self.process is not None and self.process.stdout is not None
+        descriptor = self.process.stdout.fileno()
+        poller = select.poll()
+        poller.register(descriptor, select.POLLIN)
+        deadline = time.monotonic() + wait_s
+        while (end := self._unread.find(b"\n")) < 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(math.ceil(remaining * 1000)):
+                self.kill()
+                raise _WorkerLost(f"no result within {wait_s:g} s: worker killed")
+            chunk = os.read(descriptor, 1 << 16)
+            if not chunk:
+                raise _WorkerLost(self.exit_reason())
+            self._unread += chunk
+        line = bytes(self._unread[:end])
+        del self._unread[: end + 1]
+        return line
+
+    def exit_reason(self) -> str:
+        """How the process ended (it closed its pipes)."""
+        assert self.process is not None
         try:
-            if seconds <= 0:
-                raise _OperationTimeout
-            _alarm.armed = True
-            signal.setitimer(signal.ITIMER_REAL, seconds)
+            code = self.process.wait(_EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            return "the worker closed its output"
+        if code < 0:
+            return f"worker killed by {signal.Signals(-code).name}"
+        return f"worker died with exit code {code}"
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+
+    def stop(self) -> None:
+        """Kill the process, reap it and close its pipes."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.kill()
+        process.wait()
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):  # unsent bytes to a dead worker
+                    pipe.close()
+
+
+class _WorkerPool:
+    """Up to `size` worker processes, each used by one task at a time; tasks queue FIFO."""
+
+    def __init__(self, size: int) -> None:
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._workers = [_Worker() for _ in range(size)]
+        # last in, first out: a task takes the worker used last, so no more start than the
+        # tasks at once need
+        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
+        for worker in self._workers:
+            self._idle.put(worker)
+        # As many threads as workers: a thread always finds an idle worker. A worker started
+        # by a thread ends with it (Linux), and these threads live as long as the pool.
+        self._executor = ThreadPoolExecutor(size, thread_name_prefix="asynctts-equivalence")
+        # at interpreter exit, or when the pool is dropped without `close()`
+        weakref.finalize(self, _stop_workers, self._workers, self._lock, self.pid)
+
+    async def run(
+        self, request: bytes, wait_s: float, decode: Callable[[dict[str, Any]], _T]
+    ) -> _Outcome[_T]:
+        """`request` answered by a worker within `wait_s` seconds, and decoded."""
+        if self._closed:
+            return _Outcome(None, "the Equivalence was closed")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._run, request, wait_s, decode
+        )
+
+    def close(self) -> None:
+        """Kill the workers (tasks running on them end lost) and wait for the threads."""
+        with self._lock:
+            self._closed = True
+            for worker in self._workers:
+                worker.kill()
+        self._executor.shutdown(wait=True)
+        _stop_workers(self._workers, self._lock, self.pid)
+
+    def _run(
+        self, request: bytes, wait_s: float, decode: Callable[[dict[str, Any]], _T]
+    ) -> _Outcome[_T]:
+        worker = self._idle.get()
+        try:
+            return self._run_on(worker, request, wait_s, decode)
+        finally:
+            self._idle.put(worker)
+
+    def _run_on(
+        self,
+        worker: _Worker,
+        request: bytes,
+        wait_s: float,
+        decode: Callable[[dict[str, Any]], _T],
+    ) -> _Outcome[_T]:
+        started: int | None = None
+        with self._lock:
+            if self._closed:
+                return _Outcome(None, "the Equivalence was closed")
+            if worker.process is not None and worker.process.poll() is not None:
+                worker.stop()  # it ended while idle: replace it before sending anything
             try:
-                return operation()
-            finally:
-                _alarm.armed = False
-                signal.setitimer(signal.ITIMER_REAL, 0)
-        except _OperationTimeout:
-            self.timeouts += 1
-            return None
+                if worker.process is None:
+                    started = worker.start()
+            except OSError as err:
+                return _Outcome(None, f"could not start a worker: {err}")
+        try:
+            if started is not None:
+                self._wait_until_ready(worker)
+            worker.send(request)
+            reply = orjson.loads(worker.receive(wait_s))
+            if not isinstance(reply, dict):
+                raise ValueError(f"not an object: {reply!r}")
+            if "error" in reply:  # the worker itself is fine
+                return _Outcome(None, f"the worker failed: {reply['error']}", started)
+            return _Outcome(decode(reply), None, started)
+        except _WorkerLost as lost:
+            reason = str(lost)
+        except BrokenPipeError:
+            reason = f"the worker closed its input: {worker.exit_reason()}"
+        except ValueError as err:  # orjson.JSONDecodeError too
+            reason = f"bad reply from the worker ({err}): worker killed"
+        with self._lock:
+            worker.stop()
+            if self._closed:
+                reason = "the Equivalence was closed"
+        return _Outcome(None, reason, started)
+
+    @staticmethod
+    def _wait_until_ready(worker: _Worker) -> None:
+        try:
+            line = worker.receive(_START_TIMEOUT_S)
+        except _WorkerLost as lost:
+            raise _WorkerLost(f"the worker did not start: {lost}") from None
+        if line != b'{"ready":true}':
+            raise _WorkerLost(f"the worker did not start: it wrote {line[:200]!r}")
 
 
-def _parse(form: str) -> list[object]:
-    from math_verify import parse
-
-    parsed: list[object] = parse("\\boxed{" + form + "}", parsing_timeout=None)
-    return parsed
-
-
-def _verify(gold: list[object], answer: list[object]) -> bool:
-    from math_verify import verify
-
-    return bool(verify(gold, answer, timeout_seconds=None))
+def _stop_workers(workers: list[_Worker], lock: threading.Lock, pid: int) -> None:
+    if os.getpid() != pid:  # a forked child: the workers are its parent's
+        return
+    with lock:
+        for worker in workers:
+            worker.stop()
 
 
-def _same_for_votes(first: list[object], second: list[object]) -> bool:
-    import sympy
-
-    def is_set(parsed: list[object]) -> bool:
-        return isinstance(parsed[0], sympy.FiniteSet)
-
-    # the set test first: it is free, and it cuts the tuple/set chains that make
-    # math-verify's equality intransitive
-    return is_set(first) == is_set(second) and _verify(first, second) and _verify(second, first)
-
-
-def _group_in_worker(
-    forms: list[str], max_pairs: int, budget_s: float, per_operation_s: float
-) -> _Grouping:
-    clock = _Clock(budget_s, per_operation_s)
-    parsed_representatives: list[tuple[int, list[object]]] = []
-    representative: list[int] = []
-    comparisons = 0
-    skipped = 0
-    for index, form in enumerate(forms):
-        joined: int | None = None
-        if index > 0 and (comparisons >= max_pairs or clock.expired):
-            skipped += 1
-        else:
-            parsed = clock.bounded(partial(_parse, form)) or []
-            for rep_index, rep_parsed in parsed_representatives:
-                if not parsed:
-                    break
-                if comparisons >= max_pairs or clock.expired:
-                    skipped += 1
-                    break
-                comparisons += 1
-                if clock.bounded(partial(_same_for_votes, rep_parsed, parsed)):
-                    joined = rep_index
-                    break
-            if joined is None and parsed:
-                parsed_representatives.append((index, parsed))
-        representative.append(index if joined is None else joined)
-    return _Grouping(tuple(representative), comparisons, clock.timeouts, skipped)
+def _worker_environment() -> dict[str, str]:
+    """This process's environment, with the directory this asynctts came from first on the
+    worker's path (unless it is a site directory, already on it after the standard library)."""
+    environment = dict(os.environ)
+    sites = {*site.getsitepackages(), site.getusersitepackages()}
+    if _IMPORT_ROOT not in sites:
+        paths = [_IMPORT_ROOT, *environment.get("PYTHONPATH", "").split(os.pathsep)]
+        environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+    return environment
 
 
-def _equal_in_worker(gold: str, answer: str, budget_s: float, per_operation_s: float) -> _Verdict:
-    clock = _Clock(budget_s, per_operation_s)
-    parsed_gold = clock.bounded(partial(_parse, gold))
-    parsed_answer = clock.bounded(partial(_parse, answer))
-    if parsed_gold is None or parsed_answer is None:
-        return _Verdict(None)
-    return _Verdict(clock.bounded(partial(_verify, parsed_gold, parsed_answer)))
+_shared_pools: dict[int, _WorkerPool] = {}
+_shared_pools_lock = threading.Lock()
+
+
+def _shared_pool(size: int) -> _WorkerPool:
+    """The process's pool of `size` workers (a forked child makes its own)."""
+    with _shared_pools_lock:
+        pool = _shared_pools.get(size)
+        if pool is None or pool.pid != os.getpid():
+            pool = _shared_pools[size] = _WorkerPool(size)
+        return pool

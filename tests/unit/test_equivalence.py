@@ -1,7 +1,7 @@
 """asynctts.equivalence: grouping and grading with math-verify in real worker processes.
 
-Worker processes are real (pebble, spawn); the hang and crash tests swap the module's worker
-function for one defined here, which the worker imports by name.
+Worker processes are real (`python -m asynctts.verify_worker`); the hang and crash tests start
+theirs with the worker's test-only fault variable set, and the kill test kills one by its pid.
 """
 
 from __future__ import annotations
@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
-from typing import NoReturn
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
-from asynctts import equivalence as equivalence_module
 from asynctts.equivalence import Equivalence, EquivalenceStatistics
 from asynctts.errors import ConfigError
+from asynctts.verify_worker import FAULT_ENV
 
 # A comparison math-verify spends seconds on in interruptible Python code (3**10**8).
 SLOW = r"3^{10^{8}}"
@@ -26,15 +25,27 @@ SLOW = r"3^{10^{8}}"
 NO_HANG_S = 60
 
 
-def stuck_in_c_code(*args: object) -> NoReturn:
-    """Stands in for a big-integer operation in C: the worker's SIGALRM timers cannot stop it."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    while True:
-        time.sleep(60)
+def worker_pids() -> set[int]:
+    """This process's verify workers, read from /proc."""
+    pids: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue  # it ended while we looked
+        if int(fields[1]) == os.getpid() and b"asynctts.verify_worker" in command:
+            pids.add(int(stat.parent.name))
+    return pids
 
 
-def crash(*args: object) -> NoReturn:
-    os._exit(3)
+def exists(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
 
 
 @pytest.mark.parametrize(
@@ -153,7 +164,8 @@ async def test_max_pairs_caps_the_comparisons() -> None:
 
 async def test_a_stuck_worker_is_killed_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     async with Equivalence(timeout_s=0.5, comparison_timeout_s=0.2) as equivalence:
-        monkeypatch.setattr(equivalence_module, "_group_in_worker", stuck_in_c_code)
+        # every task blocks SIGALRM and sleeps: as a big-integer operation in C, no timer stops it
+        monkeypatch.setenv(FAULT_ENV, "hang")
         with capture_logs() as logs:
             async with asyncio.timeout(NO_HANG_S):
                 groups = await equivalence.group(["0.5", r"\frac{1}{2}", r"\dfrac12", "0.5"])
@@ -165,11 +177,65 @@ async def test_a_stuck_worker_is_killed_and_replaced(monkeypatch: pytest.MonkeyP
 
         monkeypatch.undo()
         assert await equivalence.group(["0.5", r"\frac{1}{2}"]) == [0, 0]  # a new worker
+        assert equivalence.statistics().workers_started == 2
+
+
+async def test_a_worker_killed_mid_grouping_loses_that_grouping_only() -> None:
+    before = worker_pids()
+    async with Equivalence(timeout_s=30.0, comparison_timeout_s=30.0) as equivalence:
+        assert await equivalence.group(["0.5", r"\frac{1}{2}"]) == [0, 0]
+        (pid,) = worker_pids() - before
+        idle = cpu_ticks(pid)
+        with capture_logs() as logs:
+            grouping = asyncio.create_task(equivalence.group([SLOW, "0.5", r"\frac{1}{2}"]))
+            async with asyncio.timeout(NO_HANG_S):
+                # 0.2 s of CPU: it is working on SLOW
+                while cpu_ticks(pid) < idle + 20:  # noqa: ASYNC110 - watches the worker from outside
+                    await asyncio.sleep(0.02)
+            os.kill(pid, signal.SIGKILL)
+            async with asyncio.timeout(NO_HANG_S):
+                groups = await grouping
+        assert groups == [0, 1, 2]  # by string: "0.5" and "\frac{1}{2}" were never compared
+        lost = next(e for e in logs if e["event"] == "equivalence.worker_task_lost")
+        assert (lost["log_level"], lost["reason"]) == ("warning", "worker killed by SIGKILL")
+        assert not exists(pid)  # reaped
+
+        assert await equivalence.group(["0.5", r"\frac{1}{2}"]) == [0, 0]
+        stats = equivalence.statistics()
+        assert (stats.worker_tasks, stats.lost_tasks, stats.workers_started) == (3, 1, 2)
+        assert len(worker_pids() - before) == 1
+
+
+async def test_no_worker_outlives_aclose() -> None:
+    before = worker_pids()
+    equivalence = Equivalence(workers=2)
+    both = await asyncio.gather(
+        equivalence.group(["0.5", r"\frac{1}{2}"]), equivalence.equal("2", r"\sqrt{4}")
+    )
+    assert both == [[0, 0], True]
+    started = worker_pids() - before
+    assert len(started) == equivalence.statistics().workers_started == 2
+    await equivalence.aclose()
+    assert worker_pids() - before == set()
+    assert not any(exists(pid) for pid in started)
+
+
+async def test_shared_workers_start_once_and_outlive_aclose() -> None:
+    """(They stop at interpreter exit: tests/integration/test_any_program.py.)"""
+    started: list[int] = []
+    for forms, groups in (
+        (["0.5", r"\frac{1}{2}"], [0, 0]),
+        (["2", r"\sqrt{4}", "3"], [0, 0, 1]),
+    ):
+        async with Equivalence(share_workers=True, workers=3, timeout_s=2.0) as equivalence:
+            assert await equivalence.group(forms) == groups
+        started.append(equivalence.statistics().workers_started)
+    assert started == [1, 0]
 
 
 async def test_a_crashed_worker_leaves_equal_undecided(monkeypatch: pytest.MonkeyPatch) -> None:
     async with Equivalence() as equivalence:
-        monkeypatch.setattr(equivalence_module, "_equal_in_worker", crash)
+        monkeypatch.setenv(FAULT_ENV, "exit:3")
         with capture_logs() as logs:
             async with asyncio.timeout(NO_HANG_S):
                 assert await equivalence.equal("0.5", r"\frac{1}{2}") is None
