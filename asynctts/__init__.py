@@ -19,6 +19,7 @@ from asynctts.errors import (
     ContextLengthExceeded,
     EndpointError,
     EndpointUnreachable,
+    HostNotFound,
     ModelNotFound,
     PromptTooLong,
     RateLimited,
@@ -26,6 +27,7 @@ from asynctts.errors import (
     ServerError,
     SolveFailed,
     TimedOut,
+    TLSFailed,
     TransportError,
 )
 from asynctts.gc_tuning import throughput_gc
@@ -58,6 +60,7 @@ __all__ = [
     "EndpointUnreachable",
     "Finish",
     "GenerateSteps",
+    "HostNotFound",
     "Ledger",
     "LostBranch",
     "MajorityVote",
@@ -72,6 +75,7 @@ __all__ = [
     "Solution",
     "SolveFailed",
     "Solver",
+    "TLSFailed",
     "TimedOut",
     "TransportError",
     "Usage",

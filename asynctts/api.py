@@ -17,6 +17,7 @@ import structlog
 from asynctts.backends.context import DEFAULT_SYSTEM_PROMPT, ProblemContext, Sampling
 from asynctts.backends.policy import PolicyClient
 from asynctts.backends.prm import LogprobPRM, PoolingPRM
+from asynctts.backends.templates import Rendering
 from asynctts.endpoint import Endpoint
 from asynctts.equivalence import Equivalence
 from asynctts.errors import (
@@ -27,9 +28,11 @@ from asynctts.errors import (
     ConnectFailed,
     EndpointError,
     EndpointUnreachable,
+    HostNotFound,
     ModelNotFound,
     SolveFailed,
     TimedOut,
+    TLSFailed,
     TransportError,
     format_key,
 )
@@ -56,6 +59,11 @@ ScoringClient = PoolingPRM | LogprobPRM
 
 # solve_many starts at most this many problems per event-loop turn.
 _PROBLEMS_PER_TURN = 8
+
+# Each attempt of the model check at open waits at most this long: a server lists its models
+# in milliseconds, and a few seconds leave room for a slow link and a TLS handshake. (Below
+# 5 s: aiohttp rounds longer timeouts up to a whole second.)
+CHECK_ATTEMPT_TIMEOUT_S = 4.0
 
 ProblemItem = str | tuple[str, str] | Mapping[str, Any]
 
@@ -122,7 +130,7 @@ async def run_search(
         SolveFailed: every branch was lost.
     """
     # The whole tree only when asked for: otherwise count expansions per iteration alone.
-    trace = Trace() if keep_trace else None
+    trace = Trace(problem=problem, strategy=strategy.name, n=n) if keep_trace else None
     if trace is not None:
         widths = trace.widths
         generate, score = trace.wrap(generate, score)
@@ -139,8 +147,6 @@ async def run_search(
         raise first from None  # its own traceback still shows where it was raised
     finally:
         ledger.stop()
-    if trace is not None:
-        trace.close(results)
     rows, lost, unfinished = collect(results, strategy.aggregate)
     if not rows:
         raise SolveFailed(problem_id, [r for r in results if isinstance(r, BranchLost)])
@@ -167,12 +173,15 @@ async def run_search(
         widths=widths.iteration_widths(),
         planned_width=n // width if isinstance(width, int) else None,
     )
+    answer = pick(votes_of(candidates, n), strategy.selection)
+    if trace is not None:
+        trace.close(results, answer=answer)
     return Solution(
         problem_id=problem_id,
         problem=problem,
         strategy=strategy.name,
         n=n,
-        answer=pick(votes_of(candidates, n), strategy.selection),
+        answer=answer,
         candidates=candidates,
         lost=tuple(lost),
         ledger=ledger,
@@ -251,6 +260,13 @@ class Solver:
             raise
         return self
 
+    @property
+    def prm_rendering(self) -> Rendering | None:
+        """Where the PRM's prompts are rendered once the solver is open: "client" (a local
+        tokenizer's chat template or `prompt_format`; several paths per request) or "server"
+        (no tokenizer here: chat messages, one path per request). None without a PRM."""
+        return None if self._scorer is None else self._scorer.rendering
+
     def statistics(self) -> dict[str, TransportStatistics]:
         """A snapshot per endpoint ("policy", "prm"): requests in flight and waiting, the
         current in-flight cap (adaptive concurrency moves it), retries, failures."""
@@ -272,6 +288,11 @@ class Solver:
         if self.prm is not None:
             prm_transport = await stack.enter_async_context(Transport(self.prm, name="prm"))
             self._transports["prm"] = prm_transport
+            # Built before any request, so a PRM that cannot have its tokenizer fails first;
+            # it may load one (disk, or the hub after a short probe): off the event loop.
+            scorer = await asyncio.to_thread(_scorer_for, self.prm, prm_transport)
+            stack.push_async_callback(scorer.aclose)
+            self._scorer = scorer
         checks = [_check_model(policy_transport, self.policy)]
         if prm_transport is not None and self.prm is not None:
             checks.append(_check_model(prm_transport, self.prm))
@@ -294,12 +315,9 @@ class Solver:
         self._generator = await asyncio.to_thread(
             PolicyClient, self.policy, policy_transport, sampling=self.sampling
         )
-        if self.prm is not None and prm_transport is not None:
-            scorer = await asyncio.to_thread(_scorer_for, self.prm, prm_transport)
-            stack.push_async_callback(scorer.aclose)
-            self._scorer = scorer
         if self._equivalence is None:
-            self._groups = await stack.enter_async_context(Equivalence())
+            # the process's shared workers: a one-shot solve() starts no process after the first
+            self._groups = await stack.enter_async_context(Equivalence(share_workers=True))
         else:
             self._groups = self._equivalence
 
@@ -497,23 +515,43 @@ def _scorer_for(endpoint: Endpoint, transport: Transport) -> ScoringClient:
 
 async def _check_model(transport: Transport, endpoint: Endpoint) -> int | None:
     """Check that the endpoint answers and serves its model; return the model's context
-    length when the server says it (vLLM's `max_model_len`)."""
+    length when the server says it (vLLM's `max_model_len`).
+
+    The check gives up after `endpoint.check_timeout_s`, retries included, each attempt
+    waiting at most `CHECK_ATTEMPT_TIMEOUT_S`. Its failures are `EndpointUnreachable`, whose
+    message carries the transport's: the transport error is not chained, it would only repeat
+    that message under a second traceback.
+    """
+    budget = endpoint.check_timeout_s
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     try:
-        listing = await transport.get_json("/v1/models")
-    except (ConnectFailed, TimedOut) as err:
-        raise EndpointUnreachable(endpoint.base_url, str(err)) from err
+        listing = await transport.get_json(
+            "/v1/models",
+            attempt_timeout_s=min(CHECK_ATTEMPT_TIMEOUT_S, budget),
+            deadline_s=budget,
+        )
+    except TimedOut as err:
+        tries = f"{err.attempts} attempt{'s' if err.attempts > 1 else ''}"
+        raise EndpointUnreachable(
+            endpoint.base_url,
+            f"it did not answer GET /v1/models within {loop.time() - started:.1f} s "
+            f"({tries}; Endpoint.check_timeout_s={budget})",
+        ) from None
     except BadResponse as err:
         raise EndpointUnreachable(
             endpoint.base_url, f"it does not answer like an OpenAI-compatible server: {err}"
-        ) from err
+        ) from None
+    except (ConnectFailed, HostNotFound, TLSFailed) as err:
+        raise EndpointUnreachable(endpoint.base_url, str(err)) from None
     except TransportError as err:
-        raise EndpointUnreachable(endpoint.base_url, f"GET /v1/models failed: {err}") from err
+        raise EndpointUnreachable(endpoint.base_url, f"GET /v1/models failed: {err}") from None
     try:
         served = [str(m["id"]) for m in listing["data"]]
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError):
         raise EndpointUnreachable(
             endpoint.base_url, f"GET /v1/models answered {str(listing)[:200]!r}"
-        ) from err
+        ) from None
     if endpoint.model not in served:
         raise ModelNotFound(endpoint.base_url, endpoint.model, served)
     entry = listing["data"][served.index(endpoint.model)]
@@ -536,7 +574,10 @@ async def solve(
 ) -> Solution:
     """Solve one problem with a fresh `Solver` (see `Solver.solve` for the arguments).
 
-    For many problems use `solve_many`, or keep a `Solver` open: it shares connections."""
+    Each call opens connections and checks the model (a few ms over an open `Solver` against
+    a local server, benchmarks/one_shot.py); the answer-grouping worker process starts once per
+    process, on first need. For many problems use `solve_many`, or keep a `Solver` open: it
+    shares connections."""
     chosen = make_strategy(strategy)
     check_request(problem, chosen, n, prm is not None, seed)
     async with Solver(

@@ -19,7 +19,7 @@ Rules:
 - Slow start: the cap starts low (`initial`) and, until the first overload, each success adds
   one slot, so it doubles per window (a window: as many successes as the cap). Starting at
   the ceiling against a server that takes a tenth of it drew 77% 429s; started low it settled
-  near the server's limit with under 1% (DESIGN.md section 8).
+  near the server's limit with under 1% (docs/design.md, section 8).
 - Additive increase after the first overload, in slots per window (each success adds
   step / cap): below the cap at the last decrease the step is half the remaining gap (a
   binary search, at least 1), so the cap returns near a hard limit within a few windows and

@@ -27,7 +27,13 @@ class Endpoint:
         scoring: PRM endpoints only. "pooling" for `*ForProcessRewardModel` served with
             `--runner pooling`; "logprob" for generative PRMs judged by P("+") vs P("-").
         tokenizer: Hugging Face name or local path of the tokenizer whose chat template is
-            rendered on the client; defaults to `model`.
+            rendered on the client; defaults to `model`. A name is looked up locally (the
+            Hugging Face cache) before the hub, which is asked only if it answers a short probe
+            (never under HF_HUB_OFFLINE). A pooling PRM with neither `tokenizer` nor
+            `prompt_format` renders on the client when `model`'s tokenizer can be had that way,
+            and otherwise lets the server render (chat `messages`, one path per request);
+            `Solver.prm_rendering` says which. A logprob PRM and a completions-mode policy
+            always need the tokenizer here.
         prompt_format: a `str.format` pattern used instead of a chat template (models without
             one). Policy: fields {system} and {problem}. PRM (pooling): {problem} and
             {solution} (the steps, each followed by the step tag).
@@ -36,8 +42,20 @@ class Endpoint:
             (a local vLLM needs no key).
         max_in_flight: cap on requests in flight (and the HTTP connection limit).
         rate_per_s / tokens_per_min: optional admission rates.
-        connect_timeout_s / read_timeout_s / total_timeout_s: per attempt.
-        max_attempts: tries per request (1 = no retry).
+        connect_timeout_s / read_timeout_s / total_timeout_s: per attempt of a request.
+            Connect covers the DNS lookup, the TCP connection and the TLS handshake; read is
+            the longest the server may stay silent, waiting for the answer or between two
+            chunks of it (a server that accepts and never answers fails after this); total
+            bounds the whole attempt, however slowly the bytes trickle in. A request that
+            never gets an answer therefore fails after max_attempts attempts of at most
+            min(connect + read, total) seconds each, plus the waits between them.
+        check_timeout_s: the model check at open (GET /v1/models) gives up after this long,
+            retries and the waits between them included; each of its attempts waits at most
+            4 s for the whole answer.
+        max_attempts: tries per request (1 = no retry). Only transient failures are retried:
+            refused or dropped connections, timeouts, 408, 409, 429, 5xx and unreadable
+            answers; a host name that does not resolve, a failed TLS handshake or certificate
+            check and any other 4xx fail at once.
         backoff_base_s: the first retry waits up to this long (full jitter), doubling per
             retry up to 30 s, unless the server sent Retry-After.
         max_n_per_request: most siblings asked for in one request (`n`); more are split.
@@ -51,7 +69,7 @@ class Endpoint:
             answers 429 and queues what it cannot run, so a fixed cap keeps it full from the
             first request and nothing throttles it by surprise; a remote or shared API
             enforces limits we cannot see, and starting at the full cap there drew 77% 429s
-            (DESIGN.md section 8), so there the cap starts low and ramps up (doubling per
+            (docs/design.md, section 8), so there the cap starts low and ramps up (doubling per
             round trip until the first 429). True or False decide for any host; set False
             for your own vLLM on another machine to skip the ramp.
         adaptive_initial_in_flight: the cap adaptation starts at (clamped to max_in_flight).
@@ -75,6 +93,7 @@ class Endpoint:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0
     total_timeout_s: float = 900.0
+    check_timeout_s: float = 20.0
     max_attempts: int = 4
     backoff_base_s: float = 0.5
     max_n_per_request: int = 64
@@ -113,6 +132,7 @@ class Endpoint:
             "connect_timeout_s",
             "read_timeout_s",
             "total_timeout_s",
+            "check_timeout_s",
             "metrics_interval_s",
             "backoff_base_s",
         ):

@@ -3,7 +3,7 @@
 Three scenarios, each against a fresh `SimulatedServer` on loopback (real HTTP), with more
 requests wanting a slot than the client's ceiling:
 
-1. limit: the server answers 429 past `--limit` requests in flight (DESIGN.md section 8 used
+1. limit: the server answers 429 past `--limit` requests in flight (docs/design.md, section 8 used
    100 against a client allowed 1,000). Compared in the same run: adaptation started low (the
    default, 32), adaptation started at the ceiling, and a fixed cap at the ceiling. Reported:
    429s per attempt, the cap once settled (second half of the run), throughput.

@@ -42,6 +42,7 @@ from collections.abc import Iterable
 from asynctts import configure_logging
 from asynctts.cli import (
     EVAL_DESCRIPTION,
+    HelpFormatter,
     add_eval_arguments,
     eval_async,
     exit_status,
@@ -95,11 +96,15 @@ async def run(args: argparse.Namespace) -> int:
         return await eval_async(args)
 
 
+class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each flag's default shown, the description and epilog kept as written."""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="batch_math500.py",
         description=EVAL_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
         epilog=__doc__,
     )
     add_eval_arguments(parser)

@@ -76,11 +76,14 @@ async def solve_all(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--problems", type=int, default=3)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--problems", type=int, default=3, help="level-1 MATH-500 problems")
     parser.add_argument("--n", type=int, default=4, help="DVTS budget")
     parser.add_argument("--width", type=int, default=2, help="children per step per subtree")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="request seed")
     args = parser.parse_args()
     problems = math500(args.problems)
     endpoints_file = RUN_DIR / "endpoints.json"

@@ -165,7 +165,7 @@ class Server:
 
 
 def cpu_flags(*, kv_cache_mib: int, max_model_len: int) -> tuple[str, ...]:
-    """The flags that work for vLLM on the CPU here (DESIGN.md section 6)."""
+    """The flags that work for vLLM on the CPU here (docs/design.md, section 6)."""
     return (
         "--dtype",
         "float32",
@@ -695,34 +695,44 @@ def running(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="servers/launch.py", description=__doc__.split("\n\n")[0] if __doc__ else None
+        prog="servers/launch.py",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR, help="state and logs")
     commands = parser.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("start", help="start the servers and wait until they are ready")
-    start.add_argument("--profile", choices=("cpu", "gpu"), required=True)
+    start = commands.add_parser(
+        "start",
+        help="start the servers and wait until they are ready",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    start.add_argument(
+        "--profile", choices=("cpu", "gpu"), required=True, help="vLLM on the CPU or on GPUs"
+    )
     start.add_argument(
         "--config-out", type=Path, help="endpoints file (default RUN_DIR/endpoints.json)"
     )
     start.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
-    start.add_argument("--policy-port", type=int, default=8000)
-    start.add_argument("--prm-port", type=int, default=8001)
+    start.add_argument("--policy-port", type=int, default=8000, help="policy server port")
+    start.add_argument("--prm-port", type=int, default=8001, help="PRM server port")
     start.add_argument("--python", type=Path, default=VLLM_PYTHON, help="the vLLM venv python")
-    start.add_argument("--timeout-s", type=float, default=900.0)
+    start.add_argument(
+        "--timeout-s", type=float, default=900.0, help="longest wait for the servers to be ready"
+    )
     start.add_argument("--policy-model", help="override the policy model (path or hub id)")
     start.add_argument("--max-model-len", type=int, help="context length (cpu default 2048)")
     start.add_argument("--dry-run", action="store_true", help="print the commands only")
     cpu = start.add_argument_group("cpu profile")
     cpu.add_argument("--kv-cache-mib", type=int, default=512, help="KV cache per server")
     gpu = start.add_argument_group("gpu profile")
-    gpu.add_argument("--prm", choices=sorted(GPU_PRMS), default="qwen")
+    gpu.add_argument("--prm", choices=sorted(GPU_PRMS), default="qwen", help="which PRM to serve")
     gpu.add_argument("--prm-model", help="override the PRM model")
     gpu.add_argument("--policy-gpus", default="0", help="CUDA_VISIBLE_DEVICES of the policy")
     gpu.add_argument("--prm-gpus", default="0", help="CUDA_VISIBLE_DEVICES of the PRM")
     gpu.add_argument("--policy-memory", type=float, help="--gpu-memory-utilization, policy")
     gpu.add_argument("--prm-memory", type=float, help="--gpu-memory-utilization, PRM")
-    gpu.add_argument("--tensor-parallel", type=int, default=1)
-    gpu.add_argument("--data-parallel", type=int, default=1)
+    gpu.add_argument("--tensor-parallel", type=int, default=1, help="vLLM --tensor-parallel-size")
+    gpu.add_argument("--data-parallel", type=int, default=1, help="vLLM --data-parallel-size")
     commands.add_parser("stop", help="stop the servers recorded in RUN_DIR/state.json")
     commands.add_parser("status", help="show the recorded servers and whether they answer")
     return parser

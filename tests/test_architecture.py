@@ -1,4 +1,4 @@
-"""The layering of STYLE.md (a): each module imports only from the layers below it, and the
+"""The layering of docs/architecture.md: each module imports only from the layers below it, and the
 public surface is exactly `asynctts.__all__` (plus `asynctts.testing`)."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "asynctts.ledger": set(),
     "asynctts.answers": set(),
     "asynctts.logs": set(),
+    "asynctts.hub": set(),
     "asynctts.gc_tuning": {"asynctts.errors"},
     "asynctts.endpoint": {"asynctts.errors"},
     "asynctts.concurrency": {"asynctts.errors", "asynctts.endpoint"},
@@ -33,14 +34,25 @@ ALLOWED: dict[str, set[str]] = {
         "asynctts.concurrency",
     },
     "asynctts.equivalence": {"asynctts.answers", "asynctts.errors"},
+    # run as `python -m` by equivalence, which must not import it (runpy would warn of two copies)
+    "asynctts.verify_worker": set(),
     "asynctts.backends": {
         "asynctts.backends",
         "asynctts.protocols",
         "asynctts.errors",
         "asynctts.ledger",
         "asynctts.endpoint",
+        "asynctts.hub",
     },
     "asynctts.testing": {"asynctts.testing", "asynctts.protocols", "asynctts.errors"},
+    # trace_plot: imported lazily when a picture is asked for (matplotlib stays optional)
+    "asynctts.trace": {
+        "asynctts.answers",
+        "asynctts.errors",
+        "asynctts.protocols",
+        "asynctts.trace_plot",
+    },
+    "asynctts.trace_plot": {"asynctts.trace", "asynctts.errors", "asynctts.protocols"},
 }
 THIRD_PARTY_BANNED_IN_SEARCH = {"aiohttp", "orjson", "tenacity", "transformers", "structlog"}
 

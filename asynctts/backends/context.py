@@ -20,7 +20,8 @@ from typing import Any, Protocol, cast
 from asynctts.errors import BadResponse, ConfigError
 from asynctts.ledger import Charge, Ledger
 
-# The system prompt search-and-learn used for Llama-3.2 Instruct on MATH (DESIGN.md section 3).
+# The system prompt search-and-learn used for Llama-3.2 Instruct on MATH
+# (docs/design.md, section 3).
 DEFAULT_SYSTEM_PROMPT = (
     "Solve the following math problem efficiently and clearly:\n\n"
     "- For simple problems (2 steps or fewer):\n"

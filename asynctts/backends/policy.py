@@ -17,6 +17,19 @@ Rules:
 - A failed request loses the branch (`BranchLost`), except that a prompt over the context
   length is an honest truncation of a partial solution (LENGTH children) and, at the root,
   means the problem itself does not fit (`PromptTooLong`). Cancellation always propagates.
+- Chat mode and templates that trim message bodies (Llama 3.x: `content | trim`): the final
+  assistant message loses its trailing delimiter, the model writes the delimiter first, and
+  the step stop would fire at once on an empty step. Before its first continuation a client
+  asks the server once whether its template keeps the delimiter: two 1-token requests
+  continuing "2" and "2" + delimiter; the same `usage.prompt_tokens` for both means it was
+  trimmed (charged to the problem that asked, under no branch). A server that ignores
+  `min_tokens` still stops at once (empty steps end those solutions). Against such a template a
+  continuation sends `min_tokens` = the delimiter's UTF-8 length (vLLM ignores a stop string
+  that ends within the first `min_tokens` tokens, and a delimiter of b bytes is at most b
+  tokens) and the leading delimiter of each returned text is dropped: the previous step
+  already ends with it, so the steps read as in completions mode. Costs: the model cannot
+  end (EOS) within those first tokens, and `usage` counts the delimiter it wrote again.
+  Templates that keep the delimiter get requests and decoding exactly as before.
 """
 
 from __future__ import annotations
@@ -59,7 +72,13 @@ NewSteps = tuple[tuple[str, ...], Finish]
 
 
 def sampling_fields(
-    sampling: Sampling, *, n: int, delimiter: str, to_end: bool, seed: int | None
+    sampling: Sampling,
+    *,
+    n: int,
+    delimiter: str,
+    to_end: bool,
+    seed: int | None,
+    min_tokens: int = 0,
 ) -> dict[str, Any]:
     """The sampling part of a request body, shared by both modes."""
     body: dict[str, Any] = {
@@ -70,6 +89,8 @@ def sampling_fields(
     }
     if not to_end:
         body["stop"] = [delimiter]
+    if min_tokens:
+        body["min_tokens"] = min_tokens
     body["include_stop_str_in_output"] = True
     if seed is not None:
         body["seed"] = seed
@@ -105,13 +126,62 @@ def encode_chat(
     delimiter: str = STEP_DELIMITER,
     to_end: bool = False,
     seed: int | None = None,
+    trimmed: bool = False,
 ) -> dict[str, Any]:
-    """The body of POST /v1/chat/completions (vLLM reads the extra fields at top level)."""
+    """The body of POST /v1/chat/completions (vLLM reads the extra fields at top level).
+    `trimmed`: the server's template drops the partial's trailing delimiter, so a step must
+    not stop on the delimiter the model writes first (`trim_min_tokens`)."""
+    min_tokens = trim_min_tokens(sampling, delimiter) if trimmed and partial and not to_end else 0
     return {
         "model": model,
         **chat_fields(problem, system, partial),
-        **sampling_fields(sampling, n=n, delimiter=delimiter, to_end=to_end, seed=seed),
+        **sampling_fields(
+            sampling, n=n, delimiter=delimiter, to_end=to_end, seed=seed, min_tokens=min_tokens
+        ),
     }
+
+
+def trim_min_tokens(sampling: Sampling, delimiter: str) -> int:
+    """Tokens a continuation must write before the step stop may fire when the template
+    trimmed the delimiter: at most one token per byte (vLLM rejects min_tokens > max_tokens)."""
+    return min(len(delimiter.encode()), sampling.max_tokens)
+
+
+# The conversation the trim probe continues: tiny, so the two requests cost a few tokens.
+_PROBE_PROBLEM = "1 + 1"
+_PROBE_PARTIAL = "2"
+
+
+def encode_trim_probe(*, model: str, delimiter: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two chat bodies that tell whether a template keeps the final message's trailing
+    `delimiter`: continuing "2" and "2" + delimiter, one greedy token each."""
+
+    def body(partial: str) -> dict[str, Any]:
+        fields = {"n": 1, "max_tokens": 1, "temperature": 0.0}
+        return {"model": model, **chat_fields(_PROBE_PROBLEM, None, partial), **fields}
+
+    return body(_PROBE_PARTIAL), body(_PROBE_PARTIAL + delimiter)
+
+
+def decode_trim_probe(without: Mapping[str, Any], with_delimiter: Mapping[str, Any]) -> bool:
+    """True when the template trimmed the delimiter: both prompts have the same token count.
+
+    Raises:
+        BadResponse: a response has no integer `usage.prompt_tokens`.
+    """
+    counts = [_prompt_tokens(response) for response in (without, with_delimiter)]
+    return counts[1] <= counts[0]
+
+
+def _prompt_tokens(response: Mapping[str, Any]) -> int:
+    usage = response.get("usage")
+    tokens = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
+    if isinstance(tokens, bool) or not isinstance(tokens, int):
+        raise BadResponse(
+            f"{CHAT_ROUTE}: usage.prompt_tokens is {type_name(tokens)}, expected an int: "
+            "needed to tell whether the chat template trims message bodies"
+        )
+    return tokens
 
 
 def split_steps(text: str, delimiter: str = STEP_DELIMITER) -> tuple[str, ...]:
@@ -142,22 +212,33 @@ def decode_choices(
     route: str,
     delimiter: str = STEP_DELIMITER,
     to_end: bool = False,
+    trimmed: bool = False,
 ) -> list[NewSteps]:
-    """The new steps and finish of each choice, in index order.
+    """The new steps and finish of each choice, in index order. `trimmed`: the prompt lost the
+    partial's trailing delimiter, so a leading delimiter in a text is dropped (the previous
+    step already ends with it).
 
     Raises:
         BadResponse: the response does not hold `n` well-formed choices (names the field).
     """
     return [
-        _decode_choice(choice, i, route=route, delimiter=delimiter, to_end=to_end)
+        _decode_choice(choice, i, route=route, delimiter=delimiter, to_end=to_end, trimmed=trimmed)
         for i, choice in enumerate(in_index_order(response, "choices", n, route))
     ]
 
 
 def _decode_choice(
-    choice: Mapping[str, Any], index: int, *, route: str, delimiter: str, to_end: bool
+    choice: Mapping[str, Any],
+    index: int,
+    *,
+    route: str,
+    delimiter: str,
+    to_end: bool,
+    trimmed: bool,
 ) -> NewSteps:
     text = _choice_text(choice, index, route)
+    if trimmed:
+        text = text.removeprefix(delimiter)
     reason = choice.get("finish_reason")
     if reason == "length":
         finish = Finish.LENGTH
@@ -248,6 +329,9 @@ class PolicyClient:
         self._prompt = (
             PolicyPrompt.for_endpoint(endpoint) if endpoint.mode == "completions" else None
         )
+        # chat mode: whether the server's template trims the delimiter (None: not asked yet)
+        self._trims: bool | None = None
+        self._probe_lock = asyncio.Lock()
 
     def generate(
         self, ctx: ProblemContext, path: Path, k: int, *, to_end: bool = False
@@ -300,7 +384,10 @@ class PolicyClient:
         to_end: bool,
     ) -> list[Path]:
         request_seed = None if seed is None else seed + offset
-        route, body, prompt_chars = self._encode(ctx, path, n, request_seed, to_end)
+        trimmed = False
+        if self._prompt is None and path.steps:
+            trimmed = self._trims if self._trims is not None else await self._probe(ctx, path)
+        route, body, prompt_chars = self._encode(ctx, path, n, request_seed, to_end, trimmed)
         indexes = range(offset, offset + n)
         charge = Charge(ctx.ledger, branch_ids(path.key, indexes))
         try:
@@ -311,7 +398,12 @@ class PolicyClient:
                 tokens_hint=prompt_chars // 4 + n * self._sampling.max_tokens,
             )
             decoded = decode_choices(
-                response, n=n, route=route, delimiter=self._delimiter, to_end=to_end
+                response,
+                n=n,
+                route=route,
+                delimiter=self._delimiter,
+                to_end=to_end,
+                trimmed=trimmed,
             )
         except ContextLengthExceeded as exc:
             if not path.steps:
@@ -327,8 +419,37 @@ class PolicyClient:
             raise BranchLost(path.key, "generating", exc) from exc
         return children(path, indexes, decoded)
 
+    async def _probe(self, ctx: ProblemContext, path: Path) -> bool:
+        """Whether the server's chat template trims the delimiter, asked once (see the module
+        rules); a failed probe loses this branch and the next continuation asks again."""
+        async with self._probe_lock:
+            if self._trims is not None:
+                return self._trims
+            bodies = encode_trim_probe(model=self._endpoint.model, delimiter=self._delimiter)
+            charge = Charge(ctx.ledger, ())
+            try:
+                without, with_delimiter = [
+                    await self._transport.post_json(CHAT_ROUTE, body, charges=(charge,))
+                    for body in bodies
+                ]
+                self._trims = decode_trim_probe(without, with_delimiter)
+            except TransportError as exc:
+                raise BranchLost(path.key, "generating", exc) from exc
+            log.info(
+                "chat_template_trims" if self._trims else "chat_template_keeps_delimiter",
+                endpoint=self._endpoint.base_url,
+                model=self._endpoint.model,
+            )
+            return self._trims
+
     def _encode(
-        self, ctx: ProblemContext, path: Path, n: int, seed: int | None, to_end: bool
+        self,
+        ctx: ProblemContext,
+        path: Path,
+        n: int,
+        seed: int | None,
+        to_end: bool,
+        trimmed: bool,
     ) -> tuple[str, dict[str, Any], int]:
         common: dict[str, Any] = {
             "sampling": self._sampling,
@@ -351,6 +472,7 @@ class PolicyClient:
             problem=ctx.problem,
             system=ctx.system_prompt,
             partial=partial,
+            trimmed=trimmed,
             **common,
         )
         chars = len(ctx.problem) + len(ctx.system_prompt or "") + len(partial)

@@ -2,7 +2,7 @@
 
 Rules:
 - Real HTTP (aiohttp.web) on 127.0.0.1, an ephemeral port by default; ready once `start()`
-  returns (the socket is listening). It speaks vLLM's wire format (DESIGN.md section 4):
+  returns (the socket is listening). It speaks vLLM's wire format (docs/design.md, section 4):
   /v1/completions, /v1/chat/completions, /v1/models, /pooling, /tokenize, /health, /metrics,
   and vLLM's error bodies `{"error": {"message", "type", "param", "code"}}`.
 - Text comes from `SimModel` (sim_model.py): deterministic given (prompt, seed, choice index);
@@ -62,7 +62,7 @@ from asynctts.testing.sim_model import (
 log = structlog.get_logger("asynctts.testing.server")
 
 # Decode-iteration time of a Llama-3.2-1B-shaped model on one H200 (bf16, context 1024), by
-# running sequences (DESIGN.md section 7).
+# running sequences (docs/design.md, section 7).
 H200_1B_ITERATION_S: tuple[tuple[int, float], ...] = (
     (1, 0.0026),
     (16, 0.0057),
@@ -165,7 +165,7 @@ class LatencyModel:
         prefill_tokens_per_s: float | None = None,
         per_request_jitter_s: float = 0.0,
     ) -> LatencyModel:
-        """A Llama-3.2-1B-shaped policy on one H200 (DESIGN.md section 7)."""
+        """A Llama-3.2-1B-shaped policy on one H200 (docs/design.md, section 7)."""
         return cls(
             iteration_points=H200_1B_ITERATION_S,
             time_scale=time_scale,
@@ -1081,6 +1081,10 @@ class SimulatedServer:
             )
         params = _sampling(body, default_max_tokens=None)
         samples = await self._generate(prompt, params, ex)
+        if continue_final and prompt[-1:].isspace():
+            # Words are the tokens here, but a real tokenizer counts the whitespace this
+            # template keeps at the end of a continued message (PolicyClient's trim probe).
+            ex.prompt_tokens += 1
         choices: list[dict[str, Any]] = [
             {
                 "index": i,
@@ -1108,6 +1112,8 @@ class SimulatedServer:
     async def _pooling(self, body: dict[str, Any], ex: _Exchange) -> _Reply:
         model = self._model_of(body)
         if "messages" in body:
+            # One conversation, as on vLLM 0.32: a list of conversations is a 400 there, and
+            # an `input` sent alongside is ignored.
             inputs = [_message_text(body["messages"])[0]]
         elif "input" not in body:
             raise _HttpError(400, "Field required: 'input'", param="input")
@@ -1340,19 +1346,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m asynctts.testing.server",
         description="A simulated vLLM-shaped OpenAI-compatible server (deterministic model).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    parser.add_argument("--model", default="sim-policy")
+    parser.add_argument("--model", default="sim-policy", help="served policy name")
     parser.add_argument("--prm-model", default=None, help="also serve this name (for /pooling)")
     parser.add_argument("--problems", default=None, help="JSONL with fields problem, answer")
-    parser.add_argument("--latency", choices=("zero", "h200_1b", "h200_8b_prm"), default="zero")
-    parser.add_argument("--time-scale", type=float, default=1.0)
-    parser.add_argument("--max-model-len", type=int, default=4096)
-    parser.add_argument("--max-num-seqs", type=int, default=256)
-    parser.add_argument("--prm-noise", type=float, default=0.1)
-    parser.add_argument("--prm-error-rate", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--latency",
+        choices=("zero", "h200_1b", "h200_8b_prm"),
+        default="zero",
+        help="latency model: none, or measured H200 shapes",
+    )
+    parser.add_argument("--time-scale", type=float, default=1.0, help="latency multiplier")
+    parser.add_argument("--max-model-len", type=int, default=4096, help="context length")
+    parser.add_argument("--max-num-seqs", type=int, default=256, help="sequences run at once")
+    parser.add_argument("--prm-noise", type=float, default=0.1, help="PRM score noise")
+    parser.add_argument(
+        "--prm-error-rate", type=float, default=0.0, help="chance the PRM misjudges a step"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated model")
     args = parser.parse_args(argv)
     problems = load_problems(args.problems) if args.problems else {}
     if args.latency == "h200_1b":

@@ -258,7 +258,7 @@ def test_started_low_it_settles_near_the_servers_limit_with_few_429s(limit: int)
 
 
 def test_started_at_the_ceiling_it_draws_a_429_storm_first() -> None:
-    """DESIGN.md section 8: started at 1,000 against a server that takes 100, a fixed-start
+    """docs/design.md, section 8: started at 1,000 against a server that takes 100, a fixed-start
     controller drew far more 429s than one started low."""
     low = simulate(controller(initial=32), limit=100, demand=2000, completions=3000, seed=1)
     high = simulate(controller(initial=1000), limit=100, demand=2000, completions=3000, seed=1)

@@ -25,9 +25,12 @@ from asynctts.backends.policy import (
     COMPLETIONS_ROUTE,
     PolicyClient,
     decode_choices,
+    decode_trim_probe,
     encode_chat,
     encode_completions,
+    encode_trim_probe,
     split_steps,
+    trim_min_tokens,
 )
 from asynctts.backends.templates import PolicyPrompt
 from asynctts.endpoint import Endpoint
@@ -387,24 +390,223 @@ async def test_to_end_sends_no_stop_and_splits() -> None:
 
 
 async def test_chat_mode_sends_messages() -> None:
-    def reply(route: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        message = {"role": "assistant", "content": "b\n\n"}
-        return {"choices": [{"index": 0, "message": message, "finish_reason": "stop",
-                             "stop_reason": "\n\n"}]}  # fmt: skip
-
-    transport = ScriptedTransport(reply)
+    transport = ScriptedTransport(TemplateServer(trims=False))
     client = PolicyClient(endpoint(mode="chat", prompt_format=None), transport, sampling=SAMPLING)
-    (child,) = await client.generate(context(seed=None), Path(steps=("a\n\n",)), 1)
-    (call,) = transport.calls
+    (child,) = await client.generate(context(seed=None), Path(steps=("Step 1.\n\n",)), 1)
+    *_probe, call = transport.calls
     assert call.route == CHAT_ROUTE
     assert call.body["messages"] == [
         {"role": "system", "content": "S"},
         {"role": "user", "content": "Q?"},
-        {"role": "assistant", "content": "a\n\n"},
+        {"role": "assistant", "content": "Step 1.\n\n"},
     ]
     assert call.body["continue_final_message"] is True
     assert call.body["add_generation_prompt"] is False
-    assert child.steps == ("a\n\n", "b\n\n")
+    assert child.steps == ("Step 1.\n\n", "Step 2.\n\n")
+
+
+# --- chat templates that trim message bodies ----------------------------------------------------
+
+
+def chat_reply(
+    content: str, finish_reason: str, stop_reason: str | None, prompt_tokens: int = 170
+) -> dict[str, Any]:
+    """A /v1/chat/completions response as vLLM 0.32 sends it (fields the client ignores cut)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "reasoning_content": None,
+               "tool_calls": []}  # fmt: skip
+    return {
+        "object": "chat.completion",
+        "model": "tiny-policy",
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+                "stop_reason": stop_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens + 1,
+            "completion_tokens": 1,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
+    }
+
+
+# Recorded from vLLM 0.32 serving the tiny policy of tests/vllm: the probe's two prompt sizes
+# under the ChatML template (keeps "\n\n") and under the Llama-3-style one (trims it).
+PROBE_KEEPS = (chat_reply("\n", "length", None, 13), chat_reply("Step", "length", None, 14))
+PROBE_TRIMS = (chat_reply("\n", "length", None, 14), chat_reply("\n", "length", None, 14))
+
+
+def test_trim_probe_continues_a_tiny_answer_with_and_without_the_delimiter() -> None:
+    without, with_delimiter = encode_trim_probe(model="m", delimiter="\n\n")
+    common = {"model": "m", "add_generation_prompt": False, "continue_final_message": True,
+              "n": 1, "max_tokens": 1, "temperature": 0.0}  # fmt: skip
+    user = {"role": "user", "content": "1 + 1"}
+    assert without == {**common, "messages": [user, {"role": "assistant", "content": "2"}]}
+    assert with_delimiter == {
+        **common,
+        "messages": [user, {"role": "assistant", "content": "2\n\n"}],
+    }
+
+
+def test_trim_probe_verdict_on_recorded_responses() -> None:
+    assert decode_trim_probe(*PROBE_KEEPS) is False
+    assert decode_trim_probe(*PROBE_TRIMS) is True
+    no_usage = {"choices": PROBE_TRIMS[0]["choices"]}
+    with pytest.raises(BadResponse, match=r"usage.prompt_tokens is missing, expected an int"):
+        decode_trim_probe(PROBE_TRIMS[0], no_usage)
+
+
+def test_trimmed_chat_continuations_ask_for_min_tokens() -> None:
+    def body(**overrides: Any) -> dict[str, Any]:
+        args: dict[str, Any] = {"model": "m", "problem": "Q?", "system": None,
+                                "partial": "a\n\n", "sampling": SAMPLING, "n": 1}  # fmt: skip
+        return encode_chat(**(args | overrides))
+
+    assert body(trimmed=True)["min_tokens"] == 2
+    assert "min_tokens" not in body()  # a template that keeps the delimiter: as before
+    assert "min_tokens" not in body(trimmed=True, partial="")  # the root: nothing trimmed
+    assert "min_tokens" not in body(trimmed=True, to_end=True)  # no stop string to guard
+    tiny = Sampling(max_tokens=1)
+    assert body(trimmed=True, sampling=tiny)["min_tokens"] == 1  # vLLM: min <= max_tokens
+
+
+@pytest.mark.parametrize(
+    ("delimiter", "tokens"), [("\n\n", 2), ("\n", 1), ("<step>", 6), ("é\n", 3)]
+)
+def test_trim_min_tokens_is_the_delimiters_byte_length(delimiter: str, tokens: int) -> None:
+    assert trim_min_tokens(SAMPLING, delimiter) == tokens
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        # recorded: the step behind the delimiter the template ate
+        (chat_reply("\n\nStep 2: 26 + 7 = 39.\n\n", "stop", "\n\n"),
+         (("Step 2: 26 + 7 = 39.\n\n",), Finish.STEP)),
+        (chat_reply("\n\nThe answer is $\\boxed{5}$.", "stop", None),
+         (("The answer is $\\boxed{5}$.",), Finish.EOS)),
+        (chat_reply("\n\nStep 2: 2", "length", None), (("Step 2: 2",), Finish.LENGTH)),
+        # recorded without min_tokens: the stop fired on the delimiter alone
+        (chat_reply("\n\n", "stop", "\n\n"), ((), Finish.EMPTY)),
+        (chat_reply("\n\n", "stop", None), ((), Finish.EMPTY)),  # ended after the delimiter
+        (chat_reply("Step 2.\n\n", "stop", "\n\n"), (("Step 2.\n\n",), Finish.STEP)),
+    ],
+)  # fmt: skip
+def test_trimmed_continuations_drop_the_leading_delimiter(
+    reply: dict[str, Any], expected: tuple[tuple[str, ...], Finish]
+) -> None:
+    assert decode_choices(reply, n=1, route=CHAT_ROUTE, trimmed=True) == [expected]
+
+
+def test_the_leading_delimiter_stays_when_the_template_keeps_it() -> None:
+    reply = chat_reply("\n\nb\n\n", "stop", "\n\n")
+    assert decode_choices(reply, n=1, route=CHAT_ROUTE) == [(("\n\nb\n\n",), Finish.STEP)]
+
+
+def test_trimmed_continuations_to_the_end_split_behind_the_delimiter() -> None:
+    reply = chat_reply("\n\nb\n\nc", "stop", None)
+    decoded = decode_choices(reply, n=1, route=CHAT_ROUTE, to_end=True, trimmed=True)
+    assert decoded == [(("b\n\n", "c"), Finish.EOS)]
+
+
+class TemplateServer:
+    """A chat server in miniature: its template keeps or trims message bodies, and its model
+    writes "Step k.\n\n" steps, the delimiter first when a continued prompt lacks it. Each
+    character is a token; as in vLLM, a stop string ending within the first `min_tokens`
+    tokens is ignored."""
+
+    def __init__(self, *, trims: bool) -> None:
+        self.trims = trims
+
+    def __call__(self, route: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        contents = [m["content"] for m in body["messages"]]
+        rendered = "|".join(c.strip() if self.trims else c for c in contents)
+        if body["max_tokens"] == 1:  # the probe
+            return chat_reply("x", "length", None, len(rendered))
+        continuing = body["continue_final_message"]
+        written = contents[-1].count("Step ") if continuing else 0
+        text = f"Step {written + 1}.\n\n"
+        if continuing and not rendered.endswith("\n\n"):
+            text = "\n\n" + text
+        for stop in body.get("stop", []):
+            end = text.find(stop, max(body.get("min_tokens", 0) - len(stop) + 1, 0))
+            if end >= 0:
+                text = text[: end + len(stop)]
+                return chat_reply(text, "stop", stop, len(rendered))
+        return chat_reply(text, "stop", None, len(rendered))
+
+
+TRIMMING_POLICY = endpoint(mode="chat", prompt_format=None)
+PARENT = Path(steps=("Step 1.\n\n",), key=(0,))
+
+
+@pytest.mark.parametrize("trims", [True, False])
+async def test_chat_mode_gives_whole_steps_whether_the_template_trims_or_not(trims: bool) -> None:
+    transport = ScriptedTransport(TemplateServer(trims=trims))
+    client = PolicyClient(TRIMMING_POLICY, transport, sampling=SAMPLING)
+    (child,) = await client.generate(context(), PARENT, 1)
+    (grandchild,) = await client.generate(context(), child, 1)
+    assert child.steps == ("Step 1.\n\n", "Step 2.\n\n") and child.finish is Finish.STEP
+    assert grandchild.steps[-1] == "Step 3.\n\n"
+    probe, *requests = [call.body for call in transport.calls[1:]]
+    assert probe == encode_trim_probe(model="m", delimiter="\n\n")[1]  # asked once
+    assert [body.get("min_tokens") for body in requests] == ([2, 2] if trims else [None, None])
+
+
+def test_without_min_tokens_a_trimming_template_ends_the_solution() -> None:
+    """What the fix prevents (this fake server reproduces vLLM's behaviour)."""
+    server = TemplateServer(trims=True)
+    body = encode_chat(model="m", problem="Q?", system=None, partial="Step 1.\n\n",
+                       sampling=SAMPLING, n=1)  # fmt: skip
+    assert decode_choices(server(CHAT_ROUTE, body), n=1, route=CHAT_ROUTE) == [((), Finish.EMPTY)]
+
+
+async def test_concurrent_continuations_share_one_probe() -> None:
+    transport = ScriptedTransport(TemplateServer(trims=True))
+    client = PolicyClient(TRIMMING_POLICY, transport, sampling=SAMPLING)
+    await asyncio.gather(*(client.generate(context(), PARENT, 1) for _ in range(3)))
+    probes = [c for c in transport.calls if c.body["max_tokens"] == 1]
+    assert len(probes) == 2 and len(transport.calls) == 5
+
+
+async def test_root_requests_and_completions_mode_never_probe() -> None:
+    transport = ScriptedTransport(TemplateServer(trims=True))
+    await PolicyClient(TRIMMING_POLICY, transport, sampling=SAMPLING).generate(context(), Path(), 1)
+    assert len(transport.calls) == 1 and "min_tokens" not in transport.calls[0].body
+    transport = ScriptedTransport(echo_steps)
+    await PolicyClient(endpoint(), transport, sampling=SAMPLING).generate(context(), PARENT, 1)
+    assert [c.route for c in transport.calls] == [COMPLETIONS_ROUTE]
+
+
+async def test_the_probe_is_charged_to_the_problem_that_asked_under_no_branch() -> None:
+    ledger = Ledger()
+    transport = ScriptedTransport(TemplateServer(trims=True))
+    client = PolicyClient(TRIMMING_POLICY, transport, sampling=SAMPLING)
+    await client.generate(context(ledger=ledger), PARENT, 1)
+    assert [c.charges for c in transport.calls[:2]] == [(Charge(ledger, ()),)] * 2
+
+
+async def test_a_failed_probe_loses_the_branch_and_is_asked_again() -> None:
+    error = ServerError("503 from server", 503)
+    server = TemplateServer(trims=True)
+    failures = [error]
+
+    def reply(route: str, body: Mapping[str, Any]) -> dict[str, Any] | BaseException:
+        return failures.pop() if failures else server(route, body)
+
+    transport = ScriptedTransport(reply)
+    client = PolicyClient(TRIMMING_POLICY, transport, sampling=SAMPLING)
+    with pytest.raises(BranchLost) as caught:
+        await client.generate(context(), PARENT, 1)
+    assert (caught.value.key, caught.value.stage, caught.value.cause) == ((0,), "generating", error)
+    (child,) = await client.generate(context(), PARENT, 1)
+    assert child.steps[-1] == "Step 2.\n\n"
+    assert len(transport.calls) == 1 + 2 + 1
 
 
 async def test_the_delimiter_is_a_knob() -> None:

@@ -5,11 +5,15 @@ Runs in the vLLM venv (torch + transformers):  python tests/vllm/build_models.py
 OUT_DIR/tokenizer  a byte-level BPE tokenizer trained here on the synthetic corpus. Like
                    GPT-2 and SmolLM2, it splits "\\n\\n" before text into two "\\n" tokens but
                    keeps a trailing "\\n\\n" as one merged token: the boundary trap of
-                   DESIGN.md section 6, reproduced on purpose. Its tokenizer adds a BOS and its
-                   ChatML-like template writes one too (the doubled-BOS trap).
+                   docs/design.md, section 6, reproduced on purpose. Its tokenizer adds a BOS
+                   and its ChatML-like template writes one too (the doubled-BOS trap).
 OUT_DIR/policy     a 2-layer Llama (hidden 128, 4 heads: the CPU attention backend needs head
                    size >= 32) trained briefly to write "Step k: ...\\n\\n" steps ending in
-                   "The answer is $\\boxed{N}$." and to judge steps with "+" / "-".
+                   "The answer is $\\boxed{N}$." and to judge steps with "+" / "-". It learns
+                   its solutions under two chat templates: the ChatML-like one above and
+                   TRIMMING_TEMPLATE, Llama-3-style, which trims message bodies.
+OUT_DIR/tokenizer-trimming  the same tokenizer with TRIMMING_TEMPLATE and <|eot_id|> as EOS, as
+                   Llama 3.x ships it: serve the policy with --tokenizer pointing here.
 OUT_DIR/prm        a `Qwen2ForProcessRewardModel` (num_labels 2, random weights) over the same
                    tokenizer; serve it with --pooler-config '{"step_tag_id": <id of <extra_0>>}'
                    (OUT_DIR/prm/step_tag.json holds the id).
@@ -27,10 +31,22 @@ import time
 from pathlib import Path
 
 BOS, EOS, IM_START, STEP_TAG, PAD = "<s>", "<|im_end|>", "<|im_start|>", "<extra_0>", "<pad>"
+HEADER_START, HEADER_END, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}"
     "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# Llama 3.x's shape: BOS, header tokens, the body through `| trim`, <|eot_id|> with no newline.
+# One "\\n" after the header where Llama 3 has two: this GPT-2-style tokenizer encodes a
+# trailing "\\n\\n" (the generation prompt) as one token but "\\n\\n" before text as two, a
+# boundary Llama 3's own tokenizer does not have there.
+TRIMMING_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n' + m['content'] | trim"
+    " + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n' }}"
+    "{% endif %}"
 )
 # DEFAULT_SYSTEM_PROMPT of asynctts (kept in sync by a test): the tests solve with it.
 SYSTEM_PROMPT = (
@@ -85,10 +101,19 @@ def problem_and_steps(rng: random.Random) -> tuple[str, list[str], int]:
 
 
 def render(messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+    """CHAT_TEMPLATE in Python (checked against the template in build_tokenizer)."""
     text = BOS
     for m in messages:
         text += f"{IM_START}{m['role']}\n{m['content']}{EOS}\n"
     return text + (f"{IM_START}assistant\n" if generation_prompt else "")
+
+
+def render_trimming(messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+    """TRIMMING_TEMPLATE in Python (checked against the template in build_tokenizer)."""
+    text = BOS
+    for m in messages:
+        text += f"{HEADER_START}{m['role']}{HEADER_END}\n{m['content'].strip()}{EOT}"
+    return text + (f"{HEADER_START}assistant{HEADER_END}\n" if generation_prompt else "")
 
 
 def corpus(rng: random.Random, size: int) -> list[str]:
@@ -113,18 +138,23 @@ def corpus(rng: random.Random, size: int) -> list[str]:
         messages = [{"role": "user", "content": problem}]
         if i % 4 != 2:
             messages.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
-        texts.append(render(messages, generation_prompt=True) + "".join(steps) + EOS + "\n")
+        if (i // 4) % 2:  # half the solutions under each template
+            prompt, end = render_trimming(messages, generation_prompt=True), EOT
+        else:
+            prompt, end = render(messages, generation_prompt=True), EOS + "\n"
+        texts.append(prompt + "".join(steps) + end)
     return texts
 
 
-def build_tokenizer(texts: list[str], out: Path) -> object:
+def build_tokenizer(texts: list[str], out: Path, trimming_out: Path) -> object:
+    """Writes the tokenizer to `out` and its trimming-template twin to `trimming_out`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = [PAD, BOS, EOS, IM_START, STEP_TAG]
+    specials = [PAD, BOS, EOS, IM_START, STEP_TAG, HEADER_START, HEADER_END, EOT]
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
         special_tokens=specials,
@@ -138,17 +168,39 @@ def build_tokenizer(texts: list[str], out: Path) -> object:
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
     )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        additional_special_tokens=[IM_START, STEP_TAG],
-        model_max_length=MAX_LEN,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(out)
-    return fast
+    tokenizers = {}
+    for template, eos, path in ((CHAT_TEMPLATE, EOS, out), (TRIMMING_TEMPLATE, EOT, trimming_out)):
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token=BOS,
+            eos_token=eos,
+            pad_token=PAD,
+            additional_special_tokens=[
+                t for t in (EOS, IM_START, STEP_TAG, HEADER_START, HEADER_END, EOT) if t != eos
+            ],
+            model_max_length=MAX_LEN,
+        )
+        fast.chat_template = template
+        fast.save_pretrained(path)
+        tokenizers[template] = fast
+    _check_templates(tokenizers[CHAT_TEMPLATE], tokenizers[TRIMMING_TEMPLATE])
+    return tokenizers[CHAT_TEMPLATE]
+
+
+def _check_templates(chatml: object, trimming: object) -> None:
+    """The Python renderers the corpus uses are the templates the servers apply."""
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": "What is 1 + 2?"},
+    ]
+    for tokenizer, python_render in ((chatml, render), (trimming, render_trimming)):
+        for generation_prompt in (False, True):
+            rendered = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+                messages, tokenize=False, add_generation_prompt=generation_prompt
+            )
+            expected = python_render(messages, generation_prompt)
+            if rendered != expected:
+                raise SystemExit(f"template and renderer differ:\n{rendered!r}\n{expected!r}")
 
 
 def train_policy(tokenizer: object, texts: list[str], out: Path) -> float:
@@ -190,8 +242,10 @@ def train_policy(tokenizer: object, texts: list[str], out: Path) -> float:
         optimizer.zero_grad()
         loss_value = float(loss.detach())
     model.save_pretrained(out, safe_serialization=True)
+    # Both turn ends stop a generation, as Llama 3.x lists several EOS ids.
+    eot_id = tokenizer.convert_tokens_to_ids(EOT)  # type: ignore[attr-defined]
     GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=eos_id, pad_token_id=pad_id
+        bos_token_id=config.bos_token_id, eos_token_id=[eos_id, eot_id], pad_token_id=pad_id
     ).save_pretrained(out)
     tokenizer.save_pretrained(out)  # type: ignore[attr-defined]
     return loss_value
@@ -237,7 +291,7 @@ def main() -> None:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     texts = corpus(random.Random(0), 4000)
-    tokenizer = build_tokenizer(texts, partial / "tokenizer")
+    tokenizer = build_tokenizer(texts, partial / "tokenizer", partial / "tokenizer-trimming")
     loss = train_policy(tokenizer, texts, partial / "policy")
     step_tag_id = build_prm(tokenizer, partial / "prm")
     partial.rename(out)

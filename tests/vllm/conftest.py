@@ -1,9 +1,10 @@
 """Real vLLM servers on the CPU for the `vllm`-marked tests, started once per session.
 
 The tiny models come from build_models.py (run in the vLLM venv, cached outside the repo by
-a hash of that script, so reruns skip training). Three servers start in parallel through the
-launcher's Python API: the tiny policy, the tiny pooling PRM, and a second policy that one
-test kills in the middle of a solve. Without `.venv-vllm` the tests are skipped, except under
+a hash of that script, so reruns skip training). Four servers start in parallel through the
+launcher's Python API: the tiny policy, the tiny pooling PRM, the tiny policy again under a
+chat template that trims message bodies, and a second policy that one test kills in the
+middle of a solve. Without `.venv-vllm` the tests are skipped, except under
 CI, where that is a failure (`make test` creates the venv first).
 """
 

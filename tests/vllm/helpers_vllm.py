@@ -45,6 +45,11 @@ class Models:
     def prm(self) -> Path:
         return self.root / "prm"
 
+    @property
+    def trimming_tokenizer(self) -> Path:
+        """The policy's tokenizer with the Llama-3-style template that trims message bodies."""
+        return self.root / "tokenizer-trimming"
+
 
 @dataclass(frozen=True)
 class Fleet:
@@ -90,6 +95,15 @@ def fleet_specs(models: Models) -> list[Any]:
                 ("scoring", "pooling"),
                 ("step_tag", models.step_tag),
             ),
+            memory_gib=1.5,
+        ),
+        # the policy under a template that trims message bodies (test_chat_trimming.py)
+        launch.ServerSpec(
+            role="trimming",
+            model=str(models.policy),
+            served_name="tiny-policy",
+            vllm_args=(*flags, "--tokenizer", str(models.trimming_tokenizer)),
+            endpoint=(("tokenizer", str(models.trimming_tokenizer)),),
             memory_gib=1.5,
         ),
         # killed by test_killing_the_policy_server_mid_solve_is_recorded_not_a_hang

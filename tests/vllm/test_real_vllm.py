@@ -165,7 +165,7 @@ async def test_chat_and_completions_modes_send_the_same_prompt(
 
 
 async def test_continuation_prompt_ends_with_the_tokens_the_model_wrote(policy: Endpoint) -> None:
-    """The boundary trap of DESIGN.md section 6, on a real server: a text prompt ending in
+    """The boundary trap of docs/design.md, section 6, on a real server: a text prompt ending in
     "\\n\\n" is tokenized differently from what the model generated; our ids are not."""
     tokenizer = load_tokenizer(policy.tokenizer_name)
     prompt = PolicyPrompt.for_endpoint(policy)
