@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,3 +32,15 @@ def equivalence() -> Iterator[Equivalence]:
     instance = Equivalence()
     yield instance
     asyncio.run(instance.aclose())
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A port that accepts TCP connections but never answers: any request would show up."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        yield sock
+        with pytest.raises(BlockingIOError):
+            sock.accept()  # nobody connected

@@ -5,24 +5,11 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from asynctts.cli import main
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """A port that accepts TCP connections but never answers: any request would show up."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        sock.setblocking(False)
-        yield sock
-        with pytest.raises(BlockingIOError):
-            sock.accept()  # nobody connected
 
 
 def eval_args(sock: socket.socket, out: Path, *extra: str) -> list[str]:

@@ -7,7 +7,7 @@ import argparse
 import io
 import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,18 +16,6 @@ from asynctts.cli import add_eval_arguments, main
 from asynctts.cli.arguments import HelpFormatter
 from asynctts.cli.report import add_report_arguments
 from asynctts.cli.solve import add_solve_arguments, prepare_solve
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """A port that accepts TCP connections but never answers: any request would show up."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        sock.setblocking(False)
-        yield sock
-        with pytest.raises(BlockingIOError):
-            sock.accept()  # nobody connected
 
 
 @pytest.fixture
