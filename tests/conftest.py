@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import settings
 
 from asynctts.equivalence import Equivalence
@@ -44,3 +46,15 @@ def listener() -> Iterator[socket.socket]:
         yield sock
         with pytest.raises(BlockingIOError):
             sock.accept()  # nobody connected
+
+
+@pytest.fixture
+def verbose_logging() -> Iterator[None]:
+    """Log every level, whatever an earlier test configured (asynctts.api sets WARNING)."""
+    saved = structlog.get_config()
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        cache_logger_on_first_use=False,
+    )
+    yield
+    structlog.configure(**saved)

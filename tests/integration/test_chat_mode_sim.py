@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
 from asynctts import solve
@@ -15,6 +16,7 @@ from asynctts.testing import SimProblem, SimulatedServer
 from helpers_endpoints import policy_of, prm_of
 
 
+@pytest.mark.usefixtures("verbose_logging")
 async def test_a_tree_search_in_chat_mode_probes_once_and_keeps_its_steps(
     math500: list[dict[str, Any]],
 ) -> None:

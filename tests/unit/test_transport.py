@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from types import MappingProxyType
@@ -20,7 +19,6 @@ from typing import Any
 
 import orjson
 import pytest
-import structlog
 import trustme
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
@@ -1115,18 +1113,6 @@ async def test_cancellation_propagates_and_releases_the_slot(serve: Serve) -> No
 
 
 # --- the API key -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def verbose_logging() -> Iterator[None]:
-    """Log every level, whatever an earlier test configured (asynctts.api sets WARNING)."""
-    saved = structlog.get_config()
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-        cache_logger_on_first_use=False,
-    )
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.mark.usefixtures("verbose_logging")
