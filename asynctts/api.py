@@ -148,6 +148,12 @@ async def run_search(
     finally:
         ledger.stop()
     rows, lost, unfinished = collect(results, strategy.aggregate)
+    beyond = [row.index for row in rows if row.index >= n]
+    if beyond:  # the votes at budget n would leave them out, the answer would not
+        raise RuntimeError(
+            f"strategy {strategy.name!r} returned paths at positions {beyond} with n={n}: "
+            "every path must be among the first n results"
+        )
     if not rows:
         raise SolveFailed(problem_id, [r for r in results if isinstance(r, BranchLost)])
     groups = await _group_answers(equivalence, [row.answer for row in rows])
@@ -378,9 +384,9 @@ class Solver:
         # Plain functions returning the backends' coroutines: an `async def` wrapper would add
         # a coroutine object per request (measured in benchmarks/overhead.py).
         def generate(
-            path: Path, k: int, *, to_end: bool = False
+            path: Path, k: int, *, to_end: bool = False, greedy: bool = False
         ) -> Coroutine[Any, Any, list[Path]]:
-            return generator.generate(ctx, path, k, to_end=to_end)
+            return generator.generate(ctx, path, k, to_end=to_end, greedy=greedy)
 
         def score(paths: Sequence[Path]) -> Coroutine[Any, Any, list[Path]]:
             if scorer is None:

@@ -71,10 +71,14 @@ class GenerateSteps(Protocol):
 
     Each child carries one new step ending at the step delimiter (kept), or, with
     `to_end=True`, the rest of the solution split into steps. Scores of the prefix are kept;
-    new steps are unscored. Raises `BranchLost` when the request failed for good.
+    new steps are unscored. With `greedy=True` the children are decoded at temperature 0: the
+    most likely continuation of the prefix, the same for every child (lookahead rollouts ask
+    for k=1). Raises `BranchLost` when the request failed for good.
     """
 
-    async def __call__(self, path: Path, k: int, *, to_end: bool = False) -> list[Path]: ...
+    async def __call__(
+        self, path: Path, k: int, *, to_end: bool = False, greedy: bool = False
+    ) -> list[Path]: ...
 
 
 class ScoreSteps(Protocol):

@@ -22,7 +22,7 @@ class Candidate:
     """A path the search returned: its steps, per-step scores, aggregated value, why it
     stopped, its normalised answer and its answer group (equivalent answers share one)."""
 
-    index: int  # position in generation order
+    index: int  # position among the strategy's results (below n; see `Solution.votes`)
     branch: str
     steps: tuple[str, ...]
     scores: tuple[float, ...]
@@ -58,7 +58,7 @@ class Degradation:
     @property
     def narrowed(self) -> tuple[int, ...]:
         """Iterations after the first whose width fell below n // width (paths finished
-        early, or were lost)."""
+        early, or were lost; beam search still samples n steps from the paths left)."""
         if self.planned_width is None:
             return ()
         return tuple(d for d, w in enumerate(self.widths) if d > 0 and w < self.planned_width)
@@ -124,8 +124,10 @@ class Solution:
         return self.error is None
 
     def votes(self, n: int | None = None) -> Votes:
-        """Votes over the candidates among the first `n` samples (all when None). For the
-        best-of-N family this is exactly what a run with budget `n` would have answered."""
+        """Votes over the candidates among the first `n` results (all when None: then they
+        give `answer`). For the best-of-N family this is exactly what a run with budget `n`
+        would have answered, lost samples included; for tree searches, whose results are
+        ranked or grouped by subtree, it is the vote of the first `n` of them."""
         budget = self.n if n is None else n
         return votes_of([c for c in self.candidates if c.index < budget], budget)
 

@@ -1,6 +1,8 @@
 """The search tree of one solve, recorded below the two protocols, so strategies stay
 plain: every `GenerateSteps` call expands a node into children, every `ScoreSteps` call
 fills in scores. Kept nodes are the expanded ones and the results; the rest were pruned.
+Greedy calls (lookahead rollouts, generated to score a candidate and then dropped) add
+"lookahead" nodes under a fork of their candidate and count in no iteration's width.
 
 Every solve counts the paths expanded per iteration (`Widths`: they feed the Solution's
 record of what degraded). The tree itself is built only when asked for (`trace=True`): a beam
@@ -38,11 +40,14 @@ class Node:
     expanded: bool = False
     result: bool = False
     lost: str | None = None
+    lookahead: bool = False  # part of a greedy rollout: scored, never kept
 
     @property
     def state(self) -> str:
         if self.lost is not None:
             return "lost"
+        if self.lookahead:
+            return "lookahead"
         if self.result:
             return "result"
         if self.expanded or self.parent is None:
@@ -101,7 +106,11 @@ class Widths:
     def wrap(self, generate: GenerateSteps) -> GenerateSteps:
         """`generate`, counted (the whole cost of an untraced solve's bookkeeping)."""
 
-        async def counted(path: Path, k: int, *, to_end: bool = False) -> list[Path]:
+        async def counted(
+            path: Path, k: int, *, to_end: bool = False, greedy: bool = False
+        ) -> list[Path]:
+            if greedy:  # a lookahead rollout: not an expansion of the search
+                return await generate(path, k, to_end=to_end, greedy=True)
             depth = self.expanded(path.key)
             children = await generate(path, k, to_end=to_end)
             self.generated(children, depth)
@@ -150,18 +159,23 @@ class Trace:
         return node
 
     def wrap(self, generate: GenerateSteps, score: ScoreSteps) -> tuple[GenerateSteps, ScoreSteps]:
-        async def traced_generate(path: Path, k: int, *, to_end: bool = False) -> list[Path]:
+        async def traced_generate(
+            path: Path, k: int, *, to_end: bool = False, greedy: bool = False
+        ) -> list[Path]:
             node = self._node(path)
-            node.expanded = True
-            depth = self.widths.expanded(path.key)
+            if greedy:
+                node.lookahead = True  # the rollout's fork of its candidate, or a rollout step
+            else:
+                node.expanded = True
+                depth = self.widths.expanded(path.key)
             start = self._since()
             try:
-                children = await generate(path, k, to_end=to_end)
+                children = await generate(path, k, to_end=to_end, greedy=greedy)
             except BranchLost as lost:
                 node.lost = lost.reason
                 raise
             span = (start, self._since())
-            below = self.widths.generated(children, depth)
+            below = node.depth + 1 if greedy else self.widths.generated(children, depth)
             for child in children:
                 self.nodes[child.key] = Node(
                     key=child.key,
@@ -170,6 +184,7 @@ class Trace:
                     steps=child.steps[len(path.steps) :],
                     finish=child.finish,
                     generated_s=span,
+                    lookahead=greedy,
                 )
             return children
 
@@ -184,10 +199,16 @@ class Trace:
                 raise
             span = (start, self._since())
             for path in scored:
+                # a rollout's scores also hold its candidate's, scored nowhere else
                 node = self.nodes.get(path.key)
-                if node is not None:
-                    node.scores = path.scores[len(path.scores) - len(node.steps) :]
+                end = len(path.scores)
+                while node is not None:
+                    node.scores = path.scores[end - len(node.steps) : end]
                     node.scored_s = span
+                    if not node.lookahead or node.parent is None:
+                        break
+                    end -= len(node.steps)
+                    node = self.nodes.get(node.parent)
             return scored
 
         return traced_generate, traced_score
@@ -219,11 +240,11 @@ class Trace:
 
     def answers(self) -> dict[Key, str | None]:
         """The answer of every finished node, normalised as a candidate's (None: no
-        \\boxed{} in it), including finished paths the search did not keep."""
+        \\boxed{} in it), including finished paths the search did not keep (not rollouts)."""
         return {
             node.key: _normalized_boxed(self.text_of(node.key))
             for node in self.nodes.values()
-            if node.finish is not Finish.STEP
+            if node.finish is not Finish.STEP and not node.lookahead
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -127,8 +127,8 @@ def figure_of(trace: Trace, *, title: str | None = None) -> Figure:
             kept = node.state in ("kept", "result")
             ax.plot([x0, x1], [y0, y1], color="0.3" if kept else "0.82", lw=0.7, zorder=1)
     scored = None
-    for faded in (True, False):  # pruned and finished-but-unused nodes drawn faint
-        group = [n for n in nodes if (n.state in ("pruned", "finished")) == faded]
+    for faded in (True, False):  # pruned, finished-but-unused and lookahead nodes drawn faint
+        group = [n for n in nodes if (n.state in ("pruned", "finished", "lookahead")) == faded]
         with_score = [n for n in group if n.scores]
         without = [n for n in group if not n.scores]
         alpha = 0.35 if faded else 1.0

@@ -269,8 +269,10 @@ class Barrier:
             self._opening = None
 
     def wrap(self, generate: GenerateSteps, score: ScoreSteps) -> tuple[GenerateSteps, ScoreSteps]:
-        async def held_generate(path: Path, k: int, *, to_end: bool = False) -> list[Path]:
-            return await self.hold(generate(path, k, to_end=to_end))
+        async def held_generate(
+            path: Path, k: int, *, to_end: bool = False, greedy: bool = False
+        ) -> list[Path]:
+            return await self.hold(generate(path, k, to_end=to_end, greedy=greedy))
 
         async def held_score(paths: Sequence[Path]) -> list[Path]:
             return await self.hold(score(paths))

@@ -14,6 +14,8 @@ Rules:
 - Seeds: the request for children [offset, offset + m) of a path carries
   `derive_seed(...) + offset`. vLLM gives child j of a request `seed + j`, so children draw the
   same seeds however `k` is split across requests.
+- Greedy requests (`greedy=True`, for lookahead rollouts) are sent at temperature 0; their
+  seed is sent as usual and changes nothing.
 - A failed request loses the branch (`BranchLost`), except that a prompt over the context
   length is an honest truncation of a partial solution (LENGTH children) and, at the root,
   means the problem itself does not fit (`PromptTooLong`). Cancellation always propagates.
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -323,6 +326,7 @@ class PolicyClient:
         self._endpoint = endpoint
         self._transport = transport
         self._sampling = sampling
+        self._greedy_sampling = replace(sampling, temperature=0.0)
         self._delimiter = delimiter
         # Completions mode renders the template here, so a missing tokenizer fails at
         # construction, before any request.
@@ -334,10 +338,16 @@ class PolicyClient:
         self._probe_lock = asyncio.Lock()
 
     def generate(
-        self, ctx: ProblemContext, path: Path, k: int, *, to_end: bool = False
+        self,
+        ctx: ProblemContext,
+        path: Path,
+        k: int,
+        *,
+        to_end: bool = False,
+        greedy: bool = False,
     ) -> Coroutine[Any, Any, list[Path]]:
         """Awaits to the `k` children of `path` in index order (child i has key
-        `path.key + (i,)`).
+        `path.key + (i,)`); `greedy`: decoded at temperature 0.
 
         A plain method returning the request's coroutine, so that no coroutine of its own
         stays alive while the request is in flight (benchmarks/overhead.py).
@@ -351,11 +361,17 @@ class PolicyClient:
             raise ValueError(f"k={k}: need >= 1")
         seed = None if ctx.seed is None else derive_seed(ctx.seed, ctx.problem_id, path.key)
         if k <= self._endpoint.max_n_per_request:
-            return self._request(ctx, path, 0, k, seed, to_end)
-        return self._request_chunks(ctx, path, k, seed, to_end)
+            return self._request(ctx, path, 0, k, seed, to_end, greedy)
+        return self._request_chunks(ctx, path, k, seed, to_end, greedy)
 
     async def _request_chunks(
-        self, ctx: ProblemContext, path: Path, k: int, seed: int | None, to_end: bool
+        self,
+        ctx: ProblemContext,
+        path: Path,
+        k: int,
+        seed: int | None,
+        to_end: bool,
+        greedy: bool,
     ) -> list[Path]:
         # Apart from `generate`: its comprehensions would give every call of `generate` (one
         # per request, alive while it is in flight) a closure cell per captured variable.
@@ -364,7 +380,7 @@ class PolicyClient:
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(self._request(ctx, path, offset, n, seed, to_end))
+                    group.create_task(self._request(ctx, path, offset, n, seed, to_end, greedy))
                     for offset, n in chunks
                 ]
         except ExceptionGroup as failed:
@@ -382,12 +398,15 @@ class PolicyClient:
         n: int,
         seed: int | None,
         to_end: bool,
+        greedy: bool,
     ) -> list[Path]:
         request_seed = None if seed is None else seed + offset
         trimmed = False
         if self._prompt is None and path.steps:
             trimmed = self._trims if self._trims is not None else await self._probe(ctx, path)
-        route, body, prompt_chars = self._encode(ctx, path, n, request_seed, to_end, trimmed)
+        route, body, prompt_chars = self._encode(
+            ctx, path, n, request_seed, to_end, trimmed, greedy
+        )
         indexes = range(offset, offset + n)
         charge = Charge(ctx.ledger, branch_ids(path.key, indexes))
         try:
@@ -450,9 +469,10 @@ class PolicyClient:
         seed: int | None,
         to_end: bool,
         trimmed: bool,
+        greedy: bool,
     ) -> tuple[str, dict[str, Any], int]:
         common: dict[str, Any] = {
-            "sampling": self._sampling,
+            "sampling": self._greedy_sampling if greedy else self._sampling,
             "n": n,
             "delimiter": self._delimiter,
             "to_end": to_end,

@@ -29,5 +29,7 @@ class Strategy(Protocol):
         self, root: Path, n: int, generate: GenerateSteps, score: ScoreSteps
     ) -> list[Path | BranchLost]:
         """The search's results in generation order: finished paths, unfinished paths that
-        ran out of depth, and lost branches as values."""
+        ran out of depth, and lost branches as values. Every path is among the first n
+        results (a result's position is its index in `Solution.votes`): a lost branch goes
+        after the paths, or in the place of the one sample it stands for."""
         ...

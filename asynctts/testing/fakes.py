@@ -18,8 +18,8 @@ ScoreFn = Callable[[Path, int], float]
 FailFn = Callable[[Path], bool]
 
 
-def _rng(seed: int, key: tuple[int, ...]) -> random.Random:
-    digest = hashlib.blake2b(repr((seed, key)).encode(), digest_size=8).digest()
+def _rng(seed: int, draw: object) -> random.Random:
+    digest = hashlib.blake2b(repr((seed, draw)).encode(), digest_size=8).digest()
     return random.Random(int.from_bytes(digest, "big"))
 
 
@@ -49,10 +49,12 @@ class FakePolicy:
     """`GenerateSteps` over `step_fn(path, rng) -> (step_text, finish)`.
 
     `step_fn` sees the child being built (its key is final, its steps grow) and an RNG seeded
-    by (seed, child key), so a child's text depends only on its place in the tree.
-    `fail(path)` -> True makes the call for `path` raise `BranchLost`. With `to_end`,
-    steps are drawn until one does not end in STEP (at most `max_steps`, then the child
-    is cut: LENGTH).
+    by (seed, child key), so a child's text depends only on its place in the tree; with
+    `greedy` the RNG is seeded by (seed, prefix text) instead, so every child of the call
+    is the same, as at temperature 0. `fail(path)` -> True makes the call for `path` raise
+    `BranchLost`. With `to_end`, steps are drawn until one does not end in STEP (at most
+    `max_steps`, then the child is cut: LENGTH). `meter.log` lists the sampling calls as
+    (key, k, to_end); `greedy_log` the greedy ones.
     """
 
     def __init__(
@@ -68,25 +70,29 @@ class FakePolicy:
         self.fail = fail
         self.max_steps = max_steps
         self.meter = _Meter()
+        self.greedy_log: list[tuple[tuple[int, ...], int, bool]] = []
         self._order = random.Random(seed)
 
     @property
     def calls(self) -> int:
+        """Every call, sampling and greedy."""
         return self.meter.calls
 
-    async def __call__(self, path: Path, k: int, *, to_end: bool = False) -> list[Path]:
+    async def __call__(
+        self, path: Path, k: int, *, to_end: bool = False, greedy: bool = False
+    ) -> list[Path]:
         self.meter.enter()
-        self.meter.log.append((path.key, k, to_end))
+        (self.greedy_log if greedy else self.meter.log).append((path.key, k, to_end))
         try:
             await _shuffle(self._order)
             if self.fail is not None and self.fail(path):
                 raise BranchLost(path.key, "generating", RuntimeError("injected failure"))
-            return [self._child(path, i, to_end) for i in range(k)]
+            return [self._child(path, i, to_end, greedy) for i in range(k)]
         finally:
             self.meter.leave()
 
-    def _child(self, path: Path, index: int, to_end: bool) -> Path:
-        rng = _rng(self.seed, (*path.key, index))
+    def _child(self, path: Path, index: int, to_end: bool, greedy: bool) -> Path:
+        rng = _rng(self.seed, ("greedy", path.text) if greedy else (*path.key, index))
         steps: list[str] = []
         current = path.extend(index, steps, Finish.STEP)  # the child, before its new steps
         for _ in range(self.max_steps if to_end else 1):

@@ -1,5 +1,6 @@
 """Without `trace=True`, a solve counts expanded paths per iteration without keeping the tree;
-the counts must be exactly the full trace's, whatever ended, narrowed or was lost."""
+the counts must be exactly the full trace's, whatever ended, narrowed or was lost (lookahead
+rollouts count in neither). Beam search samples n steps every iteration it runs."""
 
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ async def solve_twice(
     ("strategy", "n"),
     [
         (BeamSearch(width=2, max_depth=6), 8),
+        (BeamSearch(width=4, max_depth=6), 8),
+        (BeamSearch(width=2, max_depth=6, lookahead=2), 8),
         (DVTS(width=2, max_depth=6), 8),
         (DVTS(width=4, max_depth=3), 8),
         (BestOfN(per_request=2), 6),
@@ -73,3 +76,28 @@ async def test_widths_without_trace_equal_the_traced_widths(
     assert traced.degradation.widths == traced.trace.iteration_widths()
     assert light.degradation == traced.degradation
     assert [c.branch for c in light.candidates] == [c.branch for c in traced.candidates]
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("lookahead", [0, 1])
+async def test_beam_search_samples_n_every_iteration_unless_branches_are_lost(
+    seed: int, lookahead: int, equivalence: Equivalence
+) -> None:
+    policy = scripted_policy(seed)
+    sol = await run_search(
+        problem_id="t",
+        problem="?",
+        strategy=BeamSearch(width=4, max_depth=6, lookahead=lookahead),
+        n=8,
+        generate=policy,
+        score=FakePRM(lambda path, i: (hash(path.key) % 97) / 97, seed=seed),
+        equivalence=equivalence,
+        ledger=Ledger(),
+    )
+    samples: dict[int, int] = {}
+    for key, k, _ in policy.meter.log:
+        samples[len(key)] = samples.get(len(key), 0) + k
+    lost_generating = [b.branch for b in sol.lost if b.stage == "generating"]
+    if not lost_generating:
+        assert set(samples.values()) == {8}
+    assert len(samples) == len(sol.degradation.widths)

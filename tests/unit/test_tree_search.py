@@ -1,6 +1,7 @@
 """Beam search and DVTS against scripted in-memory fakes: which paths survive, how many
-children each gets, when a path finishes, ranking of finished paths, independence of DVTS
-subtrees, and invariants under random scripts (hypothesis)."""
+children each gets (n samples every beam search iteration, shared as the reference's cyclic
+replication shares them), when a path finishes, ranking of finished paths, lost branches,
+independence of DVTS subtrees, and invariants under random scripts (hypothesis)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from asynctts.errors import BranchLost
 from asynctts.protocols import Finish, Path
-from asynctts.search.beam_search import BeamSearch
+from asynctts.search.beam_search import BeamSearch, cyclic_shares
 from asynctts.search.dvts import DVTS
 from asynctts.testing.fakes import FakePolicy, FakePRM
 
@@ -78,9 +79,14 @@ async def test_beam_search_stops_when_no_path_is_active() -> None:
 
 
 async def test_beam_search_ties_go_to_the_first_child() -> None:
-    policy, prm = scripted({}, {}, final_depth=3)  # every score 0.5
+    policy, prm = scripted({}, {}, final_depth=4)  # every score 0.5
     await BeamSearch(width=2, max_depth=5).run(Path(), 4, policy, prm)
-    assert sorted(k for k, _, _ in policy.meter.log) == [(0,), (0, 0), (0, 1), (1,)]
+    # the root's children are its 4 copies fork by fork: (0, 0), (0, 1), (1, 0), (1, 1);
+    # the first two survive, and their children are listed as the replication makes them,
+    # every survivor's first child before any second: (0, 0, 0), (0, 1, 0), (0, 0, 1), ...
+    assert sorted(k for k, _, _ in policy.meter.log) == [
+        (0,), (0, 0), (0, 0, 0), (0, 1), (0, 1, 0), (1,),
+    ]  # fmt: skip
 
 
 async def test_beam_search_filters_duplicate_texts() -> None:
@@ -105,8 +111,9 @@ async def test_beam_search_records_lost_branches_and_answers_from_the_rest() -> 
     results = await BeamSearch(width=2, max_depth=5).run(Path(), 4, policy, prm)
     lost = [r for r in results if isinstance(r, BranchLost)]
     assert [(b.key, b.stage) for b in lost] == [((0, 0), "generating")]
-    # the other survivor (0, 1) carried on; the failed one's children never existed
-    assert {r.key[:2] for r in results if isinstance(r, Path)} == {(0, 1)}
+    # the other survivor (0, 1) carried on, and (1, 0), the best path that had not
+    # survived, stood in for the failed one; the failed one's children never existed
+    assert {r.key[:2] for r in results if isinstance(r, Path)} == {(0, 1), (1, 0)}
 
 
 @pytest.mark.parametrize("strategy", [BeamSearch, DVTS])
@@ -218,15 +225,16 @@ async def test_beam_search_invariants(
     assert 1 <= len(paths) <= n and all(p.done and p.scored for p in paths)
     values = [p.scores[-1] for p in paths]
     assert values == sorted(values, reverse=True)
-    # per iteration: one call at the root, then at most n // width calls of width children
+    # per iteration: n samples, from at most n // width survivors, shared cyclically
     by_depth: dict[int, list[int]] = {}
     for key, k, _ in policy.meter.log:
         by_depth.setdefault(len(key), []).append(k)
     assert by_depth.pop(1) == [width] * multiple  # the root's n children
     for ks in by_depth.values():
-        assert len(ks) <= multiple and all(k == width for k in ks)
+        assert sum(ks) == n and len(ks) <= multiple
+        assert sorted(ks, reverse=True) == cyclic_shares(n, len(ks))
     assert max(by_depth, default=1) <= depth
-    assert sum(len(ks) * width for ks in by_depth.values()) + n <= n * depth
+    assert policy.greedy_log == []
     again_policy, again_prm = random_script(seed, p_end)
     again = await BeamSearch(width=width, max_depth=depth).run(Path(), n, again_policy, again_prm)
     assert again == results
@@ -273,3 +281,96 @@ async def test_dvts_subtrees_never_wait_for_each_other() -> None:
 
     results = await asyncio.wait_for(DVTS(width=2, max_depth=10).run(Path(), 4, generate, prm), 5)
     assert {r.key[0] for r in results if isinstance(r, Path)} == {0, 1}
+
+
+@pytest.mark.parametrize(
+    ("n", "survivors", "shares"),
+    [(16, 4, [4, 4, 4, 4]), (16, 3, [6, 5, 5]), (16, 2, [8, 8]), (16, 1, [16]), (4, 3, [2, 1, 1])],
+)
+def test_cyclic_shares_count_the_copies_of_the_reference_replication(
+    n: int, survivors: int, shares: list[int]
+) -> None:
+    assert cyclic_shares(n, survivors) == shares
+    replicated = (list(range(survivors)) * (n // survivors + 1))[:n]
+    assert [replicated.count(s) for s in range(survivors)] == shares
+
+
+async def test_beam_search_samples_n_steps_every_iteration_whatever_finished() -> None:
+    """n=16, M=4: after iterations 0..3, 4, 3, 2 and 1 paths are left active; the survivors
+    share the 16 samples of the next iteration as the cyclic replication does."""
+
+    def step(path: Path, rng: random.Random) -> tuple[str, Finish]:
+        number = len(path.steps) + 1  # the step being written
+        # a path goes on only through child 0 of subtree g < 5 - number
+        if number <= 4 and path.key[-1] == 0 and path.key[0] < 5 - number:
+            return f"step {number} of {path.key}\n\n", Finish.STEP
+        return f"end of {path.key} $\\boxed{{{path.key[0]}}}$", Finish.EOS
+
+    policy = FakePolicy(step)
+    results = await BeamSearch(width=4, max_depth=40).run(
+        Path(), 16, policy, FakePRM(lambda path, i: 0.5)
+    )
+    by_iteration: dict[int, list[tuple[Key, int]]] = {}
+    for key, k, to_end in policy.meter.log:
+        assert not to_end
+        by_iteration.setdefault(len(key) - 1, []).append((key, k))
+    assert {d: sorted(calls) for d, calls in by_iteration.items()} == {
+        0: [((0,), 4), ((1,), 4), ((2,), 4), ((3,), 4)],  # the root, as 4 forks
+        1: [((0, 0), 4), ((1, 0), 4), ((2, 0), 4), ((3, 0), 4)],  # 4 active: 4 each
+        2: [((0, 0, 0), 6), ((1, 0, 0), 5), ((2, 0, 0), 5)],  # 3 active: 6, 5, 5
+        3: [((0, 0, 0, 0), 8), ((1, 0, 0, 0), 8)],  # 2 active: 8 each
+        4: [((0, 0, 0, 0, 0), 16)],  # 1 active: all 16, one request
+    }
+    assert all(sum(k for _, k in calls) == 16 for calls in by_iteration.values())
+    # 12 + 13 + 14 + 15 + 16 paths finished; the result is 16 of them
+    paths = [r for r in results if isinstance(r, Path)]
+    assert len(paths) == 16 and len(results) == 16
+
+
+async def test_beam_search_survivors_keep_generation_order_for_their_shares() -> None:
+    """With 3 survivors of 16 samples the first in generation order (not the best) gets 6,
+    as the reference's replication gives the extra copy to the first listed beams."""
+    scores = {(0, 0): 0.1, (1, 0): 0.9, (2, 0): 0.5}
+
+    def step(path: Path, rng: random.Random) -> tuple[str, Finish]:
+        if len(path.key) == 2 and path.key[-1] == 0 and path.key[0] < 3:
+            return f"{path.key}\n\n", Finish.STEP
+        return f"{path.key} $\\boxed{{1}}$", Finish.EOS
+
+    policy = FakePolicy(step)
+    prm = FakePRM(lambda path, i: scores.get(node_of(path, i), 0.5))
+    await BeamSearch(width=4, max_depth=40).run(Path(), 16, policy, prm)
+    assert sorted((key, k) for key, k, _ in policy.meter.log if len(key) == 2) == [
+        ((0, 0), 6), ((1, 0), 5), ((2, 0), 5),
+    ]  # fmt: skip
+
+
+async def test_dvts_a_scoring_failure_loses_that_child_alone() -> None:
+    scores = {(0, 0): 0.9, (0, 1): 0.4, (0, 2): 0.6}
+    policy, prm = scripted({}, scores, final_depth=4)
+    prm.fail = lambda path: path.key == (0, 0)  # the best child cannot be scored
+    results = await DVTS(width=3, max_depth=10).run(Path(), 3, policy, prm)
+    lost = [(r.key, r.stage) for r in results if isinstance(r, BranchLost)]
+    assert lost == [((0, 0), "scoring")]
+    # its siblings were scored: the walk went on from the best of them, (0, 2)
+    assert sorted(k for k, _, _ in policy.meter.log)[:2] == [(0,), (0, 2)]
+    assert {r.key[:2] for r in results if isinstance(r, Path)} == {(0, 2)}
+
+
+async def test_dvts_falls_back_when_no_child_could_be_scored() -> None:
+    policy, prm = scripted({}, {}, final_depth=3)
+    # (0, 0) ties with (0, 1) and goes first; both its children fail to score
+    prm.fail = lambda path: len(path.key) == 3 and path.key[:2] == (0, 0)
+    results = await DVTS(width=2, max_depth=10).run(Path(), 2, policy, prm)
+    assert [r.key for r in results if isinstance(r, BranchLost)] == [(0, 0, 0), (0, 0, 1)]
+    assert {r.key[:2] for r in results if isinstance(r, Path)} == {(0, 1)}
+
+
+async def test_dvts_lists_every_path_before_any_lost_branch() -> None:
+    policy, prm = scripted({}, {}, final_depth=3)
+    policy.fail = lambda path: path.key in {(0,), (1, 0)}
+    results = await DVTS(width=2, max_depth=10).run(Path(), 4, policy, prm)
+    kinds = [isinstance(r, BranchLost) for r in results]
+    assert kinds == sorted(kinds) and kinds.count(True) == 2
+    assert [r.key for r in results if isinstance(r, BranchLost)] == [(0,), (1, 0)]
+    assert sum(isinstance(r, Path) for r in results) <= 4
