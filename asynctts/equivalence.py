@@ -1,14 +1,21 @@
 """Answer equivalence for votes and grading, decided by math-verify in worker processes.
 
 Rules:
-- Answers are compared by their `answers.normalize` form. Equal forms are one group at once,
-  without math-verify (the fast path: most votes are mostly identical strings).
-- Distinct forms go to a worker process as ONE task per `group()` call. There each distinct
-  form is parsed once and compared with the representative of each group so far, in
-  first-seen order (asynctts/verify_worker.py); so d distinct forms cost at most d(d-1)/2
-  comparisons, capped at `max_pairs`. For votes two forms are equal only when math-verify says
-  so in both directions and both or neither are sets; `equal()` (grading) is math-verify's
-  verify(gold, answer) unchanged, so scores match published ones.
+- Grading (`equal(gold, answer)`) is math-verify's `verify(parse(G), parse(A))` with nothing
+  in between, where G and A are the two extracted answers each written back into a box,
+  "\\boxed{" + answer + "}" (what the answer was read from; math-verify's LaTeX extraction
+  matches a box before anything else), and `parse` and `verify` keep every default but their
+  timeouts (replaced by the deadlines below). No normalisation and no fast path: even
+  identical strings go to math-verify, which says False when it parses nothing from them
+  ("\\boxed{\\text{}}"). So verdicts are the ones a direct math-verify call gives
+  (tests/unit/test_equivalence.py checks this).
+- Votes (`group()`) compare answers by their `answers.normalize` form. Equal forms are one
+  group at once, without math-verify (the fast path: most votes are mostly identical
+  strings). Distinct forms go to a worker process as ONE task per `group()` call. There each
+  distinct form is parsed once (boxed, as above) and compared with the representative of each
+  group so far, in first-seen order (asynctts/verify_worker.py); so d distinct forms cost at
+  most d(d-1)/2 comparisons, capped at `max_pairs`. Two forms are one group only when
+  math-verify says so in both directions and both or neither are sets.
 - Workers are `python -m asynctts.verify_worker` processes talking JSON lines over their
   pipes. They never import the caller's `__main__`, so any program can group answers: a script
   without a main guard, a program read from stdin, a notebook. Each worker is driven by a
@@ -28,10 +35,12 @@ Rules:
   `share_workers=True` (as `Solver` and `solve()` do) uses the process's shared pool instead,
   so a second one-shot solve starts no process; that pool stops at interpreter exit. A worker
   also ends when its stdin closes, and on Linux when the thread that started it ends.
-- So: "0.5" = "\\frac{1}{2}" = "\\dfrac12"; "90^\\circ" = "90"; "\\text{(A)}" = "A";
-  "\\{1,2\\}" = "\\{2,1\\}" (sets); "(1,2)" != "(2,1)" (tuples); "[0,1)" != "[0,1]"
-  (intervals); "(1,2)" != "\\{1,2\\}". "10\\%" = "10" (math-verify says so, and `normalize`
-  drops the percent sign), so "10\\%" is not grouped with "0.1".
+- So, for votes and grading alike: "0.5" = "\\frac{1}{2}" = "\\dfrac12"; "90^\\circ" = "90";
+  "\\text{(A)}" = "A"; "\\{1,2\\}" = "\\{2,1\\}" (sets); "(1,2)" != "(2,1)" (tuples);
+  "[0,1)" != "[0,1]" (intervals). Where they differ: math-verify grades "10\\%" equal to both
+  "10" and "0.1" (gold "0.1", answer "10\\%": True), while votes group "10\\%" with "10" only
+  (`normalize` drops the percent sign), and "(1,2)" is equal to gold "\\{1,2\\}" but never
+  grouped with it.
 """
 
 from __future__ import annotations
@@ -199,10 +208,9 @@ class Equivalence:
         ]
 
     async def equal(self, gold: str, answer: str) -> bool | None:
-        """Whether `answer` is mathematically equal to `gold` (grading).
-
-        Both are compared in their `normalize` form: math-verify's
-        `verify(parse(gold), parse(answer))`.
+        """Whether `answer` is mathematically equal to `gold` (grading): math-verify's
+        `verify(parse("\\boxed{" + gold + "}"), parse("\\boxed{" + answer + "}"))`, unchanged
+        (see the module rules).
 
         Returns:
             True or False; None when it could not be decided in time (a deadline, or the
@@ -216,18 +224,13 @@ class Equivalence:
         for name, value in (("gold", gold), ("answer", answer)):
             if not isinstance(value, str):
                 raise TypeError(f"{name}={value!r}: need a str")
-        gold_form, answer_form = normalize(gold), normalize(answer)
-        if gold_form == answer_form:
-            return True
-        verdict = await self._run(
-            "equal", {"gold": gold_form, "answer": answer_form}, _decode_verdict
-        )
+        verdict = await self._run("equal", {"gold": gold, "answer": answer}, _decode_verdict)
         if verdict is None:
-            log.warning("equivalence.equal_undecided", gold=gold_form, answer=answer_form)
+            log.warning("equivalence.equal_undecided", gold=gold, answer=answer)
             return None
         self._count(comparisons=1, timeouts=int(verdict.equal is None))
         if verdict.equal is None:
-            log.warning("equivalence.equal_timed_out", gold=gold_form, answer=answer_form)
+            log.warning("equivalence.equal_timed_out", gold=gold, answer=answer)
         return verdict.equal
 
     async def _group_forms(self, forms: list[str]) -> list[int]:

@@ -12,12 +12,16 @@ Rules:
 - It runs as its own main module, so it never imports its parent's `__main__`, and in its own
   main thread, so SIGALRM timers bound each parse or comparison (they interrupt Python code,
   not a long big-integer operation in C: the parent kills a worker that misses its deadline).
+- Every string is parsed as math-verify's `parse("\\boxed{" + s + "}")` with its default
+  extraction settings; comparisons are its `verify(gold, answer)` with default settings. Only
+  their own timeouts are off (our SIGALRM deadlines replace them).
+- `equal` is exactly `verify(parse(gold), parse(answer))` as above, so grades are the ones a
+  direct math-verify call gives.
 - Grouping: each distinct form is parsed once and compared with the representative of each
   group so far, in first-seen order; it joins the first group whose representative it equals.
   For votes two forms are equal only when math-verify says so in both directions and both or
   neither are sets (its equality is neither symmetric nor transitive: "(1,2)" equals
-  "\\{1,2\\}", which equals "\\{2,1\\}", which equals "(2,1)"). `equal` is math-verify's
-  verify(gold, answer) unchanged, so grades match published ones.
+  "\\{1,2\\}", which equals "\\{2,1\\}", which equals "(2,1)").
 - It ends when its stdin closes (the parent closed it or died) and, on Linux, when the thread
   of the parent that started it ends (PR_SET_PDEATHSIG), even if stuck in C code. Ctrl-C is
   the parent's to handle. Anything else the libraries print goes to stderr, never into the
@@ -107,6 +111,7 @@ class _Clock:
 
 
 def _parse(form: str) -> list[object]:
+    """math-verify's parse of `form` written back into the box it was read from."""
     from math_verify import parse
 
     parsed: list[object] = parse("\\boxed{" + form + "}", parsing_timeout=None)
@@ -174,7 +179,8 @@ def group(
 
 
 def equal(gold: str, answer: str, budget_s: float, per_operation_s: float) -> dict[str, Any]:
-    """`equal`: math-verify's verify(gold, answer), or None when a deadline cut it."""
+    """`equal`: math-verify's verify(parse(gold), parse(answer)), nothing else; None when a
+    deadline cut it."""
     clock = _Clock(budget_s, per_operation_s)
     parsed_gold = clock.bounded(partial(_parse, gold))
     parsed_answer = clock.bounded(partial(_parse, answer))

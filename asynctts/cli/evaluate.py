@@ -68,6 +68,12 @@ def add_eval_arguments(run: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--retry-errors", action="store_true", help="with --resume: redo problems that failed"
     )
+    what.add_argument(
+        "--allow-version-change",
+        action="store_true",
+        help="with --resume: continue a run written with other asynctts or math-verify versions"
+        " (refused otherwise; the change is journaled)",
+    )
     data = run.add_argument_group("data")
     data.add_argument(
         "--data",
@@ -134,8 +140,12 @@ def prepare_eval(args: argparse.Namespace) -> Prepared:
             width=args.width, max_depth=args.max_depth, aggregate=args.aggregate
         ),
     )
-    if args.retry_errors and not args.resume:
-        raise ConfigError("--retry-errors only applies with --resume")
+    for flag, given in (
+        ("--retry-errors", args.retry_errors),
+        ("--allow-version-change", args.allow_version_change),
+    ):
+        if given and not args.resume:
+            raise ConfigError(f"{flag} only applies with --resume")
     dataset = load_dataset(args.data)
     selection = {
         "limit": args.limit,
@@ -165,6 +175,7 @@ def prepare_eval(args: argparse.Namespace) -> Prepared:
     options = RunOptions(
         resume=args.resume,
         retry_errors=args.retry_errors,
+        allow_version_change=args.allow_version_change,
         max_problems_in_flight=args.max_problems_in_flight,
         progress=not args.no_progress,
         grading_workers=args.grading_workers,
@@ -216,8 +227,8 @@ async def eval_async(args: argparse.Namespace, *, out: TextIO | None = None) -> 
     stdout.write(text)
     for outcome in outcomes:
         stdout.write(
-            f"{outcome.key}: {outcome.solved} solved now, {outcome.resumed} from the journal,"
-            f" {outcome.wall_s:.1f} s\n"
+            f"{outcome.key}: {outcome.solved} solved now, {outcome.resumed} from the journal"
+            f" ({outcome.regraded} re-graded), {outcome.wall_s:.1f} s\n"
         )
     stdout.write(
         f"report: {prepared.run_dir / REPORT_TEXT}, plot: {prepared.run_dir / REPORT_PLOT}\n"

@@ -1,12 +1,15 @@
 """Grading: a predicted answer against the reference answer.
 
 Rules:
-- `Equivalence.equal(reference, predicted)` decides: math-verify's verify(gold, answer) in a
-  worker process with a hard wall-clock deadline (its own timeouts are not safe in threads),
-  after a fast path for answers whose normalised forms are identical.
+- `Equivalence.equal(reference, predicted)` decides: math-verify's
+  `verify(parse("\\boxed{" + reference + "}"), parse("\\boxed{" + predicted + "}"))`, nothing
+  in between, in a worker process with a hard wall-clock deadline (its own timeouts are not
+  safe in threads).
 - Every grade says why it could not be graded, if so: "no_answer" (no `\\boxed{}` answer was
   selected), "timeout" (math-verify did not decide in time, or its worker died), "error" (the
   problem failed as a whole). Each of these counts as not correct.
+- "timeout" is no verdict: `regrade_timeouts` asks math-verify again for those grades only
+  (a resumed run does, from the journal's answers, with no new samples).
 - A problem's distinct answers are graded once each, however many selection rules and
   budgets picked them, and concurrently (the worker pool queues them).
 """
@@ -14,7 +17,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,7 +25,7 @@ from asynctts.equivalence import Equivalence
 from asynctts.search.strategy import Selection
 from asynctts.solution import Solution, Votes, votes_of
 
-__all__ = ["Grade", "Reason", "grade_answers", "grade_solution"]
+__all__ = ["Grade", "Reason", "grade_answers", "grade_solution", "regrade_timeouts"]
 
 Reason = Literal["no_answer", "timeout", "error"]
 
@@ -38,6 +41,11 @@ class Grade:
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "answer": self.answer, "correct": self.correct, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Grade:
+        """The grade `to_dict` wrote (a journal's)."""
+        return cls(record["n"], record["answer"], record["correct"], record["reason"])
 
 
 async def grade_answers(
@@ -105,4 +113,27 @@ async def grade_solution(
             else:
                 grades.append(Grade(n, answer, verdict))
         out[selection] = grades
+    return out
+
+
+async def regrade_timeouts(
+    equivalence: Equivalence, reference: str, grades: Mapping[Selection, Sequence[Grade]]
+) -> dict[Selection, list[Grade]]:
+    """`grades` with each "timeout" grade decided again (each distinct answer once); the others
+    are kept as they are. A grade still undecided stays "timeout"."""
+    verdicts = await grade_answers(
+        equivalence,
+        reference,
+        (g.answer for gs in grades.values() for g in gs if g.reason == "timeout"),
+    )
+    out: dict[Selection, list[Grade]] = {}
+    for selection, selection_grades in grades.items():
+        out[selection] = []
+        for grade in selection_grades:
+            verdict = None
+            if grade.reason == "timeout" and grade.answer is not None:
+                verdict = verdicts[grade.answer]
+            out[selection].append(
+                grade if verdict is None else Grade(grade.n, grade.answer, verdict)
+            )
     return out

@@ -11,6 +11,11 @@ Rules:
   dropped; when the journal is opened to resume, the file is cut back to its last whole line
   before anything is appended. A bad line anywhere else is corruption: an error naming it.
 - Resuming with a different identity is refused, naming every differing field.
+- The config line may also hold `versions`, the software that writes and grades the results
+  (`{"asynctts": "0.1.0", "math-verify": "0.9.0"}`); they are not part of the identity.
+  Resuming under other versions is refused, naming both, unless `allow_version_change`: then
+  a `{"type": "versions", "versions": ..., "previous": ..., "t": ...}` event records the
+  change before anything else is appended, and later resumes compare with the newest one.
 - One process at a time: the file is locked (flock) while open for writing.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +36,14 @@ import structlog
 
 from asynctts.errors import ConfigError
 
-__all__ = ["Journal", "JournalContents", "differences", "last_per_key", "read_journal"]
+__all__ = [
+    "Journal",
+    "JournalContents",
+    "differences",
+    "last_per_key",
+    "read_journal",
+    "recorded_versions",
+]
 
 log = structlog.get_logger("asynctts.eval.journal")
 
@@ -133,20 +146,25 @@ class Journal:
         config: Mapping[str, Any],
         *,
         resume: bool,
+        allow_version_change: bool = False,
     ) -> Journal:
         """Create a journal, or resume the one at `path`.
 
         Args:
             path: the journal file (its directory is created).
-            config: `{"identity": {...}, "info": {...}}`, JSON-serialisable.
+            config: `{"identity": {...}, "info": {...}}` and optionally `"versions": {...}`,
+                JSON-serialisable.
             resume: continue an existing journal (its identity must equal `config`'s); a
                 missing one is created. Without it, a journal holding results is an error
                 (one without any is started over).
+            allow_version_change: resume even when the journal's versions differ from
+                `config`'s (the change is journaled).
 
         Raises:
             ConfigError: a journal exists and `resume` is False; the identities differ (the
-                message names each differing field); the journal is corrupt; or another
-                process has it open.
+                message names each differing field); the versions differ and
+                `allow_version_change` is False (the message names both); the journal is
+                corrupt; or another process has it open.
         """
         target = Path(path)
         if "identity" not in config:
@@ -184,13 +202,24 @@ class Journal:
                     + "\n  ".join(changed)
                     + "\nrun with the journal's settings, or choose another output directory"
                 )
+            events = list(contents.events)
+            change = _version_change(target, contents, config, allow_version_change)
             if contents.torn:
                 log.warning(
                     "journal.torn_line_dropped", path=str(target), kept_bytes=contents.valid_bytes
                 )
                 os.ftruncate(fd, contents.valid_bytes)
                 os.fsync(fd)
-            return cls(target, fd, contents.config, list(contents.events))
+            if change is not None:
+                log.warning(
+                    "journal.versions_changed",
+                    path=str(target),
+                    previous=change["previous"],
+                    versions=change["versions"],
+                )
+                _write(fd, _encode(change))
+                events.append(change)
+            return cls(target, fd, contents.config, events)
         except BaseException:
             os.close(fd)  # also releases the lock
             raise
@@ -225,6 +254,46 @@ class Journal:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def recorded_versions(contents: JournalContents) -> dict[str, Any] | None:
+    """The versions the journal's latest results were written with: those of its newest
+    "versions" event, else of its config line; None when it records none."""
+    for event in reversed(contents.events):
+        if event.get("type") == "versions":
+            return dict(event["versions"])
+    versions = (contents.config or {}).get("versions")
+    return None if versions is None else dict(versions)
+
+
+def _version_change(
+    path: Path, contents: JournalContents, config: Mapping[str, Any], allowed: bool
+) -> dict[str, Any] | None:
+    """The "versions" event to append when resuming under other versions (None when they are
+    the same or `config` names none).
+
+    Raises:
+        ConfigError: they differ and the change is not `allowed`.
+    """
+    if "versions" not in config:
+        return None
+    old, new = recorded_versions(contents), dict(config["versions"])
+    if old == new:
+        return None
+    if not allowed:
+        raise ConfigError(
+            f"cannot resume {path}: its results were written with {_show_versions(old)};"
+            f" this is {_show_versions(new)}. Grades of different versions may disagree: pass"
+            " --allow-version-change to continue it anyway (the change is journaled), or"
+            " choose another output directory"
+        )
+    return {"type": "versions", "versions": new, "previous": old, "t": time.time()}
+
+
+def _show_versions(versions: Mapping[str, Any] | None) -> str:
+    if versions is None:
+        return "unrecorded versions (an older asynctts)"
+    return ", ".join(f"{name} {version}" for name, version in versions.items())
 
 
 def _encode(record: Mapping[str, Any]) -> bytes:

@@ -7,7 +7,10 @@ Rules:
 - Accuracy is correct / done: a run that is still going (or was killed) reports what it has,
   and says how many problems are done out of how many were planned. Problems that failed as
   a whole, had no answer or could not be graded count as done and wrong.
-- When a problem was redone (`retry_errors`), its last record counts.
+- When a problem was redone (`retry_errors`) or re-graded (a resume decides grades that timed
+  out), its last record counts.
+- The report names the asynctts and math-verify versions that wrote the results: those of the
+  journal's config line, then each allowed change (`--allow-version-change`), in order.
 - Wall time of a job sums its sessions: a killed session counts until its last result.
 - Plots use matplotlib's object API on the Agg canvas (no pyplot, no global backend); it is
   imported only when a plot is drawn.
@@ -206,10 +209,25 @@ def summarize(run: RunData) -> dict[str, Any]:
         "sampling": identity.get("sampling"),
         "endpoints": identity.get("endpoints"),
         "torn_last_line": run.torn,
+        "versions": _versions(run),
         "wall_s": math.fsum(walls.values()),
         "jobs": jobs_out,
         "lines": lines_out,
     }
+
+
+def _versions(run: RunData) -> list[dict[str, Any] | None]:
+    """The versions of the config line (None: unrecorded), then of each "versions" event."""
+    return [
+        run.config.get("versions"),
+        *(e["versions"] for e in run.events if e.get("type") == "versions"),
+    ]
+
+
+def _show_versions(versions: Mapping[str, Any] | None) -> str:
+    if versions is None:
+        return "unrecorded"
+    return ", ".join(f"{name} {version}" for name, version in versions.items())
 
 
 def _percent(value: float | None) -> str:
@@ -243,6 +261,7 @@ def format_report(summary: Mapping[str, Any]) -> str:
         f"Run {summary['run_dir']}: {summary['planned_problems']} problems"
         f" (data {summary['data'].get('source')}, sha256 {sha}), seed {summary['seed']},"
         f" policy {policy}, PRM {prm}",
+        "Versions: " + "; then ".join(_show_versions(v) for v in summary["versions"]),
         "",
     ]
     primary = [line for line in summary["lines"] if line["primary"]]

@@ -9,6 +9,12 @@ Rules:
 - A result counts (progress bar, resume) only after its journal line is on disk. Resuming
   skips every (job, problem) already in the journal; `retry_errors` also redoes those that
   failed as a whole.
+- A grade that timed out is no verdict, so every resume grades those answers again (from the
+  journal: nothing is sampled again) and appends the result with its new grades; the newer
+  record of a problem replaces the older (`last_per_key`). One still undecided stays
+  "timeout" for the next resume.
+- The journal records the asynctts and math-verify versions (`package_versions`); resuming
+  under others is refused unless `allow_version_change` (asynctts/eval/journal.py).
 - A problem that fails as a whole is a result with `error` set (graded wrong, reason
   "error"); it never stops the run. Anything else (a bug, Ctrl-C) stops it: what was
   journaled stays, and `resume` continues from there.
@@ -17,6 +23,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import sys
 import time
 from collections.abc import Mapping
@@ -31,17 +38,39 @@ from asynctts.endpoint import Endpoint
 from asynctts.equivalence import Equivalence
 from asynctts.errors import ConfigError
 from asynctts.eval.data import Problem
-from asynctts.eval.grading import grade_solution
+from asynctts.eval.grading import Grade, grade_solution, regrade_timeouts
 from asynctts.eval.journal import Journal, last_per_key
 from asynctts.eval.plan import EvalPlan, Job
 from asynctts.solution import Solution
 
-__all__ = ["JOURNAL_NAME", "LOG_NAME", "JobOutcome", "RunOptions", "headline_correct", "run_eval"]
+__all__ = [
+    "JOURNAL_NAME",
+    "LOG_NAME",
+    "JobOutcome",
+    "RunOptions",
+    "headline_correct",
+    "package_versions",
+    "run_eval",
+]
 
 log = structlog.get_logger("asynctts.eval")
 
 JOURNAL_NAME = "journal.jsonl"
 LOG_NAME = "eval.log"
+# The distributions whose versions decide the results beyond the run's configuration.
+_VERSIONED = ("asynctts", "math-verify")
+
+
+def package_versions() -> dict[str, str | None]:
+    """The installed versions of asynctts and math-verify (None: not installed as a
+    distribution, e.g. asynctts run from a source tree without `pip install`)."""
+    versions: dict[str, str | None] = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,6 +80,8 @@ class RunOptions:
     Args:
         resume: continue the run in `run_dir` (same configuration) instead of starting one.
         retry_errors: when resuming, also redo problems that failed as a whole.
+        allow_version_change: resume a run written with other asynctts or math-verify
+            versions (the change is journaled); refused otherwise.
         max_problems_in_flight: problems solved at once.
         progress: show a progress bar on stderr.
         grading_workers: math-verify worker processes (grading and answer grouping).
@@ -58,6 +89,7 @@ class RunOptions:
 
     resume: bool = False
     retry_errors: bool = False
+    allow_version_change: bool = False
     max_problems_in_flight: int = 64
     progress: bool = True
     grading_workers: int = 2
@@ -75,6 +107,7 @@ class JobOutcome:
     total: int  # problems in the job
     resumed: int  # already in the journal when this run started
     solved: int  # finished in this run
+    regraded: int  # results from the journal whose timed-out grades were decided again
     wall_s: float
 
 
@@ -105,8 +138,13 @@ async def run_eval(
     """
     opts = options or RunOptions()
     plan.check(has_prm=prm is not None)
-    config = plan.config(policy=policy, prm=prm, info=info)
-    with Journal.open(Path(run_dir) / JOURNAL_NAME, config, resume=opts.resume) as journal:
+    config = {**plan.config(policy=policy, prm=prm, info=info), "versions": package_versions()}
+    with Journal.open(
+        Path(run_dir) / JOURNAL_NAME,
+        config,
+        resume=opts.resume,
+        allow_version_change=opts.allow_version_change,
+    ) as journal:
         if journal.events:
             log.info("eval.resuming", path=str(journal.path), events=len(journal.events))
         outcomes: list[JobOutcome] = []
@@ -140,16 +178,35 @@ async def _run_job(
         previous = {pid: r for pid, r in previous.items() if r.get("error") is None}
     selected = {p.id for p in plan.problems}
     kept = [r for pid, r in previous.items() if pid in selected]
+    undecided = [r for r in kept if _timed_out(r)]
     todo = [p for p in plan.problems if p.id not in previous]
-    if not todo:
-        return JobOutcome(job.key, len(plan.problems), len(kept), 0, 0.0)
-    progress = _Progress(job, len(plan.problems), kept, enabled=opts.progress)
+    if not todo and not undecided:
+        return JobOutcome(job.key, len(plan.problems), len(kept), 0, 0, 0.0)
     started = time.time()
     clock = time.monotonic()
     await journal.append_async(
-        {"type": "session_start", "job": job.key, "t": started, "todo": len(todo)}
+        {
+            "type": "session_start",
+            "job": job.key,
+            "t": started,
+            "todo": len(todo),
+            "regrade": len(undecided),
+        }
     )
-    log.info("eval.job_started", job=job.key, todo=len(todo), resumed=len(kept))
+    log.info(
+        "eval.job_started",
+        job=job.key,
+        todo=len(todo),
+        resumed=len(kept),
+        regrade=len(undecided),
+    )
+    if undecided:
+        regraded = await asyncio.gather(*(_regrade(job, r, equivalence) for r in undecided))
+        for result in regraded:
+            await journal.append_async(result)  # durable before it counts
+        by_key = {r["problem_id"]: r for r in regraded}
+        kept = [by_key.get(r["problem_id"], r) for r in kept]
+    progress = _Progress(job, len(plan.problems), kept, enabled=opts.progress)
     by_id = {p.id: p for p in todo}
     solved = 0
 
@@ -177,7 +234,35 @@ async def _run_job(
         {"type": "session_end", "job": job.key, "t": time.time(), "wall_s": wall_s}
     )
     log.info("eval.job_finished", job=job.key, solved=solved, wall_s=round(wall_s, 3))
-    return JobOutcome(job.key, len(plan.problems), len(kept), solved, wall_s)
+    return JobOutcome(job.key, len(plan.problems), len(kept), solved, len(undecided), wall_s)
+
+
+def _timed_out(result: Mapping[str, Any]) -> bool:
+    """Whether a journaled result holds a grade math-verify did not decide."""
+    return any(g["reason"] == "timeout" for gs in result["grades"].values() for g in gs)
+
+
+async def _regrade(job: Job, result: Mapping[str, Any], equivalence: Equivalence) -> dict[str, Any]:
+    """`result` (from the journal) with its timed-out grades decided again."""
+    grades = await regrade_timeouts(
+        equivalence,
+        result["reference"],
+        {s: [Grade.from_dict(g) for g in gs] for s, gs in result["grades"].items()},
+    )
+    regraded = {
+        **result,
+        "grades": {s: [g.to_dict() for g in gs] for s, gs in grades.items()},
+        "regraded_from_t": result["t"],
+        "t": time.time(),
+    }
+    log.info(
+        "eval.regraded",
+        job=job.key,
+        problem_id=result["problem_id"],
+        correct=headline_correct(job, regraded),
+        still_undecided=_timed_out(regraded),
+    )
+    return regraded
 
 
 async def _result(

@@ -1,6 +1,8 @@
 """`asynctts eval` end to end as a subprocess over real HTTP against the simulated server:
 exact accuracies and reports; a run killed with SIGKILL halfway and resumed ends with exactly
-one result per problem; resuming with another configuration is refused without a request."""
+one result per problem; resuming with another configuration is refused without a request;
+grades that timed out are decided on resume without sampling again; resuming under other
+asynctts or math-verify versions is refused unless allowed."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from typing import Any
 import orjson
 import pytest
 
+from asynctts.eval.journal import last_per_key, read_journal
 from asynctts.testing import LatencyModel, SimProblem, SimulatedServer
+from asynctts.verify_worker import FAULT_ENV
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("asynctts")
 POLICY_FORMAT = r"{system}\n\nProblem: {problem}\n\nSolution:\n"
@@ -64,9 +68,12 @@ def eval_argv(server: SimulatedServer, data: Path, out: Path, *extra: str) -> li
     ]
 
 
-async def run(argv: list[str]) -> tuple[int, str, str]:
+async def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=None if env is None else {**os.environ, **env},
     )
     out, err = await asyncio.wait_for(proc.communicate(), NO_HANG_S)
     assert proc.returncode is not None
@@ -230,3 +237,99 @@ async def test_an_endpoints_file_and_an_existing_run_kept_without_resume(
         code, _, stderr = await run(argv)
     assert code == 2 and "already holds a run" in stderr and "--resume" in stderr
     assert len(results_in(tmp_path / "run" / "journal.jsonl")) == 2
+
+
+def sampling_requests(server: SimulatedServer) -> int:
+    return server.stats.routes["/v1/completions"] + server.stats.routes["/pooling"]
+
+
+async def test_timed_out_grades_are_decided_on_resume(
+    tmp_path: Path, records: list[dict[str, Any]]
+) -> None:
+    chosen = records[:4]
+    problems = {
+        r["problem"]: SimProblem(answer=r["answer"], n_steps=1, slip_rate=0.0) for r in chosen
+    }
+    data = write_data(tmp_path / "data.jsonl", chosen)
+    out = tmp_path / "run"
+    journal = out / "journal.jsonl"
+    async with SimulatedServer(prm_model="sim-prm", problems=problems) as server:
+        argv = eval_argv(server, data, out, "--strategy", "weighted_best_of_n", "--n", "1", "2")
+        # every grading worker dies on its task: no answer can be graded
+        code, stdout, stderr = await run(argv, env={FAULT_ENV: "exit:3"})
+        assert code == 0, stderr
+        assert "weighted_best_of_n@2: 4 solved now, 0 from the journal (0 re-graded)" in stdout
+        first = last_per_key(read_journal(journal).events)
+        reasons = {g["reason"] for r in first.values() for gs in r["grades"].values() for g in gs}
+        assert reasons == {"timeout"}
+        sampled = sampling_requests(server)
+
+        code, stdout, stderr = await run([*argv, "--resume"])
+        assert code == 0, stderr
+        assert "weighted_best_of_n@2: 0 solved now, 4 from the journal (4 re-graded)" in stdout
+        assert sampling_requests(server) == sampled  # graded from the journal, not re-solved
+        events = read_journal(journal).events
+        keys = results_in(journal)
+        assert len(keys) == 8 and set(keys) == set(first)  # appended, the old lines kept
+        latest = last_per_key(events)
+        for key, old in first.items():
+            new = latest[key]
+            assert new["regraded_from_t"] == old["t"]
+            assert {
+                k: v for k, v in new.items() if k not in ("grades", "t", "regraded_from_t")
+            } == {k: v for k, v in old.items() if k not in ("grades", "t")}
+            for selection, grades in new["grades"].items():
+                assert grades == [
+                    {**g, "correct": True, "reason": None} for g in old["grades"][selection]
+                ]
+        report = orjson.loads((out / "report.json").read_bytes())
+        for line in report["lines"]:
+            assert [(p["correct"], p["done"], p["timeout"]) for p in line["points"]] == [
+                (4, 4, 0),
+                (4, 4, 0),
+            ]
+
+        # decided grades are final: the next resume has nothing to do
+        code, stdout, _ = await run([*argv, "--resume"])
+        assert code == 0 and "0 solved now, 4 from the journal (0 re-graded)" in stdout
+        assert len(results_in(journal)) == 8
+
+
+async def test_resuming_under_other_versions(tmp_path: Path, records: list[dict[str, Any]]) -> None:
+    chosen = records[:2]
+    problems = {r["problem"]: SimProblem(answer=r["answer"], n_steps=1) for r in chosen}
+    data = write_data(tmp_path / "data.jsonl", chosen)
+    out = tmp_path / "run"
+    journal = out / "journal.jsonl"
+    async with SimulatedServer(prm_model="sim-prm", problems=problems) as server:
+        argv = eval_argv(server, data, out, "--strategy", "majority", "--n", "2")
+        code, _, stderr = await run(argv)
+        assert code == 0, stderr
+        config, *rest = journal.read_bytes().splitlines(keepends=True)
+        header = orjson.loads(config)
+        now = header["versions"]
+        assert set(now) == {"asynctts", "math-verify"} and all(now.values())
+        # as if an older math-verify had graded the first half
+        older = {**now, "math-verify": "0.0.1"}
+        journal.write_bytes(orjson.dumps({**header, "versions": older}) + b"\n" + b"".join(rest))
+        requests = sum(server.stats.routes.values())
+
+        code, _, stderr = await run([*argv, "--resume"])
+        assert code == 2
+        assert (
+            f"its results were written with asynctts {now['asynctts']}, math-verify 0.0.1;"
+            f" this is asynctts {now['asynctts']}, math-verify {now['math-verify']}."
+        ) in stderr
+        assert "--allow-version-change" in stderr
+        assert sum(server.stats.routes.values()) == requests  # refused before any request
+
+        code, stdout, stderr = await run([*argv, "--resume", "--allow-version-change"])
+        assert code == 0, stderr
+        assert "majority@2: 0 solved now, 2 from the journal (0 re-graded)" in stdout
+    change = [e for e in read_journal(journal).events if e["type"] == "versions"]
+    assert [(e["previous"], e["versions"]) for e in change] == [(older, now)]
+    assert orjson.loads((out / "report.json").read_bytes())["versions"] == [older, now]
+    assert (
+        f"Versions: asynctts {now['asynctts']}, math-verify 0.0.1;"
+        f" then asynctts {now['asynctts']}, math-verify {now['math-verify']}\n"
+    ) in stdout

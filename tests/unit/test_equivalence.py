@@ -2,18 +2,24 @@
 
 Worker processes are real (`python -m asynctts.verify_worker`); the hang and crash tests start
 theirs with the worker's test-only fault variable set, and the kill test kills one by its pid.
+Grading verdicts are checked against math-verify called directly in this process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import math_verify
 import pytest
 from structlog.testing import capture_logs
 
+from asynctts.answers import extract_boxed, normalize
 from asynctts.equivalence import Equivalence, EquivalenceStatistics
 from asynctts.errors import ConfigError
 from asynctts.verify_worker import FAULT_ENV
@@ -23,6 +29,24 @@ SLOW = r"3^{10^{8}}"
 
 # Generous bound that turns a hang into a clear failure; not a timing assertion.
 NO_HANG_S = 60
+
+
+def wrap(answer: str) -> str:
+    """How `equal` hands an extracted answer to math-verify (the module rules)."""
+    return "\\boxed{" + answer + "}"
+
+
+def math_verify_says(gold: str, answer: str) -> bool:
+    """A direct, in-process math-verify call with its defaults: what grading must equal."""
+    return bool(math_verify.verify(math_verify.parse(wrap(gold)), math_verify.parse(wrap(answer))))
+
+
+@pytest.fixture(scope="module")
+def patient() -> Iterator[Equivalence]:
+    """Deadlines far beyond any parse here: a verdict, never None, on a busy machine."""
+    instance = Equivalence(timeout_s=120.0, comparison_timeout_s=60.0)
+    yield instance
+    asyncio.run(instance.aclose())
 
 
 def worker_pids() -> set[int]:
@@ -85,12 +109,28 @@ async def test_group_handles_none_and_empty_input(equivalence: Equivalence) -> N
     assert await equivalence.group([None, "5"]) == [None, 0]
 
 
-async def test_equal_normalized_strings_never_reach_a_worker(equivalence: Equivalence) -> None:
+async def test_votes_of_equal_normalized_strings_never_reach_a_worker(
+    equivalence: Equivalence,
+) -> None:
     before = equivalence.statistics()
     answers = [r"\frac12", r"\dfrac{1}{2}", r"$\frac{1}{2}$.", None, r"\tfrac 12"]
     assert await equivalence.group(answers) == [0, 0, 0, None, 0]
-    assert await equivalence.equal(r"\frac12", r"\dfrac{1}{2}") is True
     assert equivalence.statistics() == before
+
+
+async def test_grading_always_asks_math_verify(equivalence: Equivalence) -> None:
+    """No fast path, not even for identical strings: math-verify parses nothing from
+    "\\boxed{\\text{}}", so it says False, and so does `equal`."""
+    before = equivalence.statistics()
+    assert await equivalence.equal(r"\frac12", r"\dfrac{1}{2}") is True
+    assert await equivalence.equal("7", "7") is True
+    assert await equivalence.equal(r"\text{}", r"\text{}") is False
+    assert math_verify_says(r"\text{}", r"\text{}") is False
+    after = equivalence.statistics()
+    assert (after.worker_tasks, after.comparisons) == (
+        before.worker_tasks + 3,
+        before.comparisons + 3,
+    )
 
 
 async def test_distinct_forms_are_grouped_in_one_worker_task(equivalence: Equivalence) -> None:
@@ -116,6 +156,97 @@ async def test_distinct_forms_are_grouped_in_one_worker_task(equivalence: Equiva
 )
 async def test_equal(equivalence: Equivalence, gold: str, answer: str, verdict: bool) -> None:
     assert await equivalence.equal(gold, answer) is verdict
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer", "verdict"),
+    [
+        # math-verify reads "10\%" as 1/10; votes (normalize) drop the percent sign instead
+        ("0.1", r"10\%", True),
+        (r"10\%", "0.1", True),
+        (r"10\%", "10", True),
+        (r"\frac{1}{2}", "0.5", True),
+        (r"90^\circ", "90", True),
+        ("90", r"90^\circ", True),
+        (r"\{1,2\}", "(1,2)", True),  # equal for grading, never one group for votes
+        ("(1,2)", "(2,1)", False),
+        ("[0,1)", "[0,1]", False),
+    ],
+)
+async def test_equal_is_math_verify_unchanged(
+    patient: Equivalence, gold: str, answer: str, verdict: bool
+) -> None:
+    assert math_verify_says(gold, answer) is verdict
+    assert await patient.equal(gold, answer) is verdict
+
+
+async def test_percent_grades_as_math_verify_but_votes_as_normalize(patient: Equivalence) -> None:
+    assert normalize(r"10\%") == "10"
+    assert await patient.group(["0.1", r"10\%"]) == [0, 1]
+    assert await patient.equal("0.1", r"10\%") is True
+
+
+def sample_pairs(math500: list[dict[str, Any]], count: int) -> list[tuple[str, str]]:
+    """Seeded (gold, answer) pairs from MATH-500's answers: each gold against its normalized
+    form, its \\dfrac spelling, another problem's answer, and a few rewritings."""
+    rng = random.Random(11)
+    golds = [r["answer"] for r in rng.sample(math500, count)]
+    others = [r["answer"] for r in rng.sample(math500, count)]
+    pairs: list[tuple[str, str]] = []
+    for gold, other in zip(golds, others, strict=True):
+        pairs += [
+            (gold, normalize(gold)),
+            (gold, gold.replace(r"\frac", r"\dfrac")),
+            (gold, other),
+            (other, gold + " "),
+        ]
+    pairs += [
+        ("0.1", r"10\%"),
+        (r"\frac{1}{2}", "0.5"),
+        (r"90^\circ", "90"),
+        ("5", r"5\text{ cm}"),
+        (r"\text{(C)}", "C"),
+        ("x=3", "3"),
+        ("3", "x=3"),
+        ("1,000", "1000"),
+        (r"\$32", "32"),
+        (r"\infty", r"-\infty"),
+    ]
+    return pairs
+
+
+async def test_equal_agrees_with_math_verify_on_a_sample(
+    patient: Equivalence, math500: list[dict[str, Any]]
+) -> None:
+    pairs = sample_pairs(math500, 25)
+    verdicts = await asyncio.gather(*(patient.equal(gold, answer) for gold, answer in pairs))
+    expected = [math_verify_says(gold, answer) for gold, answer in pairs]
+    mismatches = [
+        (pair, got, want)
+        for pair, got, want in zip(pairs, verdicts, expected, strict=True)
+        if got is not want
+    ]
+    assert mismatches == []
+    assert 20 <= sum(expected) <= len(pairs) - 20  # the sample holds both verdicts
+
+
+async def test_math500_golds_against_their_solutions_boxed_answers(
+    patient: Equivalence, math500: list[dict[str, Any]]
+) -> None:
+    chosen = {r["unique_id"]: r for r in math500}
+    ids = [
+        "test/precalculus/807.json",
+        "test/intermediate_algebra/1994.json",
+        "test/algebra/2036.json",
+        "test/algebra/1349.json",
+        "test/precalculus/927.json",
+    ]
+    for unique_id in ids:
+        record = chosen[unique_id]
+        boxed = extract_boxed(record["solution"])
+        assert boxed is not None
+        assert math_verify_says(record["answer"], boxed) is True
+        assert await patient.equal(record["answer"], boxed) is True
 
 
 async def test_bad_answers_are_named(equivalence: Equivalence) -> None:

@@ -55,6 +55,10 @@ def write(path: Path, *records: object) -> Path:
             "--retry-errors only applies with --resume",
         ),
         (
+            ["--strategy", "majority", "--n", "4", "--allow-version-change"],
+            "--allow-version-change only applies with --resume",
+        ),
+        (
             ["--strategy", "majority", "--n", "4", "--temperature", "-1"],
             "Sampling temperature=-1.0: need a finite value >= 0",
         ),

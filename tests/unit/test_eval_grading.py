@@ -10,9 +10,10 @@ import pytest
 
 from asynctts.answers import extract_boxed, normalize
 from asynctts.equivalence import Equivalence
-from asynctts.eval.grading import Grade, grade_answers, grade_solution
+from asynctts.eval.grading import Grade, grade_answers, grade_solution, regrade_timeouts
 from asynctts.ledger import Ledger
 from asynctts.protocols import Finish
+from asynctts.search.strategy import Selection
 from asynctts.solution import Candidate, Solution
 
 
@@ -189,3 +190,23 @@ async def test_tree_search_votes_over_every_finished_path() -> None:
         await grade_solution(
             equivalence, "2", sol, selections=["weighted"], points=[1, 2], all_candidates=True
         )
+
+
+async def test_timed_out_grades_are_decided_again_and_only_those() -> None:
+    grades: dict[Selection, list[Grade]] = {
+        "majority": [Grade(1, "8", False, "timeout"), Grade(2, "7", False)],
+        "best": [Grade(1, None, False, "no_answer"), Grade(2, "8", False, "timeout")],
+        "weighted": [Grade(1, "9", False, "timeout"), Grade(2, "5", True)],
+    }
+    equivalence = CountingEquivalence({"8": True, "9": None})
+    assert await regrade_timeouts(equivalence, "8.0", grades) == {
+        "majority": [Grade(1, "8", True), Grade(2, "7", False)],
+        "best": [Grade(1, None, False, "no_answer"), Grade(2, "8", True)],
+        "weighted": [Grade(1, "9", False, "timeout"), Grade(2, "5", True)],  # undecided again
+    }
+    assert sorted(equivalence.asked) == [("8.0", "8"), ("8.0", "9")]  # once per answer
+
+
+def test_grades_read_back_from_their_journal_form() -> None:
+    for grade in (Grade(4, "8", False, "timeout"), Grade(1, None, False, "no_answer")):
+        assert Grade.from_dict(grade.to_dict()) == grade

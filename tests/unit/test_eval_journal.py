@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 
 from asynctts.errors import ConfigError
 from asynctts.eval import journal as journal_module
-from asynctts.eval.journal import Journal, differences, last_per_key, read_journal
+from asynctts.eval.journal import (
+    Journal,
+    differences,
+    last_per_key,
+    read_journal,
+    recorded_versions,
+)
 
 IDENTITY: dict[str, Any] = {
     "jobs": [{"key": "dvts@4", "n": 4}],
@@ -241,3 +247,78 @@ def test_a_journal_cut_anywhere_resumes_to_a_prefix(
     after = read_journal(path)
     assert not after.torn
     assert [e["problem_id"] for e in after.events] == [*kept, "next"]
+
+
+VERSIONS = {"asynctts": "0.1.0", "math-verify": "0.9.0"}
+VERSIONED: dict[str, Any] = {**CONFIG, "versions": VERSIONS}
+
+
+def test_resuming_under_other_versions_is_refused_naming_both(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    with Journal.open(path, VERSIONED, resume=False) as journal:
+        journal.append(result("p1"))
+    before = path.read_bytes()
+    newer = {**CONFIG, "versions": {"asynctts": "0.1.0", "math-verify": "0.9.1"}}
+    with pytest.raises(ConfigError) as caught:
+        Journal.open(path, newer, resume=True)
+    assert str(caught.value) == (
+        f"cannot resume {path}: its results were written with asynctts 0.1.0, math-verify"
+        " 0.9.0; this is asynctts 0.1.0, math-verify 0.9.1. Grades of different versions may"
+        " disagree: pass --allow-version-change to continue it anyway (the change is"
+        " journaled), or choose another output directory"
+    )
+    assert path.read_bytes() == before  # untouched
+    with Journal.open(path, VERSIONED, resume=True) as journal:  # the same versions resume
+        assert journal.events == [result("p1")]
+
+
+def test_an_allowed_version_change_is_journaled_and_becomes_the_reference(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    with Journal.open(path, VERSIONED, resume=False) as journal:
+        journal.append(result("p1"))
+    newer = {**CONFIG, "versions": {"asynctts": "0.2.0", "math-verify": "0.9.0"}}
+    with Journal.open(path, newer, resume=True, allow_version_change=True) as journal:
+        change = journal.events[-1]
+        assert journal.config["versions"] == VERSIONS  # line 1 is never rewritten
+        journal.append(result("p2"))
+    assert change["type"] == "versions"
+    assert change["previous"] == VERSIONS
+    assert change["versions"] == newer["versions"]
+    contents = read_journal(path)
+    assert [e["type"] for e in contents.events] == ["result", "versions", "result"]
+    assert recorded_versions(contents) == newer["versions"]
+    # later resumes compare with the newest versions: the first ones are now the change
+    with Journal.open(path, newer, resume=True) as journal:
+        assert len(journal.events) == 3
+    with pytest.raises(ConfigError, match=r"written with asynctts 0\.2\.0, math-verify 0\.9\.0;"):
+        Journal.open(path, VERSIONED, resume=True)
+
+
+def test_a_journal_without_versions_resumes_only_when_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    with Journal.open(path, CONFIG, resume=False) as journal:
+        journal.append(result("p1"))
+    assert recorded_versions(read_journal(path)) is None
+    with pytest.raises(
+        ConfigError,
+        match=r"written with unrecorded versions \(an older asynctts\); this is asynctts 0\.1\.0",
+    ):
+        Journal.open(path, VERSIONED, resume=True)
+    with Journal.open(path, VERSIONED, resume=True, allow_version_change=True) as journal:
+        assert journal.events[-1]["previous"] is None
+
+
+def test_a_torn_line_is_cut_before_the_version_change_is_appended(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    with Journal.open(path, VERSIONED, resume=False) as journal:
+        journal.append(result("p1"))
+    with path.open("ab") as f:
+        f.write(b'{"type": "resu')
+    newer = {**CONFIG, "versions": {"asynctts": "0.1.0", "math-verify": "1.0.0"}}
+    with Journal.open(path, newer, resume=True, allow_version_change=True):
+        pass
+    contents = read_journal(path)
+    assert not contents.torn
+    assert [e["type"] for e in contents.events] == ["result", "versions"]
