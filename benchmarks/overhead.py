@@ -13,9 +13,13 @@ ways:
 
 The bodies of (a) are built with the library's own encoder and the same per-branch seeds, so
 the server computes the same completions: the table checks that both sent the same number of
-requests and that the server generated the same number of tokens. With `--prm`, the bare loop
-also scores each sample with its own /pooling request (solve_many coalesces them), and rates
-count branches: completions + scoring per second.
+requests and that the server generated the same number of tokens.
+
+With `--prm` both clients get C requests in flight per route, C completions and C scorings:
+solve_many's two endpoints each have max_in_flight=C, and the bare loop runs C completion
+workers that hand each sample to C scoring workers, which score it with its own /pooling
+request (solve_many coalesces a problem's samples into fewer requests), over 2C connections.
+Rates count branches: completions + scoring per second.
 
 Each cell (C, client) warms up first (one round of C requests, so connections are open and
 caches warm) and then times the whole batch; cells run in interleaved rounds (`--repeats`,
@@ -131,7 +135,10 @@ def pooling_body(problem: str, text: str) -> dict[str, Any]:
 async def run_bare(
     url: str, warmup: Items, items: Items, n: int, c: int, prm: bool, mark: Callable[[], None]
 ) -> Cell:
-    connector = aiohttp.TCPConnector(limit=c, limit_per_host=0)
+    # Each route gets C requests in flight (and C connections), as solve_many's two endpoints
+    # do with max_in_flight=C each.
+    routes = 2 if prm else 1
+    connector = aiohttp.TCPConnector(limit=routes * c, limit_per_host=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         headers = {"Content-Type": "application/json"}
 
@@ -145,16 +152,25 @@ async def run_bare(
 
         async def drive(jobs: list[tuple[str, dict[str, Any]]]) -> None:
             queue = iter(jobs)
+            to_score: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
 
-            async def worker() -> None:
+            async def generate() -> None:
                 for problem, body in queue:
                     reply = await post("/v1/completions", body)
                     if prm:
-                        await post("/pooling", pooling_body(problem, reply["choices"][0]["text"]))
+                        to_score.put_nowait((problem, reply["choices"][0]["text"]))
 
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(c):
-                    tg.create_task(worker())
+            async def score() -> None:
+                while (sample := await to_score.get()) is not None:
+                    await post("/pooling", pooling_body(*sample))
+
+            async with asyncio.TaskGroup() as scoring:
+                scorers = [scoring.create_task(score()) for _ in range(c if prm else 0)]
+                async with asyncio.TaskGroup() as generating:
+                    for _ in range(c):
+                        generating.create_task(generate())
+                for _ in scorers:
+                    to_score.put_nowait(None)  # generation is over: each scorer stops
 
         def jobs_of(batch: Items) -> list[tuple[str, dict[str, Any]]]:
             problems = [problem for _, problem in batch for _ in range(n)]

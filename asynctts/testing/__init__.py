@@ -12,27 +12,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from asynctts.testing.cli import load_problems
     from asynctts.testing.fakes import FakePolicy, FakePRM
-    from asynctts.testing.server import (
-        Fault,
-        LatencyModel,
-        RequestRecord,
-        SimProblem,
-        SimStats,
-        SimulatedServer,
-        load_problems,
-    )
+    from asynctts.testing.faults import Fault
+    from asynctts.testing.latency import LatencyModel
+    from asynctts.testing.server import SimulatedServer
+    from asynctts.testing.sim_model import SimProblem
+    from asynctts.testing.stats import RequestRecord, SimStats
 
 _EXPORTS = {
     "FakePolicy": "asynctts.testing.fakes",
     "FakePRM": "asynctts.testing.fakes",
-    "Fault": "asynctts.testing.server",
-    "LatencyModel": "asynctts.testing.server",
-    "RequestRecord": "asynctts.testing.server",
-    "SimProblem": "asynctts.testing.server",
-    "SimStats": "asynctts.testing.server",
+    "Fault": "asynctts.testing.faults",
+    "LatencyModel": "asynctts.testing.latency",
+    "RequestRecord": "asynctts.testing.stats",
+    "SimProblem": "asynctts.testing.sim_model",
+    "SimStats": "asynctts.testing.stats",
     "SimulatedServer": "asynctts.testing.server",
-    "load_problems": "asynctts.testing.server",
+    "load_problems": "asynctts.testing.cli",
 }
 
 __all__ = [

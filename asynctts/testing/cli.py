@@ -1,0 +1,125 @@
+"""The command line of the simulated server: `python -m asynctts.testing.server`.
+
+Rules:
+- Runs one `SimulatedServer` in the foreground until SIGINT or SIGTERM, then stops it (requests
+  in flight get no response) and exits 0. Logs its URLs once it listens.
+- Keeps no per-request records: a long-running server must not grow without bound.
+- `--problems` is a JSONL file read by `load_problems`; a bad row is an error naming its line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import orjson
+import structlog
+
+from asynctts.testing.latency import LatencyModel
+from asynctts.testing.sim_model import SimProblem
+from asynctts.testing.wire import is_number
+
+if TYPE_CHECKING:
+    from asynctts.testing.server import SimulatedServer
+
+log = structlog.get_logger("asynctts.testing.server")  # it logs as the server it runs
+
+
+def load_problems(path: str | os.PathLike[str]) -> dict[str, SimProblem]:
+    """Problems from a JSONL file: fields "problem" and "answer" (optional "n_steps",
+    "slip_rate"). Raises ValueError naming the line of a bad row."""
+    problems: dict[str, SimProblem] = {}
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not JSON: {exc}") from exc
+            if not isinstance(row, dict) or not isinstance(row.get("problem"), str):
+                raise ValueError(f"{path}:{number}: need a string field 'problem'")
+            answer = row.get("answer")
+            if is_number(answer):
+                answer = str(answer)
+            if not isinstance(answer, str):
+                raise ValueError(f"{path}:{number}: need a field 'answer' (string or number)")
+            extra = {k: row[k] for k in ("n_steps", "slip_rate") if k in row}
+            try:
+                problems[row["problem"]] = SimProblem(answer=answer, **extra)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{path}:{number}: {exc}") from exc
+    return problems
+
+
+async def serve_until_signalled(server: SimulatedServer) -> None:
+    """Serve until SIGINT or SIGTERM, then stop the server."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        log.info("serving", url=server.url, base_url=server.base_url)
+        await stop.wait()
+
+
+def run(server_class: type[SimulatedServer], argv: Sequence[str] | None = None) -> None:
+    """Parse `argv` (default: sys.argv), then serve a `server_class` until signalled.
+
+    The class comes from the caller: under `python -m asynctts.testing.server` that module runs
+    as `__main__`, and importing it here would load a second copy of it.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m asynctts.testing.server",
+        description="A simulated vLLM-shaped OpenAI-compatible server (deterministic model).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--model", default="sim-policy", help="served policy name")
+    parser.add_argument("--prm-model", default=None, help="also serve this name (for /pooling)")
+    parser.add_argument("--problems", default=None, help="JSONL with fields problem, answer")
+    parser.add_argument(
+        "--latency",
+        choices=("zero", "h200_1b", "h200_8b_prm"),
+        default="zero",
+        help="latency model: none, or measured H200 shapes",
+    )
+    parser.add_argument("--time-scale", type=float, default=1.0, help="latency multiplier")
+    parser.add_argument("--max-model-len", type=int, default=4096, help="context length")
+    parser.add_argument("--max-num-seqs", type=int, default=256, help="sequences run at once")
+    parser.add_argument("--prm-noise", type=float, default=0.1, help="PRM score noise")
+    parser.add_argument(
+        "--prm-error-rate", type=float, default=0.0, help="chance the PRM misjudges a step"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated model")
+    args = parser.parse_args(argv)
+    problems = load_problems(args.problems) if args.problems else {}
+    if args.latency == "h200_1b":
+        latency = LatencyModel.h200_1b(time_scale=args.time_scale)
+    elif args.latency == "h200_8b_prm":
+        latency = LatencyModel.h200_8b_prm(time_scale=args.time_scale)
+    else:
+        latency = LatencyModel.zero()
+    server = server_class(
+        model=args.model,
+        prm_model=args.prm_model,
+        problems=problems,
+        latency=latency,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        prm_noise=args.prm_noise,
+        prm_error_rate=args.prm_error_rate,
+        seed=args.seed,
+        host=args.host,
+        port=args.port,
+        keep_records=False,  # a long-running server must not grow without bound
+    )
+    asyncio.run(serve_until_signalled(server))
+
+
+__all__ = ["load_problems", "run", "serve_until_signalled"]
