@@ -19,6 +19,7 @@ from asynctts.backends.context import DEFAULT_SYSTEM_PROMPT, Sampling
 from asynctts.config import load_endpoints
 from asynctts.endpoint import DEFAULT_API_KEY_ENV, Endpoint
 from asynctts.errors import ConfigError
+from asynctts.eval.plan import StrategySettings
 from asynctts.search.tree_search import TreeSearch
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "non_negative_int",
     "positive_int",
     "sampling_of",
+    "strategy_settings_of",
     "system_prompt_of",
 ]
 
@@ -81,7 +83,8 @@ def escapes(text: str) -> str:
 
 
 def add_search_arguments(group: argparse._ArgumentGroup) -> None:
-    """--width, --max-depth, --aggregate: passed to every strategy that has the setting."""
+    """--width, --max-depth, --aggregate, --lookahead: passed to every strategy that has the
+    setting."""
     group.add_argument(
         "--width",
         type=positive_int,
@@ -97,6 +100,22 @@ def add_search_arguments(group: argparse._ArgumentGroup) -> None:
         choices=("last", "min", "prod"),
         help="how a path's step scores become its value (strategies with a PRM;"
         f" default: {_TREE.aggregate})",
+    )
+    group.add_argument(
+        "--lookahead",
+        type=non_negative_int,
+        help="greedy steps rolled out from each candidate to rank it, then dropped"
+        " (beam_search; default: 0)",
+    )
+
+
+def strategy_settings_of(args: argparse.Namespace) -> StrategySettings:
+    """The strategy knobs given on the command line (None: the strategy's default)."""
+    return StrategySettings(
+        width=args.width,
+        max_depth=args.max_depth,
+        aggregate=args.aggregate,
+        lookahead=args.lookahead,
     )
 
 

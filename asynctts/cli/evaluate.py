@@ -24,12 +24,13 @@ from asynctts.cli.arguments import (
     endpoints_of,
     positive_int,
     sampling_of,
+    strategy_settings_of,
     system_prompt_of,
 )
 from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
 from asynctts.eval.data import load_dataset, select
-from asynctts.eval.plan import EvalPlan, StrategySettings, plan_jobs
+from asynctts.eval.plan import EvalPlan, plan_jobs
 from asynctts.eval.report import REPORT_PLOT, REPORT_TEXT, write_report
 from asynctts.eval.runner import LOG_NAME, RunOptions, run_eval
 from asynctts.logs import configure_logging
@@ -136,9 +137,7 @@ def prepare_eval(args: argparse.Namespace) -> Prepared:
     jobs = plan_jobs(
         args.strategy,
         args.n,
-        settings=StrategySettings(
-            width=args.width, max_depth=args.max_depth, aggregate=args.aggregate
-        ),
+        settings=strategy_settings_of(args),
     )
     for flag, given in (
         ("--retry-errors", args.retry_errors),

@@ -29,12 +29,13 @@ from asynctts.cli.arguments import (
     non_negative_int,
     positive_int,
     sampling_of,
+    strategy_settings_of,
     system_prompt_of,
 )
 from asynctts.cli.solution_view import solution_json, solution_text
 from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
-from asynctts.eval.plan import StrategySettings, build_strategy
+from asynctts.eval.plan import build_strategy
 from asynctts.logs import configure_logging
 from asynctts.search.strategy import Strategy
 from asynctts.solution import Solution
@@ -149,10 +150,7 @@ def prepare_solve(args: argparse.Namespace, stdin: TextIO) -> SolveRequest:
         ConfigError: any bad input, named.
     """
     problem = stdin.read().strip() if args.problem == "-" else args.problem
-    strategy = build_strategy(
-        args.strategy,
-        StrategySettings(width=args.width, max_depth=args.max_depth, aggregate=args.aggregate),
-    )
+    strategy = build_strategy(args.strategy, strategy_settings_of(args))
     policy, prm = endpoints_of(args)
     check_request(problem, strategy, args.n, prm is not None, args.seed)
     return SolveRequest(

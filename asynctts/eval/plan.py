@@ -114,6 +114,7 @@ class StrategySettings:
     max_depth: int | None = None
     aggregate: str | None = None
     per_request: int | None = None
+    lookahead: int | None = None
 
 
 def parse_strategy(spec: str) -> tuple[str, tuple[int, ...] | None]:

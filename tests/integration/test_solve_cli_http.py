@@ -122,6 +122,7 @@ async def test_solve_json_and_text_agree_at_n64(tmp_path: Path) -> None:
         "max_depth": 40,
         "aggregate": "last",
         "filter_duplicates": False,
+        "lookahead": 0,
         "seed": 0,
         "temperature": 0.8,
         "top_p": 1.0,

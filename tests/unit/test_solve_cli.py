@@ -120,6 +120,16 @@ def test_the_problem_can_come_from_standard_input(endpoints: Path) -> None:
     assert request.prm is not None and request.prm.model == "p"
 
 
+def test_lookahead_reaches_beam_search(endpoints: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_solve_arguments(parser)
+    argv = ["What is $1+1$?", "--strategy", "beam_search", "--n", "8", "--lookahead", "2"]
+    args = parser.parse_args([*argv, "--endpoints", str(endpoints)])
+    request = prepare_solve(args, io.StringIO())
+    assert getattr(request.strategy, "lookahead", None) == 2
+    assert "lookahead=2" in request.settings_line()
+
+
 def help_of(add: Callable[[argparse.ArgumentParser], None]) -> tuple[argparse.ArgumentParser, str]:
     parser = argparse.ArgumentParser(prog="asynctts x", formatter_class=HelpFormatter)
     add(parser)
