@@ -4,9 +4,10 @@ Without `--simulate` this is exactly `asynctts eval` (same flags, same run direc
 it at real endpoints with `--policy-url/--policy-model/--prm-url/--prm-model` (or
 `--endpoints PATH`). With `--simulate` it first starts asynctts's simulated vLLM-shaped server
 in this process (real HTTP on 127.0.0.1) and registers every selected problem with it, harder
-by level: a level-L problem takes 2 + L steps and each step slips (one slip makes the answer
-wrong) with the rate in SLIP_RATE_BY_LEVEL, so the accuracy-vs-N curves behave like the
-published ones (no GPU, no download). The problems are the MATH-500 copy packaged with
+by level (`math500_problem`: each problem's pass@1, steps and wrong answers as fitted to
+Llama-3.2-1B-Instruct's published MATH-500 curves, judged by a PRM fitted to
+Qwen2.5-Math-PRM-7B's; see asynctts/testing/README.md), so the accuracy-vs-N curves behave
+like the published ones (no GPU, no download). The problems are the MATH-500 copy packaged with
 asynctts unless `--data` names a JSONL file (or `hub`).
 
     # both families over all 500 problems, N = 1..16 (DVTS needs multiples of its width 4)
@@ -50,22 +51,20 @@ from asynctts.cli import (
 )
 from asynctts.errors import ConfigError
 from asynctts.eval.data import Problem, load_dataset
-from asynctts.testing import LatencyModel, SimProblem, SimulatedServer
+from asynctts.testing import LatencyModel, SimProblem, SimulatedServer, math500_problem
+from asynctts.testing.sim_model import LEVELS, PRM_DISCRIMINATION, PRM_FOOLED_RATE
 
-# Chance that one step slips, by MATH level; a level-L problem has 2 + L steps.
-SLIP_RATE_BY_LEVEL = {1: 0.05, 2: 0.08, 3: 0.12, 4: 0.17, 5: 0.25}
 POLICY_FORMAT = "{system}\n\nProblem: {problem}\n\nSolution:\n"
 PRM_FORMAT = "Problem: {problem}\n\nSolution:\n{solution}"
 
 
 def simulated_problems(problems: Iterable[Problem]) -> dict[str, SimProblem]:
-    """Each problem with its reference answer, harder (more steps, more slips) by level."""
+    """Each problem with its reference answer and its level's difficulty (level 3 when it
+    has none)."""
     out: dict[str, SimProblem] = {}
     for problem in problems:
-        level = problem.level if problem.level in SLIP_RATE_BY_LEVEL else 3
-        out[problem.problem] = SimProblem(
-            answer=problem.answer, n_steps=2 + level, slip_rate=SLIP_RATE_BY_LEVEL[level]
-        )
+        level = problem.level if problem.level in LEVELS else 3
+        out[problem.problem] = math500_problem(problem.problem, problem.answer, level)
     return out
 
 
@@ -86,8 +85,8 @@ async def run(args: argparse.Namespace) -> int:
         prm_model="sim-prm",
         problems=problems,
         latency=latency,
-        prm_noise=args.sim_prm_noise,
-        prm_error_rate=args.sim_prm_error_rate,
+        prm_discrimination=args.sim_prm_discrimination,
+        prm_fooled_rate=args.sim_prm_fooled_rate,
         keep_records=False,
     ) as server:
         args.policy_url, args.policy_model = server.base_url, "sim-policy"
@@ -112,12 +111,17 @@ def main() -> int:
     sim.add_argument("--simulate", action="store_true", help="serve a simulated model here")
     sim.add_argument("--sim-latency", choices=("zero", "h200_1b"), default="zero")
     sim.add_argument("--sim-time-scale", type=float, default=1.0)
-    sim.add_argument("--sim-prm-noise", type=float, default=0.5)
     sim.add_argument(
-        "--sim-prm-error-rate",
+        "--sim-prm-discrimination",
         type=float,
-        default=0.15,
-        help="chance the simulated PRM misjudges a step (a perfect PRM makes search ~100%%)",
+        default=PRM_DISCRIMINATION,
+        help="d' between the simulated PRM's scores of right and wrong paths",
+    )
+    sim.add_argument(
+        "--sim-prm-fooled-rate",
+        type=float,
+        default=PRM_FOOLED_RATE,
+        help="share of paths to a problem's most common wrong answer that fool the PRM",
     )
     args = parser.parse_args()
     configure_logging()  # warnings only until `eval` sends the logs to RUN_DIR/eval.log

@@ -4,6 +4,9 @@
 - `SimulatedServer`: a real HTTP server on 127.0.0.1 that speaks vLLM's OpenAI-compatible
   wire format, with a deterministic step-by-step model, a PRM, a continuous-batching latency
   model and fault injection.
+- `SimPolicy`, `SimPRM`: the two protocols over the same simulated model in this process, for
+  statistical runs of whole strategies; `math500_problem`: a problem with the difficulty of a
+  MATH level, as fitted in asynctts/testing/README.md.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ if TYPE_CHECKING:
     from asynctts.testing.faults import Fault
     from asynctts.testing.latency import LatencyModel
     from asynctts.testing.server import SimulatedServer
-    from asynctts.testing.sim_model import SimProblem
+    from asynctts.testing.sim_model import SimProblem, math500_problem
+    from asynctts.testing.sim_protocols import SimPolicy, SimPRM
     from asynctts.testing.stats import RequestRecord, SimStats
 
 _EXPORTS = {
@@ -27,6 +31,9 @@ _EXPORTS = {
     "LatencyModel": "asynctts.testing.latency",
     "RequestRecord": "asynctts.testing.stats",
     "SimProblem": "asynctts.testing.sim_model",
+    "SimPolicy": "asynctts.testing.sim_protocols",
+    "SimPRM": "asynctts.testing.sim_protocols",
+    "math500_problem": "asynctts.testing.sim_model",
     "SimStats": "asynctts.testing.stats",
     "SimulatedServer": "asynctts.testing.server",
     "load_problems": "asynctts.testing.cli",
@@ -38,10 +45,13 @@ __all__ = [
     "Fault",
     "LatencyModel",
     "RequestRecord",
+    "SimPRM",
+    "SimPolicy",
     "SimProblem",
     "SimStats",
     "SimulatedServer",
     "load_problems",
+    "math500_problem",
 ]
 
 

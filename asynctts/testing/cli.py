@@ -20,7 +20,7 @@ import orjson
 import structlog
 
 from asynctts.testing.latency import LatencyModel
-from asynctts.testing.sim_model import SimProblem
+from asynctts.testing.sim_model import PRM_DISCRIMINATION, PRM_FOOLED_RATE, SimProblem
 from asynctts.testing.wire import is_number
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ log = structlog.get_logger("asynctts.testing.server")  # it logs as the server i
 
 def load_problems(path: str | os.PathLike[str]) -> dict[str, SimProblem]:
     """Problems from a JSONL file: fields "problem" and "answer" (optional "n_steps",
-    "slip_rate"). Raises ValueError naming the line of a bad row."""
+    "slip_rate", "wrong_top", "crux"). Raises ValueError naming the line of a bad row."""
     problems: dict[str, SimProblem] = {}
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
@@ -48,7 +48,7 @@ def load_problems(path: str | os.PathLike[str]) -> dict[str, SimProblem]:
                 answer = str(answer)
             if not isinstance(answer, str):
                 raise ValueError(f"{path}:{number}: need a field 'answer' (string or number)")
-            extra = {k: row[k] for k in ("n_steps", "slip_rate") if k in row}
+            extra = {k: row[k] for k in ("n_steps", "slip_rate", "wrong_top", "crux") if k in row}
             try:
                 problems[row["problem"]] = SimProblem(answer=answer, **extra)
             except (TypeError, ValueError) as exc:
@@ -92,9 +92,17 @@ def run(server_class: type[SimulatedServer], argv: Sequence[str] | None = None) 
     parser.add_argument("--time-scale", type=float, default=1.0, help="latency multiplier")
     parser.add_argument("--max-model-len", type=int, default=4096, help="context length")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="sequences run at once")
-    parser.add_argument("--prm-noise", type=float, default=0.1, help="PRM score noise")
     parser.add_argument(
-        "--prm-error-rate", type=float, default=0.0, help="chance the PRM misjudges a step"
+        "--prm-discrimination",
+        type=float,
+        default=PRM_DISCRIMINATION,
+        help="d' between the PRM's scores of right and wrong paths",
+    )
+    parser.add_argument(
+        "--prm-fooled-rate",
+        type=float,
+        default=PRM_FOOLED_RATE,
+        help="share of paths to a problem's most common wrong answer that fool the PRM",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated model")
     args = parser.parse_args(argv)
@@ -112,8 +120,8 @@ def run(server_class: type[SimulatedServer], argv: Sequence[str] | None = None) 
         latency=latency,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
-        prm_noise=args.prm_noise,
-        prm_error_rate=args.prm_error_rate,
+        prm_discrimination=args.prm_discrimination,
+        prm_fooled_rate=args.prm_fooled_rate,
         seed=args.seed,
         host=args.host,
         port=args.port,

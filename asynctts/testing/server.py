@@ -40,6 +40,8 @@ from asynctts.testing.cli import load_problems
 from asynctts.testing.faults import Fault, FaultSchedule, fault_reply, send_cut
 from asynctts.testing.latency import H200_1B_ITERATION_S, Engine, LatencyModel
 from asynctts.testing.sim_model import (
+    PRM_DISCRIMINATION,
+    PRM_FOOLED_RATE,
     PrefixCache,
     Reading,
     Sample,
@@ -115,8 +117,9 @@ class SimulatedServer:
         max_model_len: context length in tokens (words), enforced like vLLM.
         max_num_seqs: most sequences the engine runs at once; the rest wait FIFO.
         step_tag: the PRM step marker in /pooling inputs.
-        prm_noise: half-width of the deterministic noise on PRM scores.
-        prm_error_rate: chance that the PRM misjudges a step (see `SimModel`).
+        prm_discrimination: d' between the PRM's scores of right and wrong paths (see
+            `SimModel`; the default is fitted to a Qwen2.5-Math-PRM-7B-like PRM).
+        prm_fooled_rate: how often a wrong path fools the PRM (see `SimModel`).
         seed: seeds the RNG for requests without a seed, and the latency jitter.
         host, port: where to bind (port 0: an ephemeral port, kept across restarts).
         keep_records: keep one `RequestRecord` per request in `stats.records` (turn off for
@@ -141,8 +144,8 @@ class SimulatedServer:
         max_model_len: int = 4096,
         max_num_seqs: int = 256,
         step_tag: str = "<extra_0>",
-        prm_noise: float = 0.1,
-        prm_error_rate: float = 0.0,
+        prm_discrimination: float = PRM_DISCRIMINATION,
+        prm_fooled_rate: float = PRM_FOOLED_RATE,
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -178,7 +181,10 @@ class SimulatedServer:
             raise ValueError(f"SimulatedServer keepalive_s={keepalive_s}: need > 0")
         self.keepalive_s = keepalive_s
         self.sim = SimModel(
-            problems, step_tag=step_tag, prm_noise=prm_noise, prm_error_rate=prm_error_rate
+            problems,
+            step_tag=step_tag,
+            prm_discrimination=prm_discrimination,
+            prm_fooled_rate=prm_fooled_rate,
         )
         self._rng = random.Random(seed)
         self._jitter_rng = random.Random(f"jitter:{seed}")

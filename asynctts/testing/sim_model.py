@@ -4,31 +4,49 @@ Rules:
 - A prompt belongs to a registered problem when the problem's text occurs in it before the
   first step (the longest such text wins). Any other prompt is an unregistered problem whose
   answer is an integer derived from a hash of the text before its first step.
-- A solution is `n_steps` steps ``"Step {i}: {words} ({ok|slip}, {4 hex}).\\n\\n"`` and then the
+- A solution is `n_steps` steps ``"Step {i}: {words} ({6 hex}).\\n\\n"`` and then the
   conclusion ``"Therefore, the final answer is: $\\boxed{ANSWER}$. I hope it is correct."``
   followed by EOS. Steps already in the prompt (found by regex wherever they sit, so any chat
   template may surround them) decide which step comes next.
-- The final answer is the problem's answer iff no step is a slip; otherwise a wrong answer
-  derived from the problem and the indices of the slip steps, so different wrong paths share a
-  wrong answer exactly when they slipped at the same steps.
 - Step i of a sample depends only on (problem, the steps before it, the sample seed): the same
   seed continues a prefix the same way whether it is asked for one step or to the end.
+- Hidden truth: a path's signature is its registered problem and the tags of its steps. Step
+  i is a slip when a hash of the signature up to it falls below the step's slip rate
+  (`SimProblem.slip_rates`: `slip_rate`, or with `crux` > 0 most of the difficulty in one
+  step); nothing in the text says so. A path is right until its first slip and wrong from
+  there on (no recovery).
+- The final answer is the problem's answer iff no step slipped. A wrong path's answer is drawn
+  by a hash of its signature up to its first slip from the problem's own wrong answers: the
+  most common one takes `wrong_top` of the wrong paths, the others a geometric tail. Paths that
+  went wrong at the same place agree; two problems with the same answer do not share wrong
+  answers.
+- PRM: it sees text, never the problem's answer. Each scored segment gets a latent value from
+  a normal distribution of unit variance, mean +d'/2 while the path is still right and -d'/2
+  (plus the path's deception) once it went wrong, drawn by a hash of the signature up to the
+  segment: per problem and path, never per answer text. d' is `prm_discrimination` times the
+  problem's `prm_skill` (AUC = Phi(d' / sqrt 2); a negative skill is a problem the PRM gets
+  backwards). Deception belongs to a wrong path (its signature at the first slip): a
+  `prm_fooled_rate` share of the paths to the most common wrong answer (and a quarter of that
+  share of the others) are raised by d'/2 to d', and every continuation inherits it, so
+  search can over-optimise the PRM. p_pos = sigmoid(1.5 + 1.5 (latent - d'/2)).
+- The defaults and `math500_problem` are fitted to published MATH-500 curves
+  (asynctts/testing/README.md).
 - Tokens are whitespace-separated words: `max_tokens`, usage and the context check count words.
   Stop strings and EOS cost nothing.
-- PRM: p_pos is high for ok steps and correct conclusions, low for slips and wrong conclusions,
-  plus noise in [-prm_noise, prm_noise] from a hash of the step's text, clipped into (0, 1).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Literal
 
-STEP_PATTERN = r"Step (?P<index>\d+): [a-z ]+ \((?P<label>ok|slip), (?P<hex>[0-9a-f]{4})\)\."
+STEP_PATTERN = r"Step (?P<index>\d+): [a-z ]+ \((?P<tag>[0-9a-f]{6})\)\."
 CONCLUSION_PATTERN = (
     r"Therefore, the final answer is: \$\\boxed\{(?P<answer>.*?)\}\$\. I hope it is correct\."
 )
@@ -44,11 +62,36 @@ _VOCAB = (
     *("expand", "square", "root", "solve", "for", "cancel", "common", "and", "check", "each"),
 )
 
-_P_HIGH = 0.9
-_P_LOW = 0.1
+# The fit of asynctts/testing/README.md (Llama-3.2-1B-Instruct on MATH-500, judged by
+# Qwen2.5-Math-PRM-7B): the PRM's discrimination and how often a wrong path fools it.
+PRM_DISCRIMINATION = 2.5
+PRM_FOOLED_RATE = 0.4
+# How much less often a path to a rare wrong answer fools the PRM than one to the most common.
+TAIL_FOOLED_SHARE = 0.25
+# Geometric ratio of the wrong answers after the most common one: rank r+1 is this much as
+# frequent as rank r, so hard problems scatter their wrong answers over a long tail.
+WRONG_TAIL_RATIO = 0.75
+# MATH-500 level -> (mean pass@1 of a single sample, steps per solution); a problem's own
+# pass@1 is u ** (1 / mean - 1) for a uniform u hashed from its text, so every level holds
+# problems the model nearly always solves and problems it nearly never does.
+LEVELS: Mapping[int, tuple[float, int]] = {
+    1: (0.65, 4),
+    2: (0.45, 5),
+    3: (0.30, 6),
+    4: (0.18, 7),
+    5: (0.07, 8),
+}
+# Per problem, the share of wrong paths on its most common wrong answer: uniform in this range.
+WRONG_TOP_RANGE = (0.1, 0.5)
+# Share of a MATH problem's difficulty in its crux step (`SimProblem.crux`).
+CRUX = 0.5
+# A MATH problem's `prm_skill` is uniform in 1 +- this.
+PRM_SKILL_SPREAD = 1.2
+
 _P_UNKNOWN = 0.5  # text the simulated PRM does not recognise as a step
-_P_EPS = 1e-3
+_P_EPS = 1e-4
 _HEAD_CACHE_SIZE = 8192
+_NORMAL = NormalDist()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +101,23 @@ class SimProblem:
     Args:
         answer: the correct final answer (what `\\boxed{}` holds on a path without slips).
         n_steps: steps before the conclusion.
-        slip_rate: chance that a step is a slip; one slip makes the final answer wrong.
+        slip_rate: chance that a step is a slip; one slip makes the final answer wrong, so a
+            sample is right with chance (1 - slip_rate) ** n_steps.
+        wrong_top: share of wrong paths that reach the problem's most common wrong answer.
+        crux: share of the difficulty concentrated in one step (its place hashed from the
+            problem): 0 spreads `slip_rate` evenly over the steps, 1 puts every slip in the
+            crux step. Resampling a step helps little when one step holds the difficulty,
+            which is what keeps tree search from fixing every path step by step.
+        prm_skill: multiplies the PRM's discrimination on this problem (PRMs judge some
+            problems far better than others).
     """
 
     answer: str
     n_steps: int = 4
     slip_rate: float = 0.2
+    wrong_top: float = 0.3
+    crux: float = 0.0
+    prm_skill: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.answer, str) or not self.answer.strip():
@@ -72,14 +126,60 @@ class SimProblem:
             raise ValueError(f"SimProblem n_steps={self.n_steps}: need >= 0")
         if not 0.0 <= self.slip_rate <= 1.0:
             raise ValueError(f"SimProblem slip_rate={self.slip_rate}: need 0 <= rate <= 1")
+        if not 0.0 <= self.wrong_top <= 1.0:
+            raise ValueError(f"SimProblem wrong_top={self.wrong_top}: need 0 <= share <= 1")
+        if not 0.0 <= self.crux <= 1.0:
+            raise ValueError(f"SimProblem crux={self.crux}: need 0 <= share <= 1")
+
+    @property
+    def pass_at_1(self) -> float:
+        """The chance that one sample is right."""
+        return (1.0 - self.slip_rate) ** self.n_steps
+
+    def slip_rates(self, identity: str) -> tuple[float, ...]:
+        """The slip chance of each step (index 0: step 1); their survival chances multiply
+        to `pass_at_1`."""
+        if self.crux == 0.0 or self.n_steps < 2:
+            return (self.slip_rate,) * self.n_steps
+        keep = 1.0 - self.slip_rate
+        crux_at = _digest("crux", identity)[0] % self.n_steps
+        crux_keep = keep ** (1.0 + self.crux * (self.n_steps - 1))
+        other_keep = keep ** (1.0 - self.crux)
+        return tuple(1.0 - (crux_keep if i == crux_at else other_keep) for i in range(self.n_steps))
+
+
+def math500_problem(
+    text: str,
+    answer: str,
+    level: int,
+    *,
+    crux: float = CRUX,
+    prm_skill_spread: float = PRM_SKILL_SPREAD,
+) -> SimProblem:
+    """A `SimProblem` with the difficulty of a MATH `level` (1-5) problem for a
+    Llama-3.2-1B-like model (`LEVELS`); its own pass@1 and `wrong_top` are hashed from
+    `text`, so a problem keeps them from run to run."""
+    if level not in LEVELS:
+        raise ValueError(f"math500_problem level={level}: choose one of {sorted(LEVELS)}")
+    mean, n_steps = LEVELS[level]
+    d = _digest("difficulty", text)
+    pass_at_1 = _unit(d[:8]) ** (1.0 / mean - 1.0)
+    low, high = WRONG_TOP_RANGE
+    return SimProblem(
+        answer=answer,
+        n_steps=n_steps,
+        slip_rate=1.0 - pass_at_1 ** (1.0 / n_steps),
+        wrong_top=low + (high - low) * _unit(d[8:16]),
+        crux=crux,
+        prm_skill=1.0 + prm_skill_spread * (2.0 * _unit(d[16:24]) - 1.0),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class StepMark:
-    """A step found in a prompt: its number, whether it is a slip, and its 4-hex tag."""
+    """A step found in a prompt: its number and its 6-hex tag."""
 
     index: int
-    slip: bool
     tag: str
 
 
@@ -119,6 +219,11 @@ def _unit(data: bytes) -> float:
     return int.from_bytes(data[:8], "big") / 2.0**64
 
 
+def _normal(data: bytes) -> float:
+    """A standard normal number from 8 bytes of a digest."""
+    return _NORMAL.inv_cdf((int.from_bytes(data[:8], "big") + 0.5) / 2.0**64)
+
+
 def _cut_words(text: str, limit: int) -> str:
     """`text` up to the end of its `limit`-th word."""
     for seen, match in enumerate(_WORD_RE.finditer(text), start=1):
@@ -131,14 +236,53 @@ def conclusion(answer: str) -> str:
     return f"Therefore, the final answer is: $\\boxed{{{answer}}}$. I hope it is correct."
 
 
-def wrong_answer(answer: str, identity: str, slip_indices: Sequence[int]) -> str:
-    """The answer a path with slips at `slip_indices` reaches: never `answer`; one of four
-    wrong answers per problem, picked by a hash of the slip positions."""
-    offset = 1 + _digest("wrong", identity, tuple(slip_indices))[0] % 4
+def slipped(signature: str, slip_rate: float) -> bool:
+    """Whether the step that ends `signature` (the tags of a path's steps so far) is a slip."""
+    return _unit(_digest("slip", signature)) < slip_rate
+
+
+def signature_start(problem_key: str | None) -> str:
+    """Where a path's signature starts: its registered problem ("" for an unregistered one),
+    so hidden truth and PRM errors belong to (problem, path)."""
+    return f"{problem_key or ''}|"
+
+
+def first_slip(
+    tags: Sequence[str], slip_rates: Sequence[float], problem_key: str | None
+) -> str | None:
+    """The signature up to a path's first slip; None for a path without one. Steps past
+    `slip_rates` (more than the problem has) never slip."""
+    signature = signature_start(problem_key)
+    for tag, rate in zip(tags, slip_rates, strict=False):
+        signature += tag
+        if slipped(signature, rate):
+            return signature
+    return None
+
+
+def wrong_rank(problem: SimProblem, wrong_path: str) -> int:
+    """Which of its problem's wrong answers the wrong path whose signature at its first slip
+    is `wrong_path` reaches: rank 0 (the most common) with chance `problem.wrong_top`, else
+    rank r >= 1 with a geometric chance (`WRONG_TAIL_RATIO`)."""
+    d = _digest("wrong", wrong_path)
+    if _unit(d[:8]) < problem.wrong_top:
+        return 0
+    return 1 + int(math.log(1.0 - _unit(d[8:16])) / math.log(WRONG_TAIL_RATIO))
+
+
+def wrong_answer(problem: SimProblem, identity: str, wrong_path: str) -> str:
+    """The answer of the wrong path `wrong_path` (see `wrong_rank`): never `problem.answer`."""
+    rank = wrong_rank(problem, wrong_path)
+    # rank -> offset: an affine bijection mod a prime, drawn per problem, so problems with the
+    # same answer get different wrong answers and ranks never collide
+    shape = _digest("wrong-values", identity)
+    a = 1 + int.from_bytes(shape[:4], "big") % 996
+    b = int.from_bytes(shape[4:8], "big") % 997
+    offset = 1 + (a * rank + b) % 997 + 997 * (rank // 997)
     try:
-        return str(int(answer) + offset)
+        return str(int(problem.answer) + offset)
     except ValueError:
-        return f"{answer}+{offset}"
+        return f"{problem.answer}+{offset}"
 
 
 class SimModel:
@@ -147,10 +291,9 @@ class SimModel:
     Args:
         problems: problem text -> `SimProblem`.
         step_tag: the PRM's step marker (pooling inputs have one after every step).
-        prm_noise: half-width of the deterministic noise added to PRM scores.
-        prm_error_rate: chance that the PRM misjudges a step (scores a slip as ok or an ok
-            step as a slip), decided by a hash of the step's text: a PRM as imperfect as real
-            ones, so search curves look like the published ones rather than near 100%.
+        prm_discrimination: d' between the PRM's scores of right and wrong paths (0: scores
+            carry no information; large: an oracle).
+        prm_fooled_rate: share of wrong paths the PRM scores like right ones, or better.
     """
 
     def __init__(
@@ -158,22 +301,24 @@ class SimModel:
         problems: Mapping[str, SimProblem],
         *,
         step_tag: str = "<extra_0>",
-        prm_noise: float = 0.1,
-        prm_error_rate: float = 0.0,
+        prm_discrimination: float = PRM_DISCRIMINATION,
+        prm_fooled_rate: float = PRM_FOOLED_RATE,
     ) -> None:
         if not step_tag:
             raise ValueError("SimModel step_tag is empty")
-        if not 0.0 <= prm_noise <= 0.5:
-            raise ValueError(f"SimModel prm_noise={prm_noise}: need 0 <= noise <= 0.5")
-        if not 0.0 <= prm_error_rate <= 1.0:
-            raise ValueError(f"SimModel prm_error_rate={prm_error_rate}: need 0 <= rate <= 1")
+        if not 0.0 <= prm_discrimination <= 20.0:
+            raise ValueError(
+                f"SimModel prm_discrimination={prm_discrimination}: need 0 <= d' <= 20"
+            )
+        if not 0.0 <= prm_fooled_rate <= 1.0:
+            raise ValueError(f"SimModel prm_fooled_rate={prm_fooled_rate}: need 0 <= rate <= 1")
         for key in problems:
             if not key:
                 raise ValueError("SimModel problems: a problem text is empty")
         self.problems = dict(problems)
         self.step_tag = step_tag
-        self.prm_noise = prm_noise
-        self.prm_error_rate = prm_error_rate
+        self.prm_discrimination = prm_discrimination
+        self.prm_fooled_rate = prm_fooled_rate
         # Longest first, so a problem whose text contains another's text wins.
         self._keys = sorted(self.problems, key=len, reverse=True)
         # Requests of one problem share the text before the first step (template + problem),
@@ -195,9 +340,7 @@ class SimModel:
             problem = self.problems[key]
             body_start = prompt.find(key) + len(key)
         steps = tuple(
-            StepMark(index=int(m["index"]), slip=m["label"] == "slip", tag=m["hex"])
-            for m in marks
-            if m.start() >= body_start
+            StepMark(index=int(m["index"]), tag=m["tag"]) for m in marks if m.start() >= body_start
         )
         # Search only past the problem: system prompts often quote the conclusion's wording.
         concluded = _CONCLUSION_RE.search(prompt, body_start) is not None
@@ -224,19 +367,22 @@ class SimModel:
         if reading.concluded:
             return
         problem = reading.problem
-        slips = [s.index for s in reading.steps if s.slip]
-        signature = "".join(s.tag for s in reading.steps)
+        rates = problem.slip_rates(reading.identity)
+        tags = [s.tag for s in reading.steps]
+        signature = signature_start(reading.key) + "".join(tags)
+        wrong_path = first_slip(tags, rates, reading.key)
         for index in range(len(reading.steps) + 1, problem.n_steps + 1):
             d = _digest("step", reading.identity, index, signature, sample_seed)
-            slip = _unit(d) < problem.slip_rate
-            tag = d[8:10].hex()
-            words = " ".join(_VOCAB[b % len(_VOCAB)] for b in d[11 : 11 + 3 + d[10] % 6])
-            yield f"Step {index}: {words} ({'slip' if slip else 'ok'}, {tag}).\n\n"
+            tag = d[8:11].hex()
+            words = " ".join(_VOCAB[b % len(_VOCAB)] for b in d[12 : 12 + 3 + d[11] % 6])
+            yield f"Step {index}: {words} ({tag}).\n\n"
             signature += tag
-            if slip:
-                slips.append(index)
-        final = wrong_answer(problem.answer, reading.identity, slips) if slips else problem.answer
-        yield conclusion(final)
+            if wrong_path is None and slipped(signature, rates[index - 1]):
+                wrong_path = signature
+        if wrong_path is None:
+            yield conclusion(problem.answer)
+        else:
+            yield conclusion(wrong_answer(problem, reading.identity, wrong_path))
 
     def sample(
         self,
@@ -263,41 +409,59 @@ class SimModel:
         body = text if hit is None else text[: hit[0]]
         tokens = count_tokens(body)
         if max_tokens is not None and tokens > max_tokens:
-            return Sample(_cut_words(body, max_tokens), "length", None, max_tokens)
+            return Sample(_cut_words(body, max_tokens), "length", None, tokens=max_tokens)
         if hit is None:
             return Sample(text, "stop", None, tokens)
         position, stop_str = hit
         end = position + len(stop_str) if include_stop_str_in_output else position
         return Sample(text[:end], "stop", stop_str, tokens)
 
+    def deception(self, problem: SimProblem, wrong_path: str, half: float) -> float:
+        """How much the PRM's latent value of the wrong path `wrong_path` (its signature at the
+        first slip) is raised: 0 for most, d'/2 to d' for a `prm_fooled_rate` share of the
+        paths to the problem's most common wrong answer (a plausible mistake) and a quarter
+        of that share of the others (`half` is d'/2 on this problem)."""
+        d = _digest("deceptive", wrong_path)
+        rate = self.prm_fooled_rate
+        if wrong_rank(problem, wrong_path) > 0:
+            rate *= TAIL_FOOLED_SHARE
+        if _unit(d[:8]) >= rate:
+            return 0.0
+        return half * (1.0 + _unit(d[8:16]))
+
     def score(self, text: str) -> list[list[float]]:
         """PRM rows `[p_neg, p_pos]`, one per step tag in `text` (STEP pooling): each row judges
-        the segment that ends at that tag."""
+        the path up to the segment that ends at that tag."""
         segments = text.split(self.step_tag)[:-1]
         if not segments:
             return []
         key = self.locate(text)
+        problem = self.problems[key] if key is not None else SimProblem("0")
+        rates = problem.slip_rates(key or "")
+        half = self.prm_discrimination * problem.prm_skill / 2.0
         rows: list[list[float]] = []
-        slip_seen = False
+        signature = signature_start(key)
+        steps = 0
+        wrong_path: str | None = None
         for segment in segments:
             marks = list(_MARK_RE.finditer(segment))
             mark = marks[-1] if marks else None  # the last mark is the step this tag closes
             if mark is None:
-                base, judged = _P_UNKNOWN, segment.strip()
-            elif mark["label"] is not None:
-                slip = mark["label"] == "slip"
-                slip_seen = slip_seen or slip
-                base, judged = (_P_LOW if slip else _P_HIGH), mark[0]
+                rows.append([1.0 - _P_UNKNOWN, _P_UNKNOWN])
+                continue
+            if mark["tag"] is not None:
+                signature += mark["tag"]
+                steps += 1
+                rate = rates[steps - 1] if steps <= len(rates) else 0.0
+                if wrong_path is None and slipped(signature, rate):
+                    wrong_path = signature
+                judged = signature
             else:
-                if key is not None:
-                    correct = mark["answer"] == self.problems[key].answer
-                else:  # unknown problem: the model's own rule, "right iff no slip before"
-                    correct = not slip_seen
-                base, judged = (_P_HIGH if correct else _P_LOW), mark[0]
-            if _unit(_digest("prm-error", judged)) < self.prm_error_rate:
-                base = 1.0 - base  # misjudged: ok looks like a slip and a slip looks ok
-            noise = (2.0 * _unit(_digest("prm", judged)) - 1.0) * self.prm_noise
-            p_pos = min(1.0 - _P_EPS, max(_P_EPS, base + noise))
+                judged = signature + ":end"
+            mean = half if wrong_path is None else -half + self.deception(problem, wrong_path, half)
+            latent = mean + _normal(_digest("prm", judged))
+            logit = 1.5 + 1.5 * (latent - half)
+            p_pos = min(1.0 - _P_EPS, max(_P_EPS, 1.0 / (1.0 + math.exp(-logit))))
             rows.append([1.0 - p_pos, p_pos])
         return rows
 
@@ -343,6 +507,11 @@ class PrefixCache:
 
 __all__ = [
     "CONCLUSION_PATTERN",
+    "CRUX",
+    "LEVELS",
+    "PRM_DISCRIMINATION",
+    "PRM_FOOLED_RATE",
+    "PRM_SKILL_SPREAD",
     "STEP_PATTERN",
     "PrefixCache",
     "Reading",
@@ -352,5 +521,10 @@ __all__ = [
     "StepMark",
     "conclusion",
     "count_tokens",
+    "first_slip",
+    "math500_problem",
+    "signature_start",
+    "slipped",
     "wrong_answer",
+    "wrong_rank",
 ]

@@ -98,13 +98,11 @@ async def test_solve_prints_the_answer_candidates_ledger_and_draws_the_tree(
 
 
 async def test_solve_json_and_text_agree_at_n64(tmp_path: Path) -> None:
-    # slips and a PRM that misjudges steps make several answers; the same seed makes both
-    # runs the same solve
+    # slips and the simulated PRM's misjudgements make several answers; the same seed makes
+    # both runs the same solve
     problems = {PROBLEM: SimProblem(answer="2", n_steps=3, slip_rate=0.4)}
     tree = tmp_path / "tree.json"
-    async with SimulatedServer(
-        prm_model="sim-prm", problems=problems, prm_error_rate=0.4
-    ) as server:
+    async with SimulatedServer(prm_model="sim-prm", problems=problems) as server:
         endpoints = endpoints_file(tmp_path / "endpoints.json", server.base_url)
         argv = ["solve", PROBLEM, "--strategy", "beam_search", "--n", "64"]
         argv += ["--endpoints", endpoints]

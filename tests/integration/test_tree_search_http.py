@@ -1,6 +1,7 @@
-"""Beam search and DVTS over real HTTP against the simulated server: they solve problems,
-each problem advances on its own requests (no lockstep across problems), and permanent
-failures of a third of the policy requests are survived and recorded."""
+"""Beam search and DVTS over real HTTP against the simulated server: guided by its honest
+(calibrated, fallible) PRM they solve more problems than majority voting at the same n, but
+not all; each problem advances on its own requests (no lockstep across problems), and
+permanent failures of a third of the policy requests are survived and recorded."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from asynctts import BeamSearch, Solver
 from asynctts.answers import normalize
-from asynctts.testing import Fault, LatencyModel, SimProblem, SimulatedServer
+from asynctts.testing import Fault, LatencyModel, SimProblem, SimulatedServer, math500_problem
 
 from helpers_endpoints import endpoints
 
@@ -19,8 +20,8 @@ from helpers_endpoints import endpoints
 @pytest.fixture
 def problems(math500: list[dict[str, Any]]) -> dict[str, SimProblem]:
     return {
-        r["problem"]: SimProblem(answer=r["answer"], n_steps=4, slip_rate=0.25)
-        for r in math500[10:18]
+        r["problem"]: math500_problem(r["problem"], r["answer"], r["level"])
+        for r in math500[10:130]
     }
 
 
@@ -32,20 +33,20 @@ async def server(problems: dict[str, SimProblem]) -> AsyncIterator[SimulatedServ
 
 
 @pytest.mark.parametrize("strategy", ["beam_search", "dvts"])
-async def test_tree_searches_solve_problems_the_prm_can_guide(
+async def test_tree_searches_beat_voting_but_solve_nowhere_near_everything(
     server: SimulatedServer, problems: dict[str, SimProblem], strategy: str
 ) -> None:
-    """With a quarter of the steps slipping, the PRM steers the search to right answers."""
-    async with Solver(**endpoints(server, max_attempts=2)) as solver:
-        solutions = [
-            s
-            async for s in solver.solve_many(
-                [(str(i), p) for i, p in enumerate(problems)], strategy=strategy, n=8, seed=3
-            )
-        ]
+    """On 120 MATH-500 problems with their levels' difficulty, seeded: the PRM steers the
+    search to more right answers than majority voting finds, and is too fallible to get
+    them all."""
+    items = [(str(i), p) for i, p in enumerate(problems)]
     truth = {str(i): normalize(p.answer) for i, p in enumerate(problems.values())}
-    right = [s.problem_id for s in solutions if s.answer == truth[s.problem_id]]
-    assert len(right) == len(problems), [s.answer for s in solutions]
+    solved: dict[str, int] = {}
+    async with Solver(**endpoints(server, max_attempts=2)) as solver:
+        for name in ("majority", strategy):
+            solutions = [s async for s in solver.solve_many(items, strategy=name, n=8, seed=3)]
+            solved[name] = sum(1 for s in solutions if s.answer == truth[s.problem_id])
+    assert solved["majority"] + 6 <= solved[strategy] <= 0.75 * len(problems), solved
     for sol in solutions:
         assert sol.ok and not sol.lost and not sol.degradation.degraded
         assert 1 <= len(sol.candidates) <= 8 and all(

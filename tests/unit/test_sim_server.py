@@ -36,6 +36,7 @@ from asynctts.testing.sim_model import (
     SimModel,
     SimProblem,
     conclusion,
+    first_slip,
     wrong_answer,
 )
 
@@ -127,7 +128,7 @@ async def test_walk_reaches_the_registered_answer_without_slips(
         assert len(steps) == 5  # 4 steps + the conclusion
         for i, text in enumerate(steps[:-1], start=1):
             match = STEP_RE.match(text)
-            assert match is not None and match["index"] == str(i) and match["label"] == "ok"
+            assert match is not None and match["index"] == str(i)
         assert final_answer(steps) == ANSWER
     assert {r.problem for r in server.stats.records} == {PROBLEM}
 
@@ -137,8 +138,11 @@ async def test_walk_with_slips_reaches_a_wrong_answer(
 ) -> None:
     steps = await walk(session, server, template("Always wrong?"), seed=3)
     assert len(steps) == 4
-    assert all("(slip, " in s for s in steps[:-1])
-    assert final_answer(steps) == wrong_answer("7", "Always wrong?", [1, 2, 3]) != "7"
+    problem = SimProblem(answer="7", n_steps=3, slip_rate=1.0)
+    tags = [STEP_RE.match(s)["tag"] for s in steps[:-1]]  # type: ignore[index]
+    wrong_path = first_slip(tags, problem.slip_rates("Always wrong?"), "Always wrong?")
+    assert wrong_path is not None and wrong_path.endswith(tags[0])  # step 1 slipped
+    assert final_answer(steps) == wrong_answer(problem, "Always wrong?", wrong_path) != "7"
 
 
 async def test_same_seed_same_text_and_choice_i_uses_seed_plus_i(
@@ -176,7 +180,7 @@ async def test_temperature_zero_is_greedy(
 async def test_usage_counts_words_and_sums_choices(
     server: SimulatedServer, session: aiohttp.ClientSession
 ) -> None:
-    prompt = template(PROBLEM) + "Step 1: so we get (ok, 00ff).\n\n"
+    prompt = template(PROBLEM) + "Step 1: so we get (0000ff).\n\n"
     payload = await step(session, server, prompt, n=4, seed=0)
     words = [len(c["text"].split()) for c in payload["choices"]]
     usage = payload["usage"]
@@ -376,37 +380,23 @@ async def test_pooling_scores_one_row_per_tag(
     server: SimulatedServer, session: aiohttp.ClientSession
 ) -> None:
     tag = "<extra_0>"
-    solution = (
-        f"Step 1: so we get (ok, 0a1b).\n\n{tag}Step 2: then note (slip, 1c2d).\n\n{tag}"
-        f"{conclusion('43')}{tag}"
-    )
-    right = f"Step 1: so we get (ok, 0a1b).\n\n{tag}{conclusion(ANSWER)}{tag}"
-    inputs = [f"Problem: {PROBLEM}\n\n{solution}", f"Problem: {PROBLEM}\n\n{right}", PROBLEM]
+    steps = f"Step 1: so we get (000a1b).\n\n{tag}Step 2: then note (001c2d).\n\n{tag}"
+    wrong = f"{steps}{conclusion('43')}{tag}"
+    right = f"{steps}{conclusion(ANSWER)}{tag}"
+    inputs = [f"Problem: {PROBLEM}\n\n{wrong}", f"Problem: {PROBLEM}\n\n{right}", PROBLEM]
     status, payload = await post(session, server, "/pooling", {"model": "sim-prm", "input": inputs})
     assert status == 200 and payload["object"] == "list"
     rows = [item["data"] for item in payload["data"]]
     assert [item["index"] for item in payload["data"]] == [0, 1, 2]
-    assert [len(r) for r in rows] == [3, 2, 0]
-    p_pos = [[p for _, p in r] for r in rows]
-    assert p_pos[0][0] > 0.7 and p_pos[0][1] < 0.3 and p_pos[0][2] < 0.3
-    assert p_pos[1][0] > 0.7 and p_pos[1][1] > 0.7
+    assert [len(r) for r in rows] == [3, 3, 0]
     assert all(0 < p < 1 and neg + p == pytest.approx(1) for r in rows for neg, p in r)
-    # the same step scores the same in another input (noise hashes the step's text)
-    assert p_pos[0][0] == p_pos[1][0]
+    # the PRM judges the path, not the boxed answer: it never sees the problem's answer, so
+    # two conclusions of the same path score alike whatever they box
+    assert rows[0] == rows[1]
+    assert rows[0] == SimModel({PROBLEM: SimProblem(ANSWER, slip_rate=0.0)}).score(inputs[1])
     words = sum(len(text.split()) for text in inputs)
     assert payload["usage"]["prompt_tokens"] == payload["usage"]["total_tokens"] == words
     assert server.stats.prompt_tokens["/pooling"] == words
-
-
-async def test_pooling_noise_is_bounded_by_prm_noise(session: aiohttp.ClientSession) -> None:
-    async with SimulatedServer(prm_noise=0.0) as s:
-        text = "Q\n\nStep 1: a b (ok, 0001).<extra_0>Step 2: c d (slip, 0002).<extra_0>"
-        status, payload = await post(session, s, "/pooling", {"input": text})
-        assert status == 200
-        assert payload["data"][0]["data"] == [
-            pytest.approx([0.1, 0.9]),
-            pytest.approx([0.9, 0.1]),
-        ]
 
 
 async def test_models_health_tokenize_and_not_found(
@@ -776,8 +766,10 @@ def test_stepwise_and_one_shot_generation_agree(seed: int, slip_rate: float) -> 
         if s.stop_reason is None:
             break
     assert stepwise == one_shot
-    slips = [int(m["index"]) for m in STEP_RE.finditer(one_shot) if m["label"] == "slip"]
-    expected = wrong_answer(ANSWER, PROBLEM, slips) if slips else ANSWER
+    problem = model.problems[PROBLEM]
+    tags = [m["tag"] for m in STEP_RE.finditer(one_shot)]
+    wrong_path = first_slip(tags, problem.slip_rates(PROBLEM), PROBLEM)
+    expected = ANSWER if wrong_path is None else wrong_answer(problem, PROBLEM, wrong_path)
     assert one_shot.endswith(conclusion(expected))
     assert len(STEP_RE.findall(one_shot)) == 5
 
@@ -849,26 +841,12 @@ async def test_cli_serves_problems_from_a_jsonl_file(
         async with session.post(url + "/v1/completions", json=body) as r:
             payload = await r.json()
         text = payload["choices"][0]["text"]
-        assert CONCLUSION_RE.search(text)["answer"] in {  # type: ignore[index]
-            "42",
-            *(str(42 + k) for k in range(1, 5)),
-        }
+        # the file's problem, as the same model in this process writes it with seed 0
+        model = SimModel({PROBLEM: SimProblem("42")})
+        assert text == model.sample(model.read(template(PROBLEM)), 0).text
+        assert CONCLUSION_RE.search(text) is not None
     finally:
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
             await process.wait()
     assert process.returncode == 0
-
-
-def test_prm_error_rate_misjudges_that_share_of_steps() -> None:
-    text = "Q\n\n" + "".join(
-        f"Step {i}: we add ({'slip' if i % 2 else 'ok'}, {i:04x}).<extra_0>" for i in range(400)
-    )
-    honest = SimModel({}, prm_noise=0.0).score(text)
-    flawed = SimModel({}, prm_noise=0.0, prm_error_rate=0.3).score(text)
-    assert [round(r[1], 6) for r in honest] == [0.9 if i % 2 == 0 else 0.1 for i in range(400)]
-    flipped = sum(1 for h, f in zip(honest, flawed, strict=True) if h != f)
-    assert 0.2 * 400 < flipped < 0.4 * 400
-    assert all(round(h[1] + f[1], 6) == 1.0 for h, f in zip(honest, flawed, strict=True) if h != f)
-    with pytest.raises(ValueError, match=r"prm_error_rate=1\.5"):
-        SimModel({}, prm_error_rate=1.5)

@@ -16,7 +16,7 @@ PROMPT = "<|user|>What is 6 times 7?<|assistant|>"
 
 def test_without_a_median_a_choice_costs_its_words() -> None:
     model = LatencyModel()
-    assert model.generated_tokens("Step 1: a b c (ok, 1a2b).\n\nStep 2: d", 9) == 9
+    assert model.generated_tokens("Step 1: a b c (001a2b).\n\nStep 2: d", 9) == 9
 
 
 def test_each_step_costs_a_deterministic_draw_and_a_choice_the_sum() -> None:
