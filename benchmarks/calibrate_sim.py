@@ -14,7 +14,8 @@ wrong answers, which never equal the gold.
 
     python benchmarks/calibrate_sim.py [--n 1 4 16 64] [--tree-n 4 16 64] [--tree-problems 500]
         [--tree beam_search dvts]
-        [--prm-discrimination D] [--prm-fooled-rate R] [--crux C] [--prm-skill-spread S]
+        [--prm-discrimination D] [--prm-fooled-rate R] [--prm-persistence P] [--crux C]
+        [--prm-skill-spread S]
 
 Prints a markdown table beside the published numbers, then accuracy by MATH level
 (asynctts/testing/README.md holds the current fit).
@@ -37,10 +38,9 @@ from asynctts.search.best_of_n import BestOfN
 from asynctts.search.dvts import DVTS
 from asynctts.search.strategy import Strategy
 from asynctts.solution import answer_of
+from asynctts.testing.cli import add_prm_arguments, prm_settings
 from asynctts.testing.sim_model import (
     CRUX,
-    PRM_DISCRIMINATION,
-    PRM_FOOLED_RATE,
     PRM_SKILL_SPREAD,
     SimModel,
     SimProblem,
@@ -126,8 +126,7 @@ async def main() -> None:
     parser.add_argument(
         "--tree-problems", type=int, default=500, help="seeded subsample for the tree searches"
     )
-    parser.add_argument("--prm-discrimination", type=float, default=PRM_DISCRIMINATION)
-    parser.add_argument("--prm-fooled-rate", type=float, default=PRM_FOOLED_RATE)
+    add_prm_arguments(parser)
     parser.add_argument("--crux", type=float, default=CRUX)
     parser.add_argument("--prm-skill-spread", type=float, default=PRM_SKILL_SPREAD)
     args = parser.parse_args()
@@ -141,8 +140,7 @@ async def main() -> None:
     }
     sim = SimModel(
         problems,
-        prm_discrimination=args.prm_discrimination,
-        prm_fooled_rate=args.prm_fooled_rate,
+        **prm_settings(args),
     )
     gold = {p.problem: normalize(p.answer) for p in data}
     started = time.perf_counter()
@@ -169,6 +167,7 @@ async def main() -> None:
     print(
         f"MATH-500, {len(data)} problems ({len(subset)} for the tree searches); "
         f"prm_discrimination={args.prm_discrimination}, prm_fooled_rate={args.prm_fooled_rate}, "
+        f"prm_persistence={args.prm_persistence}, "
         f"crux={args.crux}, prm_skill_spread={args.prm_skill_spread}; "
         f"{family_s:.0f} s best-of-N family, {elapsed:.0f} s in all\n"
     )

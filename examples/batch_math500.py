@@ -52,7 +52,8 @@ from asynctts.cli import (
 from asynctts.errors import ConfigError
 from asynctts.eval.data import Problem, load_dataset
 from asynctts.testing import LatencyModel, SimProblem, SimulatedServer, math500_problem
-from asynctts.testing.sim_model import LEVELS, PRM_DISCRIMINATION, PRM_FOOLED_RATE
+from asynctts.testing.cli import add_prm_arguments, prm_settings
+from asynctts.testing.sim_model import LEVELS
 
 POLICY_FORMAT = "{system}\n\nProblem: {problem}\n\nSolution:\n"
 PRM_FORMAT = "Problem: {problem}\n\nSolution:\n{solution}"
@@ -85,8 +86,7 @@ async def run(args: argparse.Namespace) -> int:
         prm_model="sim-prm",
         problems=problems,
         latency=latency,
-        prm_discrimination=args.sim_prm_discrimination,
-        prm_fooled_rate=args.sim_prm_fooled_rate,
+        **prm_settings(args, "sim-"),
         keep_records=False,
     ) as server:
         args.policy_url, args.policy_model = server.base_url, "sim-policy"
@@ -111,18 +111,7 @@ def main() -> int:
     sim.add_argument("--simulate", action="store_true", help="serve a simulated model here")
     sim.add_argument("--sim-latency", choices=("zero", "h200_1b"), default="zero")
     sim.add_argument("--sim-time-scale", type=float, default=1.0)
-    sim.add_argument(
-        "--sim-prm-discrimination",
-        type=float,
-        default=PRM_DISCRIMINATION,
-        help="d' between the simulated PRM's scores of right and wrong paths",
-    )
-    sim.add_argument(
-        "--sim-prm-fooled-rate",
-        type=float,
-        default=PRM_FOOLED_RATE,
-        help="share of paths to a problem's most common wrong answer that fool the PRM",
-    )
+    add_prm_arguments(sim, "sim-")
     args = parser.parse_args()
     configure_logging()  # warnings only until `eval` sends the logs to RUN_DIR/eval.log
 

@@ -14,19 +14,64 @@ import asyncio
 import os
 import signal
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import orjson
 import structlog
 
 from asynctts.testing.latency import LatencyModel
-from asynctts.testing.sim_model import PRM_DISCRIMINATION, PRM_FOOLED_RATE, SimProblem
+from asynctts.testing.sim_model import (
+    PRM_DISCRIMINATION,
+    PRM_FOOLED_RATE,
+    PRM_PERSISTENCE,
+    SimProblem,
+)
 from asynctts.testing.wire import is_number
 
 if TYPE_CHECKING:
     from asynctts.testing.server import SimulatedServer
 
 log = structlog.get_logger("asynctts.testing.server")  # it logs as the server it runs
+
+
+class PrmSettings(TypedDict):
+    """The simulated PRM's settings: keyword arguments of `SimModel` and `SimulatedServer`."""
+
+    prm_discrimination: float
+    prm_fooled_rate: float
+    prm_persistence: float
+
+
+def add_prm_arguments(parser: argparse._ActionsContainer, prefix: str = "") -> None:
+    """The simulated PRM's flags (`--{prefix}prm-discrimination`, ...), defaults the fit's."""
+    parser.add_argument(
+        f"--{prefix}prm-discrimination",
+        type=float,
+        default=PRM_DISCRIMINATION,
+        help="d' between the PRM's scores of right and wrong paths",
+    )
+    parser.add_argument(
+        f"--{prefix}prm-fooled-rate",
+        type=float,
+        default=PRM_FOOLED_RATE,
+        help="share of paths to a problem's most common wrong answer that fool the PRM",
+    )
+    parser.add_argument(
+        f"--{prefix}prm-persistence",
+        type=float,
+        default=PRM_PERSISTENCE,
+        help="share of the PRM's noise a path carries from step to step",
+    )
+
+
+def prm_settings(args: argparse.Namespace, prefix: str = "") -> PrmSettings:
+    """The settings `add_prm_arguments` parsed into `args`."""
+    dest = prefix.replace("-", "_")
+    return PrmSettings(
+        prm_discrimination=getattr(args, f"{dest}prm_discrimination"),
+        prm_fooled_rate=getattr(args, f"{dest}prm_fooled_rate"),
+        prm_persistence=getattr(args, f"{dest}prm_persistence"),
+    )
 
 
 def load_problems(path: str | os.PathLike[str]) -> dict[str, SimProblem]:
@@ -92,18 +137,7 @@ def run(server_class: type[SimulatedServer], argv: Sequence[str] | None = None) 
     parser.add_argument("--time-scale", type=float, default=1.0, help="latency multiplier")
     parser.add_argument("--max-model-len", type=int, default=4096, help="context length")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="sequences run at once")
-    parser.add_argument(
-        "--prm-discrimination",
-        type=float,
-        default=PRM_DISCRIMINATION,
-        help="d' between the PRM's scores of right and wrong paths",
-    )
-    parser.add_argument(
-        "--prm-fooled-rate",
-        type=float,
-        default=PRM_FOOLED_RATE,
-        help="share of paths to a problem's most common wrong answer that fool the PRM",
-    )
+    add_prm_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated model")
     args = parser.parse_args(argv)
     problems = load_problems(args.problems) if args.problems else {}
@@ -120,8 +154,7 @@ def run(server_class: type[SimulatedServer], argv: Sequence[str] | None = None) 
         latency=latency,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
-        prm_discrimination=args.prm_discrimination,
-        prm_fooled_rate=args.prm_fooled_rate,
+        **prm_settings(args),
         seed=args.seed,
         host=args.host,
         port=args.port,
@@ -130,4 +163,11 @@ def run(server_class: type[SimulatedServer], argv: Sequence[str] | None = None) 
     asyncio.run(serve_until_signalled(server))
 
 
-__all__ = ["load_problems", "run", "serve_until_signalled"]
+__all__ = [
+    "PrmSettings",
+    "add_prm_arguments",
+    "load_problems",
+    "prm_settings",
+    "run",
+    "serve_until_signalled",
+]

@@ -10,8 +10,8 @@ Rules:
   greedy (every choice alike); without a seed the server's seeded RNG picks one per choice.
   Tokens are whitespace-separated words.
 - Time comes from the `LatencyModel` and its engine (latency.py); faults from `add_fault`
-  (faults.py); prompt tokens already seen are counted as cached by a `PrefixCache`, which a
-  restart empties.
+  (faults.py); prompt tokens already seen are counted as cached by a `PrefixCache`
+  (prefix_cache.py), which a restart empties.
 - `max_concurrent_requests` (settable while serving) answers 429 to a POST that arrives while
   that many requests are being handled already, like a remote API's concurrency limit.
 - Every request is recorded in `stats` (stats.py); a client that goes away aborts its
@@ -39,10 +39,11 @@ from asynctts.testing import cli
 from asynctts.testing.cli import load_problems
 from asynctts.testing.faults import Fault, FaultSchedule, fault_reply, send_cut
 from asynctts.testing.latency import H200_1B_ITERATION_S, Engine, LatencyModel
+from asynctts.testing.prefix_cache import PrefixCache
 from asynctts.testing.sim_model import (
     PRM_DISCRIMINATION,
     PRM_FOOLED_RATE,
-    PrefixCache,
+    PRM_PERSISTENCE,
     Reading,
     Sample,
     SimModel,
@@ -120,6 +121,8 @@ class SimulatedServer:
         prm_discrimination: d' between the PRM's scores of right and wrong paths (see
             `SimModel`; the default is fitted to a Qwen2.5-Math-PRM-7B-like PRM).
         prm_fooled_rate: how often a wrong path fools the PRM (see `SimModel`).
+        prm_persistence: share of the PRM's noise a path inherits step to step (see
+            `SimModel`).
         seed: seeds the RNG for requests without a seed, and the latency jitter.
         host, port: where to bind (port 0: an ephemeral port, kept across restarts).
         keep_records: keep one `RequestRecord` per request in `stats.records` (turn off for
@@ -146,6 +149,7 @@ class SimulatedServer:
         step_tag: str = "<extra_0>",
         prm_discrimination: float = PRM_DISCRIMINATION,
         prm_fooled_rate: float = PRM_FOOLED_RATE,
+        prm_persistence: float = PRM_PERSISTENCE,
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -185,6 +189,7 @@ class SimulatedServer:
             step_tag=step_tag,
             prm_discrimination=prm_discrimination,
             prm_fooled_rate=prm_fooled_rate,
+            prm_persistence=prm_persistence,
         )
         self._rng = random.Random(seed)
         self._jitter_rng = random.Random(f"jitter:{seed}")

@@ -20,15 +20,17 @@ Rules:
   most common one takes `wrong_top` of the wrong paths, the others a geometric tail. Paths that
   went wrong at the same place agree; two problems with the same answer do not share wrong
   answers.
-- PRM: it sees text, never the problem's answer. Each scored segment gets a latent value from
-  a normal distribution of unit variance, mean +d'/2 while the path is still right and -d'/2
-  (plus the path's deception) once it went wrong, drawn by a hash of the signature up to the
-  segment: per problem and path, never per answer text. d' is `prm_discrimination` times the
+- PRM: it sees text, never the problem's answer. Each scored segment gets a latent value from a
+  normal distribution of unit variance, mean +d'/2 while the path is still right and -d'/2 (plus
+  the path's deception) once it went wrong, drawn by a hash of the signature up to the segment:
+  per problem and path, never per answer text. A `prm_persistence` share of that variance is the
+  path's drift (the normalised sum of one draw per step so far, so a child inherits most of its
+  parent's error) and the rest is drawn afresh per segment. d' is `prm_discrimination` times the
   problem's `prm_skill` (AUC = Phi(d' / sqrt 2); a negative skill is a problem the PRM gets
   backwards). Deception belongs to a wrong path (its signature at the first slip): a
   `prm_fooled_rate` share of the paths to the most common wrong answer (and a quarter of that
-  share of the others) are raised by d'/2 to d', and every continuation inherits it, so
-  search can over-optimise the PRM. p_pos = sigmoid(1.5 + 1.5 (latent - d'/2)).
+  share of the others) are raised by d'/2 to d', and every continuation inherits it, so search
+  can over-optimise the PRM. p_pos = sigmoid(1.5 + 1.5 (latent - d'/2)).
 - The defaults and `math500_problem` are fitted to published MATH-500 curves
   (asynctts/testing/README.md).
 - Tokens are whitespace-separated words: `max_tokens`, usage and the context check count words.
@@ -66,6 +68,10 @@ _VOCAB = (
 # Qwen2.5-Math-PRM-7B): the PRM's discrimination and how often a wrong path fools it.
 PRM_DISCRIMINATION = 2.5
 PRM_FOOLED_RATE = 0.4
+# Share of the PRM's noise a path carries from step to step (its "taste" for a line of
+# reasoning) rather than drawing afresh at each step: what makes a wide beam over-optimise the
+# PRM where independent subtrees (DVTS) and votes do not.
+PRM_PERSISTENCE = 0.25
 # How much less often a path to a rare wrong answer fools the PRM than one to the most common.
 TAIL_FOOLED_SHARE = 0.25
 # Geometric ratio of the wrong answers after the most common one: rank r+1 is this much as
@@ -294,6 +300,8 @@ class SimModel:
         prm_discrimination: d' between the PRM's scores of right and wrong paths (0: scores
             carry no information; large: an oracle).
         prm_fooled_rate: share of wrong paths the PRM scores like right ones, or better.
+        prm_persistence: share (0-1) of the PRM's noise a path inherits along its steps
+            instead of drawing it afresh per step.
     """
 
     def __init__(
@@ -303,6 +311,7 @@ class SimModel:
         step_tag: str = "<extra_0>",
         prm_discrimination: float = PRM_DISCRIMINATION,
         prm_fooled_rate: float = PRM_FOOLED_RATE,
+        prm_persistence: float = PRM_PERSISTENCE,
     ) -> None:
         if not step_tag:
             raise ValueError("SimModel step_tag is empty")
@@ -312,6 +321,8 @@ class SimModel:
             )
         if not 0.0 <= prm_fooled_rate <= 1.0:
             raise ValueError(f"SimModel prm_fooled_rate={prm_fooled_rate}: need 0 <= rate <= 1")
+        if not 0.0 <= prm_persistence <= 1.0:
+            raise ValueError(f"SimModel prm_persistence={prm_persistence}: need 0 <= share <= 1")
         for key in problems:
             if not key:
                 raise ValueError("SimModel problems: a problem text is empty")
@@ -319,6 +330,7 @@ class SimModel:
         self.step_tag = step_tag
         self.prm_discrimination = prm_discrimination
         self.prm_fooled_rate = prm_fooled_rate
+        self.prm_persistence = prm_persistence
         # Longest first, so a problem whose text contains another's text wins.
         self._keys = sorted(self.problems, key=len, reverse=True)
         # Requests of one problem share the text before the first step (template + problem),
@@ -443,6 +455,9 @@ class SimModel:
         signature = signature_start(key)
         steps = 0
         wrong_path: str | None = None
+        drift = 0.0
+        keep = math.sqrt(self.prm_persistence)
+        fresh = math.sqrt(1.0 - self.prm_persistence)
         for segment in segments:
             marks = list(_MARK_RE.finditer(segment))
             mark = marks[-1] if marks else None  # the last mark is the step this tag closes
@@ -456,53 +471,16 @@ class SimModel:
                 if wrong_path is None and slipped(signature, rate):
                     wrong_path = signature
                 judged = signature
+                drift += _normal(_digest("prm-drift", signature))
             else:
                 judged = signature + ":end"
             mean = half if wrong_path is None else -half + self.deception(problem, wrong_path, half)
-            latent = mean + _normal(_digest("prm", judged))
+            bias = drift / math.sqrt(steps) if steps else 0.0
+            latent = mean + keep * bias + fresh * _normal(_digest("prm", judged))
             logit = 1.5 + 1.5 * (latent - half)
             p_pos = min(1.0 - _P_EPS, max(_P_EPS, 1.0 / (1.0 + math.exp(-logit))))
             rows.append([1.0 - p_pos, p_pos])
         return rows
-
-
-class PrefixCache:
-    """A simple model of vLLM's automatic prefix caching.
-
-    A prompt's cacheable prefixes end at each "\\n\\n" (step boundaries) and at its end; the
-    cache remembers the last `capacity` prefixes seen (LRU). A prompt's cached tokens are those
-    of its longest remembered prefix, at most all but its last token (vLLM always computes the
-    last prompt token).
-    """
-
-    def __init__(self, capacity: int = 200_000) -> None:
-        if capacity < 1:
-            raise ValueError(f"PrefixCache capacity={capacity}: need >= 1")
-        self.capacity = capacity
-        self._seen: OrderedDict[int, None] = OrderedDict()
-
-    def clear(self) -> None:
-        self._seen.clear()
-
-    def lookup(self, prompt: str) -> tuple[int, int]:
-        """Remember `prompt`'s prefixes; return (prompt tokens, cached tokens)."""
-        chain = 0
-        tokens = 0
-        cached = 0
-        hitting = True
-        for part in prompt.split("\n\n"):
-            # Hash-chained like vLLM's block hashes: a prefix is known only if all before it are.
-            chain = hash((chain, part))
-            tokens += count_tokens(part)
-            if hitting and chain in self._seen:
-                cached = tokens
-                self._seen.move_to_end(chain)
-            else:
-                hitting = False
-                self._seen[chain] = None
-        while len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
-        return tokens, min(cached, max(tokens - 1, 0))
 
 
 __all__ = [
@@ -511,9 +489,9 @@ __all__ = [
     "LEVELS",
     "PRM_DISCRIMINATION",
     "PRM_FOOLED_RATE",
+    "PRM_PERSISTENCE",
     "PRM_SKILL_SPREAD",
     "STEP_PATTERN",
-    "PrefixCache",
     "Reading",
     "Sample",
     "SimModel",

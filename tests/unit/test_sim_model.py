@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from statistics import NormalDist, fmean
+from statistics import NormalDist, correlation, fmean, pstdev
 
 import pytest
 
@@ -108,6 +108,31 @@ def test_paths_to_the_common_wrong_answer_fool_the_prm_more() -> None:
     assert fmean(common) > fmean(rare) + 0.15 > fmean(unfooled) + 0.15
 
 
+@pytest.mark.parametrize("persistence", [0.0, 0.25, 1.0])
+def test_a_path_carries_the_set_share_of_the_prms_error_to_its_next_step(
+    persistence: float,
+) -> None:
+    # d' = 0: a score is pure error; its latent value is unit normal whatever the persistence
+    model = SimModel(
+        {PROBLEM: SimProblem("42", n_steps=2, slip_rate=0.3)},
+        prm_discrimination=0.0,
+        prm_fooled_rate=0.0,
+        prm_persistence=persistence,
+    )
+    first: list[float] = []
+    second: list[float] = []
+    for seed in range(1500):
+        steps = solution(model, PROBLEM, seed).split(STEP_DELIMITER)[:2]
+        rows = model.score(PROBLEM + STEP_DELIMITER + "".join(s + model.step_tag for s in steps))
+        latent = [(math.log(p_pos / p_neg) - 1.5) / 1.5 for p_neg, p_pos in rows]
+        first.append(latent[0])
+        second.append(latent[1])
+    assert pstdev(first) == pytest.approx(1.0, abs=0.06)
+    assert pstdev(second) == pytest.approx(1.0, abs=0.06)
+    # step 2's drift is (z1 + z2) / sqrt 2, so it shares persistence / sqrt 2 with step 1
+    assert correlation(first, second) == pytest.approx(persistence / math.sqrt(2), abs=0.06)
+
+
 def test_mistakes_belong_to_problem_and_path_not_to_the_answer_text() -> None:
     other = "What is 50 minus 8?"  # the same answer, another problem
     spec = SimProblem("42", n_steps=3, slip_rate=0.5)
@@ -165,5 +190,7 @@ def test_bad_settings_are_rejected() -> None:
         SimProblem("1", wrong_top=-0.1)
     with pytest.raises(ValueError, match=r"prm_fooled_rate=1\.5"):
         SimModel({}, prm_fooled_rate=1.5)
+    with pytest.raises(ValueError, match=r"prm_persistence=1\.2"):
+        SimModel({}, prm_persistence=1.2)
     with pytest.raises(ValueError, match=r"prm_discrimination=-1"):
         SimModel({}, prm_discrimination=-1)

@@ -6,6 +6,7 @@ counters (order of events, peaks, exact time-weighted means), never from duratio
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
@@ -20,6 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asynctts.testing.cli import add_prm_arguments, prm_settings
+from asynctts.testing.prefix_cache import PrefixCache
 from asynctts.testing.server import (
     H200_1B_ITERATION_S,
     Fault,
@@ -31,8 +34,10 @@ from asynctts.testing.server import (
 )
 from asynctts.testing.sim_model import (
     CONCLUSION_PATTERN,
+    PRM_DISCRIMINATION,
+    PRM_FOOLED_RATE,
+    PRM_PERSISTENCE,
     STEP_PATTERN,
-    PrefixCache,
     SimModel,
     SimProblem,
     conclusion,
@@ -810,6 +815,22 @@ def test_load_problems_names_the_bad_line(tmp_path: Path) -> None:
         load_problems(path)
     path.write_text('{"problem": "A?", "answer": 3, "slip_rate": 0}\n')
     assert load_problems(path) == {"A?": SimProblem("3", slip_rate=0.0)}
+
+
+@pytest.mark.parametrize("prefix", ["", "sim-"])
+def test_the_prm_flags_reach_the_model_and_default_to_the_fit(prefix: str) -> None:
+    parser = argparse.ArgumentParser()
+    add_prm_arguments(parser, prefix)
+    defaults = prm_settings(parser.parse_args([]), prefix)
+    assert defaults == {
+        "prm_discrimination": PRM_DISCRIMINATION,
+        "prm_fooled_rate": PRM_FOOLED_RATE,
+        "prm_persistence": PRM_PERSISTENCE,
+    }
+    flags = [f"--{prefix}prm-discrimination", "1.5", f"--{prefix}prm-persistence", "0.5"]
+    server = SimulatedServer(**prm_settings(parser.parse_args(flags), prefix))
+    assert (server.sim.prm_discrimination, server.sim.prm_persistence) == (1.5, 0.5)
+    assert server.sim.prm_fooled_rate == PRM_FOOLED_RATE
 
 
 async def test_cli_serves_problems_from_a_jsonl_file(
