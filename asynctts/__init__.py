@@ -9,6 +9,7 @@ sol = await solve("What is 1+1?", strategy="weighted_best_of_n", n=16,
 
 from asynctts.api import STRATEGIES, Solver, solve, solve_many
 from asynctts.backends.context import DEFAULT_SYSTEM_PROMPT, Sampling
+from asynctts.calibration import CalibrationTable
 from asynctts.endpoint import Endpoint
 from asynctts.errors import (
     AsyncttsError,
@@ -36,6 +37,7 @@ from asynctts.logs import configure_logging
 from asynctts.protocols import Finish, GenerateSteps, Path, ScoreSteps
 from asynctts.search.beam_search import BeamSearch
 from asynctts.search.best_of_n import BestOfN
+from asynctts.search.compute_optimal import ComputeOptimal
 from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
@@ -51,7 +53,9 @@ __all__ = [
     "BeamSearch",
     "BestOfN",
     "BranchLost",
+    "CalibrationTable",
     "Candidate",
+    "ComputeOptimal",
     "ConfigError",
     "ConnectFailed",
     "ContextLengthExceeded",

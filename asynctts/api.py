@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -18,6 +19,7 @@ from asynctts.backends.context import DEFAULT_SYSTEM_PROMPT, ProblemContext, Sam
 from asynctts.backends.policy import PolicyClient
 from asynctts.backends.prm import LogprobPRM, PoolingPRM
 from asynctts.backends.templates import Rendering
+from asynctts.calibration import CalibrationTable, table_identity
 from asynctts.endpoint import Endpoint
 from asynctts.equivalence import Equivalence
 from asynctts.errors import (
@@ -41,6 +43,7 @@ from asynctts.logs import ensure_logging
 from asynctts.protocols import Finish, GenerateSteps, Path, ScoreSteps
 from asynctts.search.beam_search import BeamSearch
 from asynctts.search.best_of_n import BestOfN
+from asynctts.search.compute_optimal import ComputeOptimal
 from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
 from asynctts.search.strategy import Strategy
@@ -66,13 +69,27 @@ _PROBLEMS_PER_TURN = 8
 CHECK_ATTEMPT_TIMEOUT_S = 4.0
 
 ProblemItem = str | tuple[str, str] | Mapping[str, Any]
+Calibration = str | os.PathLike[str] | CalibrationTable
 
 
-def make_strategy(strategy: str | Strategy) -> Strategy:
-    """A strategy instance from its name (default settings) or as given."""
+def make_strategy(strategy: str | Strategy, calibration: Calibration | None = None) -> Strategy:
+    """A strategy instance from its name (default settings) or as given; "compute_optimal"
+    takes its calibration table (a `CalibrationTable` or the path of one)."""
+    if strategy == ComputeOptimal.name:
+        if calibration is None:
+            raise ConfigError(
+                "strategy 'compute_optimal' needs calibration=TABLE: the calibration.json "
+                "`asynctts calibrate` writes (or a CalibrationTable)"
+            )
+        if isinstance(calibration, CalibrationTable):
+            return ComputeOptimal(table=calibration)
+        return ComputeOptimal(table=CalibrationTable.load(calibration))
+    if calibration is not None and not isinstance(strategy, ComputeOptimal):
+        raise ConfigError(f"calibration= is for strategy 'compute_optimal', not {strategy!r}")
     if isinstance(strategy, str):
         if strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
+            choices = sorted([*STRATEGIES, ComputeOptimal.name])
+            raise ConfigError(f"unknown strategy {strategy!r}; choose one of {choices}")
         return STRATEGIES[strategy]()
     if not hasattr(strategy, "run"):
         raise ConfigError(f"strategy {strategy!r} is neither a name nor a strategy object")
@@ -138,8 +155,12 @@ async def run_search(
         widths = Widths()
         generate = widths.wrap(generate)
     ledger.start()
+    decision: Mapping[str, Any] | None = None
     try:
-        results = await strategy.run(Path(), n, generate, score)
+        if isinstance(strategy, ComputeOptimal):
+            decision, results = await strategy.run_deciding(Path(), n, generate, score)
+        else:
+            results = await strategy.run(Path(), n, generate, score)
     except BaseExceptionGroup as group:
         first = _first_of(group)
         if first is group:
@@ -193,6 +214,7 @@ async def run_search(
         ledger=ledger,
         degradation=degradation,
         trace=trace,
+        decision=decision,
     )
 
 
@@ -336,6 +358,7 @@ class Solver:
         seed: int | None = None,
         problem_id: str | None = None,
         trace: bool = False,
+        calibration: Calibration | None = None,
     ) -> Solution:
         """Solve one problem.
 
@@ -346,6 +369,9 @@ class Solver:
             seed: makes every request seeded (same seed, same result); None samples freely.
             problem_id: an id for logs, ledgers and seeds; default a hash of the problem.
             trace: keep the search tree in `Solution.trace` (JSON and a picture on demand).
+            calibration: the table of strategy="compute_optimal" (the calibration.json of
+                `asynctts calibrate`, or a `CalibrationTable`), made for this policy, PRM and
+                prompt format.
 
         Returns:
             The `Solution`.
@@ -355,10 +381,16 @@ class Solver:
             SolveFailed: every branch was lost.
             PromptTooLong: the problem does not fit the model's context.
         """
-        chosen = make_strategy(strategy)
+        chosen = self._checked(make_strategy(strategy, calibration))
         check_request(problem, chosen, n, self.prm is not None, seed)
         pid = problem_id if problem_id is not None else problem_key(problem)
         return await self._solve(problem, chosen, n, seed, pid, Ledger(), trace)
+
+    def _checked(self, strategy: Strategy) -> Strategy:
+        """`strategy`, once a compute-optimal table is known to fit these endpoints."""
+        if isinstance(strategy, ComputeOptimal) and isinstance(strategy.table, CalibrationTable):
+            strategy.table.check_identity(table_identity(self.policy, self.prm, self.system_prompt))
+        return strategy
 
     async def _solve(
         self,
@@ -424,6 +456,7 @@ class Solver:
         n: int,
         seed: int | None = None,
         max_problems_in_flight: int = 64,
+        calibration: Calibration | None = None,
     ) -> AsyncIterator[Solution]:
         """Solve many problems concurrently, yielding each `Solution` as it finishes.
 
@@ -438,7 +471,7 @@ class Solver:
         """
         if max_problems_in_flight < 1:
             raise ConfigError(f"max_problems_in_flight={max_problems_in_flight}: need >= 1")
-        chosen = make_strategy(strategy)
+        chosen = self._checked(make_strategy(strategy, calibration))
         items = [_as_item(i, item) for i, item in enumerate(problems)]
         for _, text in items:
             check_request(text, chosen, n, self.prm is not None, seed)
@@ -577,6 +610,7 @@ async def solve(
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     problem_id: str | None = None,
     trace: bool = False,
+    calibration: Calibration | None = None,
 ) -> Solution:
     """Solve one problem with a fresh `Solver` (see `Solver.solve` for the arguments).
 
@@ -584,7 +618,7 @@ async def solve(
     a local server, benchmarks/one_shot.py); the answer-grouping worker process starts once per
     process, on first need. For many problems use `solve_many`, or keep a `Solver` open: it
     shares connections."""
-    chosen = make_strategy(strategy)
+    chosen = make_strategy(strategy, calibration)
     check_request(problem, chosen, n, prm is not None, seed)
     async with Solver(
         policy=policy, prm=prm, sampling=sampling, system_prompt=system_prompt
@@ -605,6 +639,7 @@ async def solve_many(
     sampling: Sampling | None = None,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     max_problems_in_flight: int = 64,
+    calibration: Calibration | None = None,
 ) -> AsyncIterator[Solution]:
     """Solve many problems concurrently in this event loop; yields each `Solution` as it
     finishes (see `Solver.solve_many`)."""
@@ -617,5 +652,6 @@ async def solve_many(
             n=n,
             seed=seed,
             max_problems_in_flight=max_problems_in_flight,
+            calibration=calibration,
         ):
             yield solution

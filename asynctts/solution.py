@@ -4,7 +4,7 @@ the branches that were lost and why, the votes at every sub-budget, and the ledg
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +118,9 @@ class Solution:
     degradation: Degradation = Degradation()
     trace: Trace | None = None  # the search tree, when asked for (`trace=True`)
     error: str | None = None  # set when the problem failed as a whole (solve_many only)
+    # compute_optimal's decision: difficulty bin, predicted difficulty, agreement, probe size,
+    # early exit, the chosen option and its budget (None for other strategies)
+    decision: Mapping[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -165,6 +168,7 @@ class Solution:
                 for b in self.lost
             ],
             "degradation": self.degradation.to_dict(),
+            "decision": None if self.decision is None else dict(self.decision),
             "ledger": self.ledger.summary(),
         }
 

@@ -26,7 +26,19 @@ ALLOWED: dict[str, set[str]] = {
     "asynctts.gc_tuning": {"asynctts.errors"},
     "asynctts.endpoint": {"asynctts.errors"},
     "asynctts.concurrency": {"asynctts.errors", "asynctts.endpoint"},
-    "asynctts.search": {"asynctts.protocols", "asynctts.errors", "asynctts.search"},
+    # answers: the probe of compute_optimal groups its samples' answers (pure text logic)
+    "asynctts.search": {
+        "asynctts.protocols",
+        "asynctts.errors",
+        "asynctts.search",
+        "asynctts.answers",
+    },
+    "asynctts.calibration": {
+        "asynctts.search",
+        "asynctts.protocols",
+        "asynctts.errors",
+        "asynctts.endpoint",
+    },
     "asynctts.transport": {
         "asynctts.errors",
         "asynctts.ledger",
