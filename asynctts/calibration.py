@@ -42,6 +42,7 @@ from asynctts.search.strategy import Strategy
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 
 FORMAT = 1  # bump when the saved layout changes
+PROBE = "probe"  # the option of stopping at the probe: its samples' weighted vote
 _SAMPLERS: dict[str, Callable[[AggregateName], Strategy]] = {
     "majority": lambda aggregate: MajorityVote(),
     "best_of_n": lambda aggregate: BestOfN(aggregate=aggregate),
@@ -52,18 +53,20 @@ _TREES: dict[str, type[BeamSearch] | type[DVTS]] = {"beam_search": BeamSearch, "
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """A strategy and its settings, as the table names it: "best_of_n", "dvts(width=8)"."""
+    """A strategy and its settings, as the table names it: "best_of_n", "dvts(width=8)", or
+    "probe" (stop after the probe, answer with its samples' weighted vote)."""
 
     strategy: str
     width: int | None = None
 
     def __post_init__(self) -> None:
-        if self.strategy in _SAMPLERS and self.width is None:
+        if self.strategy in (*_SAMPLERS, PROBE) and self.width is None:
             return
         if self.strategy in _TREES and self.width is not None and self.width >= 1:
             return
         raise ConfigError(
-            f"option {self.strategy!r} width={self.width}: choose one of {sorted(_SAMPLERS)}"
+            f"option {self.strategy!r} width={self.width}: choose {PROBE!r}, one of "
+            f"{sorted(_SAMPLERS)}"
             f" (no width) or {sorted(_TREES)} with a width >= 1"
         )
 
@@ -80,7 +83,10 @@ class Option:
             raise ConfigError(f"option {label!r}: write NAME or NAME(width=W)")
         return cls(name, int(rest[:-1]))
 
-    def build(self, aggregate: AggregateName) -> Strategy:
+    def build(self, aggregate: AggregateName) -> Strategy | None:
+        """The strategy to run after the probe; None for "probe" (stop there)."""
+        if self.strategy == PROBE:
+            return None
         if self.width is None:
             return _SAMPLERS[self.strategy](aggregate)
         return _TREES[self.strategy](width=self.width, aggregate=aggregate)
@@ -492,6 +498,7 @@ def _cross_validated(
 
 __all__ = [
     "FORMAT",
+    "PROBE",
     "CalibrationTable",
     "Cell",
     "Option",

@@ -7,21 +7,27 @@ candidates too, and the answer is the weighted vote over all of them.
 Rules:
 - Budget n counts generations as every strategy does: the probe's k samples, then the choice
   runs with n - k (rounded down to what it accepts, e.g. a multiple of its width).
-- The probe is results 0..k-1 (a lost sample in its place); the choice's results follow.
-- The decision (bin, predicted difficulty, agreement, early exit, choice) is part of the
-  outcome: `run_deciding` returns it beside the results.
+- A choice of more samples (the best-of-N family) goes on as Adaptive-Consistency does: in
+  batches that double the samples so far (k, 2k, 4k, ... up to n), stopping as soon as the
+  answers settled. A tree search runs whole. The choice "probe" stops at the probe.
+- The probe is results 0..k-1 (a lost sample in its place); later batches or the tree
+  search's results follow, in order.
+- The decision (bin, predicted difficulty, agreement, early exit, choice, samples drawn) is
+  part of the outcome: `run_deciding` returns it beside the results.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from asynctts.errors import BranchLost
 from asynctts.protocols import GenerateSteps, Path, ScoreSteps
 from asynctts.search.aggregate import AggregateName
-from asynctts.search.difficulty import SettleRule, read_probe
+from asynctts.search.best_of_n import BestOfN
+from asynctts.search.difficulty import ProbeReading, SettleRule, read_probe
+from asynctts.search.majority_vote import MajorityVote
 from asynctts.search.sampling import sample_solutions, score_each
 from asynctts.search.strategy import Selection, Strategy
 
@@ -31,8 +37,8 @@ class Decision:
     """What the table chose for one problem: its difficulty bin and the strategy to run."""
 
     bin: int
-    label: str  # the option's name with its settings, e.g. "dvts(width=8)"
-    strategy: Strategy
+    label: str  # the option's name with its settings, e.g. "dvts(width=8)", or "probe"
+    strategy: Strategy | None  # None: stop at the probe
 
 
 class Chooser(Protocol):
@@ -85,23 +91,46 @@ class ComputeOptimal:
     ) -> tuple[Mapping[str, Any], list[Path | BranchLost]]:
         self.check_budget(n)
         k = self.table.probe
-        sampled = await sample_solutions(root.fork(0), k, generate, per_request=self.per_request)
-        probe = await score_each(sampled, score)
-        reading = read_probe([p for p in probe if isinstance(p, Path) and p.done], self.aggregate)
+        probe = await self._samples(root.fork(0), k, generate, score)
+        reading = self._read(probe)
         choice = self.table.choose(reading.predicted, n)
         decision: dict[str, Any] = {
             "bin": choice.bin,
             "predicted": reading.predicted,
             "agreement": reading.agreement,
             "probe": k,
-            "early_exit": self.early_exit
-            and reading.settled(self.table.settle_rule, self.table.confidence),
+            "choice": choice.label,
         }
+        if self._settled(probe) or choice.strategy is None:
+            return {**decision, "early_exit": choice.strategy is not None, "samples": k}, probe
+        if isinstance(choice.strategy, BestOfN | MajorityVote):
+            results = list(probe)
+            batch = 1
+            while len(results) < n and not self._settled(results):
+                size = min(len(results), n - len(results))
+                results += await self._samples(root.fork(batch), size, generate, score)
+                batch += 1
+            early = len(results) < n
+            return {**decision, "early_exit": early, "samples": len(results)}, results
         rest = _largest_budget(choice.strategy, n - k)
-        if decision["early_exit"] or rest == 0:
-            return {**decision, "choice": None, "choice_n": 0}, probe
+        if rest == 0:
+            return {**decision, "early_exit": False, "samples": k}, probe
         results = await choice.strategy.run(root.fork(1), rest, generate, score)
-        return {**decision, "choice": choice.label, "choice_n": rest}, [*probe, *results]
+        return {**decision, "early_exit": False, "samples": k + rest}, [*probe, *results]
+
+    async def _samples(
+        self, root: Path, k: int, generate: GenerateSteps, score: ScoreSteps
+    ) -> list[Path | BranchLost]:
+        sampled = await sample_solutions(root, k, generate, per_request=self.per_request)
+        return await score_each(sampled, score)
+
+    def _read(self, results: Sequence[Path | BranchLost]) -> ProbeReading:
+        return read_probe([r for r in results if isinstance(r, Path) and r.done], self.aggregate)
+
+    def _settled(self, results: Sequence[Path | BranchLost]) -> bool:
+        return self.early_exit and self._read(results).settled(
+            self.table.settle_rule, self.table.confidence
+        )
 
 
 def _largest_budget(strategy: Strategy, most: int) -> int:

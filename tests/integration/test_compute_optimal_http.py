@@ -76,7 +76,7 @@ async def test_each_problem_gets_its_own_decision(server: SimulatedServer, tmp_p
     assert easy.decision is not None and easy.decision["early_exit"] is True
     assert len(easy.candidates) == 8  # the probe alone
     assert hard.decision is not None and hard.decision["choice"] == BEAM
-    assert hard.decision["bin"] == 2 and hard.decision["choice_n"] == 8
+    assert hard.decision["bin"] == 2 and hard.decision["samples"] == 16
     assert len(hard.candidates) > 8  # the probe's samples are candidates beside the beams
     assert hard.to_dict()["decision"] == dict(hard.decision)
     assert hard.answer == hard.votes().weighted

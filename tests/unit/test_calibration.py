@@ -51,6 +51,7 @@ def two_kinds(count: int = 20) -> list[ProblemRecord]:
 def test_options_name_themselves_and_build_their_strategy() -> None:
     assert Option.parse(BEAM) == Option("beam_search", 4)
     assert Option("dvts", 8).label == "dvts(width=8)"
+    assert Option.parse("probe").build("last") is None  # stop at the probe
     assert isinstance(Option.parse(BON).build("last"), WeightedBestOfN)
     beam = Option.parse(BEAM).build("min")
     assert isinstance(beam, BeamSearch) and (beam.width, beam.aggregate) == (4, "min")

@@ -21,8 +21,10 @@ BON = "weighted_best_of_n"
 BEAM = "beam_search(width=4)"
 
 
-def table(probe: int = 8, budgets: Sequence[int] = (16,)) -> CalibrationTable:
-    """Two bins split at a probe value of 0.55: best-of-N above, beam search below."""
+def table(
+    probe: int = 8, budgets: Sequence[int] = (16,), hard_choice: str = BEAM
+) -> CalibrationTable:
+    """Two bins split at a probe value of 0.55: best-of-N above, `hard_choice` below."""
     records = [
         ProblemRecord(
             problem_id=f"p{i}",
@@ -30,8 +32,8 @@ def table(probe: int = 8, budgets: Sequence[int] = (16,)) -> CalibrationTable:
             agreement=0.5,
             pass_at_1=None,
             outcomes={
-                (option, n): Outcome(option == (BON if value > 0.5 else BEAM), 1.0, 1.0)
-                for option in (BON, BEAM)
+                (option, n): Outcome(option == (BON if value > 0.5 else hard_choice), 1.0, 1.0)
+                for option in (BON, BEAM, "probe")
                 for n in budgets
             },
         )
@@ -69,8 +71,8 @@ async def test_a_settled_probe_ends_the_search(sim: SimModel) -> None:
     strategy = ComputeOptimal(table=table())
     decision, results = await strategy.run_deciding(Path(), 16, policy, SimPRM(sim, EASY))
     assert policy.samples == 8 and len(results) == 8
-    assert decision["early_exit"] is True and decision["choice"] is None
-    assert decision["agreement"] == 1.0 and decision["bin"] == 1
+    assert decision["early_exit"] is True and decision["samples"] == 8
+    assert decision["agreement"] == 1.0 and (decision["bin"], decision["choice"]) == (1, BON)
     assert all(isinstance(r, Path) and r.key[0] == 0 for r in results)
 
 
@@ -80,7 +82,7 @@ async def test_an_open_probe_runs_the_bins_choice_with_the_rest(sim: SimModel) -
     decision, results = await strategy.run_deciding(Path(), 16, policy, SimPRM(sim, HARD))
     assert decision["early_exit"] is False and decision["agreement"] < 1.0
     assert decision["predicted"] < 0.5 and decision["bin"] == 2
-    assert (decision["choice"], decision["choice_n"]) == (BEAM, 8)
+    assert (decision["choice"], decision["samples"]) == (BEAM, 16)
     probe, rest = results[:8], results[8:]
     assert all(isinstance(r, Path) and r.key[0] == 0 for r in probe)
     assert rest and all(isinstance(r, Path) and r.key[0] == 1 for r in rest)
@@ -89,13 +91,43 @@ async def test_an_open_probe_runs_the_bins_choice_with_the_rest(sim: SimModel) -
     assert policy.samples == 8 + 8 * depth
 
 
+async def test_a_bin_whose_choice_is_the_probe_stops_there(sim: SimModel) -> None:
+    strategy = ComputeOptimal(table=table(hard_choice="probe"))
+    decision, results = await strategy.run_deciding(
+        Path(), 16, SimPolicy(sim, HARD), SimPRM(sim, HARD)
+    )
+    assert (decision["choice"], decision["early_exit"], decision["samples"]) == ("probe", False, 8)
+    assert len(results) == 8
+
+
 async def test_without_early_exit_the_choice_always_runs(sim: SimModel) -> None:
     strategy = ComputeOptimal(table=table(), early_exit=False)
     decision, results = await strategy.run_deciding(
         Path(), 16, SimPolicy(sim, EASY), SimPRM(sim, EASY)
     )
-    assert (decision["early_exit"], decision["choice"], decision["choice_n"]) == (False, BON, 8)
+    assert (decision["early_exit"], decision["choice"], decision["samples"]) == (False, BON, 16)
     assert len(results) == 16
+
+
+async def test_more_samples_come_in_doubling_batches_until_the_answers_settle() -> None:
+    problem = SimProblem("42", n_steps=3, slip_rate=0.12)  # ~68% of samples right
+    sim = SimModel({EASY: problem})
+    strategy = ComputeOptimal(table=table(budgets=(64,), hard_choice=BON))
+    stops = []
+    for seed in range(12):
+        policy = SimPolicy(sim, EASY, seed)
+        decision, results = await strategy.run_deciding(Path(), 64, policy, SimPRM(sim, EASY))
+        samples = decision["samples"]
+        assert decision["choice"] == BON and samples in (8, 16, 32, 64)
+        assert len(results) == samples and decision["early_exit"] == (samples < 64)
+        assert [r.key[0] for r in results] == [0] * 8 + [
+            batch
+            for batch, size in ((1, 8), (2, 16), (3, 32))
+            if 8 + size <= samples
+            for _ in range(size)
+        ]
+        stops.append(samples)
+    assert {16, 32} & set(stops), stops  # some settle only after a batch or two
 
 
 async def test_lost_probe_samples_stay_in_their_place(sim: SimModel) -> None:
