@@ -15,6 +15,8 @@ Rules:
 - A table is valid for one policy/PRM pair and prompt format (`identity`); `check_identity`
   refuses another, naming every field that differs. It answers for budgets >= its smallest
   (a larger N than calibrated uses the largest calibrated cell at or below it).
+- Ties: when many problems share a predicted difficulty, tied quantiles merge, so the table
+  has fewer bins than asked (never an empty one) and its notes say so.
 """
 
 from __future__ import annotations
@@ -376,15 +378,14 @@ def build_table(
         cells={},
     )
     by_bin = _group(records, lambda r: table.bin_of(r.predicted))
-    empty = [level for level in range(1, bins + 1) if level not in by_bin]
-    if empty:
-        raise ConfigError(
-            f"difficulty bins {empty} are empty: too many calibration problems share one "
-            "predicted difficulty; use fewer bins"
-        )
     cells: dict[tuple[int, int], tuple[Cell, ...]] = {}
     validation = []
     notes = []
+    if table.bins < bins:
+        notes.append(
+            f"{table.bins} difficulty bins, not {bins}: calibration problems share predicted "
+            "difficulties at the quantiles, and a bin must hold problems"
+        )
     for n in budgets:
         options = _complete_options(records, n)
         if not options:
@@ -431,8 +432,11 @@ def _settle_rule(name: str) -> SettleRule:
 
 
 def _quantile_edges(values: Sequence[float], bins: int) -> tuple[float, ...]:
+    """Cut points at the 1/bins, 2/bins, ... quantiles; tied quantiles merge into one cut
+    and a cut at the smallest value is dropped, so no bin is empty (there are fewer bins)."""
     ordered = sorted(values)
-    return tuple(ordered[math.ceil(len(ordered) * q / bins)] for q in range(1, bins))
+    cuts = {ordered[math.ceil(len(ordered) * q / bins)] for q in range(1, bins)}
+    return tuple(sorted(cut for cut in cuts if cut > ordered[0]))
 
 
 def _group(
@@ -446,7 +450,7 @@ def _group(
 
 def _oracle_binner(records: Sequence[ProblemRecord], bins: int) -> Callable[[ProblemRecord], int]:
     edges = _quantile_edges([r.pass_at_1 or 0.0 for r in records], bins)
-    return lambda r: bins - sum(1 for edge in edges if (r.pass_at_1 or 0.0) >= edge)
+    return lambda r: len(edges) + 1 - sum(1 for edge in edges if (r.pass_at_1 or 0.0) >= edge)
 
 
 def _complete_options(records: Sequence[ProblemRecord], n: int) -> list[str]:

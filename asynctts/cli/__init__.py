@@ -3,6 +3,8 @@
 - `asynctts solve PROBLEM ...` solves one problem and prints the answer, the candidates, the
   ledger and what degraded (solve.py);
 - `asynctts eval ...` runs an evaluation into a run directory (evaluate.py);
+- `asynctts calibrate ...` runs every strategy at every budget over a calibration set and
+  writes the compute-optimal table (calibrate.py);
 - `asynctts report RUN_DIR [RUN_DIR ...]` reports one run or compares several (report.py).
 
 Rules:
@@ -20,6 +22,11 @@ import sys
 from collections.abc import Sequence
 
 from asynctts.cli.arguments import HelpFormatter
+from asynctts.cli.calibrate import (
+    CALIBRATE_DESCRIPTION,
+    add_calibrate_arguments,
+    calibrate_async,
+)
 from asynctts.cli.evaluate import (
     EVAL_DESCRIPTION,
     Prepared,
@@ -38,13 +45,16 @@ from asynctts.cli.report import REPORT_DESCRIPTION, add_report_arguments, report
 from asynctts.cli.solve import SOLVE_DESCRIPTION, add_solve_arguments, solve_async
 
 __all__ = [
+    "CALIBRATE_DESCRIPTION",
     "EVAL_DESCRIPTION",
     "EXIT_BAD_INPUT",
     "EXIT_ENDPOINT",
     "EXIT_INTERRUPTED",
     "Prepared",
+    "add_calibrate_arguments",
     "add_eval_arguments",
     "build_parser",
+    "calibrate_async",
     "eval_async",
     "exit_status",
     "main",
@@ -75,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     add_eval_arguments(run)
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="run every strategy at every budget and write the compute-optimal table",
+        description=CALIBRATE_DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    add_calibrate_arguments(calibrate)
     again = commands.add_parser(
         "report",
         help="report one run, or compare several side by side",
@@ -94,4 +111,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "eval":
         return exit_status("eval", lambda: run_owning_process(eval_async(args)))
+    if args.command == "calibrate":
+        return exit_status("calibrate", lambda: run_owning_process(calibrate_async(args)))
     return exit_status("report", lambda: report(args, sys.stdout))

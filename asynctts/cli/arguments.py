@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from asynctts.eval.plan import StrategySettings
 from asynctts.search.tree_search import TreeSearch
 
 __all__ = [
+    "SEARCH_SETTINGS",
     "HelpFormatter",
     "add_endpoint_arguments",
     "add_sampling_arguments",
@@ -82,41 +84,46 @@ def escapes(text: str) -> str:
     return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
-def add_search_arguments(group: argparse._ArgumentGroup) -> None:
-    """--width, --max-depth, --aggregate, --lookahead: passed to every strategy that has the
-    setting."""
-    group.add_argument(
-        "--width",
-        type=positive_int,
-        help=f"children per expanded path, M (beam_search, dvts; default: {_TREE.width})",
-    )
-    group.add_argument(
-        "--max-depth",
-        type=positive_int,
-        help=f"iterations at most (beam_search, dvts; default: {_TREE.max_depth})",
-    )
-    group.add_argument(
-        "--aggregate",
-        choices=("last", "min", "prod"),
-        help="how a path's step scores become its value (strategies with a PRM;"
-        f" default: {_TREE.aggregate})",
-    )
-    group.add_argument(
-        "--lookahead",
-        type=non_negative_int,
-        help="greedy steps rolled out from each candidate to rank it, then dropped"
-        " (beam_search; default: 0)",
-    )
+SEARCH_SETTINGS = ("width", "max_depth", "aggregate", "lookahead")
+
+
+def add_search_arguments(
+    group: argparse._ArgumentGroup, *, settings: Sequence[str] = SEARCH_SETTINGS
+) -> None:
+    """--width, --max-depth, --aggregate, --lookahead (those of `settings`): passed to every
+    strategy that has the setting."""
+    if "width" in settings:
+        group.add_argument(
+            "--width",
+            type=positive_int,
+            help=f"children per expanded path, M (beam_search, dvts; default: {_TREE.width})",
+        )
+    if "max_depth" in settings:
+        group.add_argument(
+            "--max-depth",
+            type=positive_int,
+            help=f"iterations at most (beam_search, dvts; default: {_TREE.max_depth})",
+        )
+    if "aggregate" in settings:
+        group.add_argument(
+            "--aggregate",
+            choices=("last", "min", "prod"),
+            help="how a path's step scores become its value (strategies with a PRM;"
+            f" default: {_TREE.aggregate})",
+        )
+    if "lookahead" in settings:
+        group.add_argument(
+            "--lookahead",
+            type=non_negative_int,
+            help="greedy steps rolled out from each candidate to rank it, then dropped"
+            " (beam_search; default: 0)",
+        )
 
 
 def strategy_settings_of(args: argparse.Namespace) -> StrategySettings:
-    """The strategy knobs given on the command line (None: the strategy's default)."""
-    return StrategySettings(
-        width=args.width,
-        max_depth=args.max_depth,
-        aggregate=args.aggregate,
-        lookahead=args.lookahead,
-    )
+    """The strategy knobs given on the command line (None: the strategy's default, or a
+    setting the command does not offer)."""
+    return StrategySettings(**{name: getattr(args, name, None) for name in SEARCH_SETTINGS})
 
 
 def add_sampling_arguments(group: argparse._ArgumentGroup) -> None:

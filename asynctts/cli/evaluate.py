@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -29,13 +30,27 @@ from asynctts.cli.arguments import (
 )
 from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
-from asynctts.eval.data import load_dataset, select
-from asynctts.eval.plan import EvalPlan, plan_jobs
+from asynctts.eval.data import Fold, load_dataset, select
+from asynctts.eval.plan import EvalPlan, Job, plan_jobs
 from asynctts.eval.report import REPORT_PLOT, REPORT_TEXT, write_report
-from asynctts.eval.runner import LOG_NAME, RunOptions, run_eval
+from asynctts.eval.runner import LOG_NAME, JobOutcome, RunOptions, run_eval
 from asynctts.logs import configure_logging
 
-__all__ = ["EVAL_DESCRIPTION", "Prepared", "add_eval_arguments", "eval_async", "prepare_eval"]
+__all__ = [
+    "EVAL_DESCRIPTION",
+    "LogFile",
+    "Prepared",
+    "add_data_arguments",
+    "add_eval_arguments",
+    "add_how_arguments",
+    "add_run_dir_arguments",
+    "eval_async",
+    "plan_of",
+    "prepare_eval",
+    "run_logged",
+    "run_options_of",
+    "write_outcomes",
+]
 
 EVAL_DESCRIPTION = (
     "Run strategies at budgets N over MATH-500 (or a JSONL file), grade every answer,"
@@ -64,18 +79,30 @@ def add_eval_arguments(run: argparse.ArgumentParser) -> None:
         help="budgets of the strategies given without their own, e.g. 1 2 4 8 16",
     )
     add_search_arguments(what)
-    what.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run directory")
-    what.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
-    what.add_argument(
+    add_run_dir_arguments(what)
+    add_data_arguments(run.add_argument_group("data"))
+    add_sampling_arguments(run.add_argument_group("sampling"))
+    add_endpoint_arguments(run)
+    add_how_arguments(run.add_argument_group("how"))
+
+
+def add_run_dir_arguments(group: argparse._ArgumentGroup) -> None:
+    """--out and the flags of resuming the run there."""
+    group.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run directory")
+    group.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    group.add_argument(
         "--retry-errors", action="store_true", help="with --resume: redo problems that failed"
     )
-    what.add_argument(
+    group.add_argument(
         "--allow-version-change",
         action="store_true",
         help="with --resume: continue a run written with other asynctts or math-verify versions"
         " (refused otherwise; the change is journaled)",
     )
-    data = run.add_argument_group("data")
+
+
+def add_data_arguments(data: argparse._ArgumentGroup) -> None:
+    """Where the problems come from and which of them run (`select_problems`)."""
     data.add_argument(
         "--data",
         metavar="SOURCE",
@@ -95,11 +122,19 @@ def add_eval_arguments(run: argparse.ArgumentParser) -> None:
         metavar="S",
         help='e.g. Algebra "Number Theory" (default: all subjects)',
     )
+    data.add_argument(
+        "--fold",
+        metavar="I/K",
+        help="only part I of a K-way split of the problems by a hash of their id and --seed,"
+        " after --levels and --subjects and before --limit: `calibrate --fold 1/2` and"
+        " `eval --fold 2/2` with the same --seed share no problem (default: every problem)",
+    )
     data.add_argument("--shuffle", action="store_true", help="shuffle (with --seed) first")
     data.add_argument("--seed", type=int, default=0, help="shuffle and request seed")
-    add_sampling_arguments(run.add_argument_group("sampling"))
-    add_endpoint_arguments(run)
-    how = run.add_argument_group("how")
+
+
+def add_how_arguments(how: argparse._ArgumentGroup) -> None:
+    """Concurrency, grading workers, the progress bar and the log level of a run."""
     how.add_argument(
         "--max-problems-in-flight",
         type=positive_int,
@@ -139,12 +174,42 @@ def prepare_eval(args: argparse.Namespace) -> Prepared:
         args.n,
         settings=strategy_settings_of(args),
     )
+    options = run_options_of(args)
+    plan = plan_of(args, jobs)
+    plan.check(has_prm=prm is not None)
+    return Prepared(plan, policy, prm, args.out, options)
+
+
+def run_options_of(args: argparse.Namespace) -> RunOptions:
+    """The `RunOptions` of `add_run_dir_arguments`' and `add_how_arguments`' flags.
+
+    Raises:
+        ConfigError: a resume-only flag without --resume.
+    """
     for flag, given in (
         ("--retry-errors", args.retry_errors),
         ("--allow-version-change", args.allow_version_change),
     ):
         if given and not args.resume:
             raise ConfigError(f"{flag} only applies with --resume")
+    return RunOptions(
+        resume=args.resume,
+        retry_errors=args.retry_errors,
+        allow_version_change=args.allow_version_change,
+        max_problems_in_flight=args.max_problems_in_flight,
+        progress=not args.no_progress,
+        grading_workers=args.grading_workers,
+    )
+
+
+def plan_of(args: argparse.Namespace, jobs: Sequence[Job]) -> EvalPlan:
+    """The plan of `jobs` over the problems `add_data_arguments`' flags select, with the
+    sampling flags' settings (not yet checked against the endpoints).
+
+    Raises:
+        ConfigError: a bad data file, fold or selection.
+    """
+    fold = None if args.fold is None else Fold.parse(args.fold)
     dataset = load_dataset(args.data)
     selection = {
         "limit": args.limit,
@@ -153,6 +218,9 @@ def prepare_eval(args: argparse.Namespace) -> Prepared:
         "shuffle": args.shuffle,
         "shuffle_seed": args.seed if args.shuffle else None,
     }
+    if fold is not None:  # absent without a fold: earlier journals keep their identity
+        selection["fold"] = str(fold)
+        selection["fold_seed"] = args.seed
     problems = select(
         dataset.problems,
         limit=args.limit,
@@ -160,8 +228,9 @@ def prepare_eval(args: argparse.Namespace) -> Prepared:
         subjects=args.subjects,
         shuffle=args.shuffle,
         seed=args.seed,
+        fold=fold,
     )
-    plan = EvalPlan(
+    return EvalPlan(
         data=dataset,
         problems=tuple(problems),
         selection=selection,
@@ -170,19 +239,9 @@ def prepare_eval(args: argparse.Namespace) -> Prepared:
         seed=args.seed,
         system_prompt=system_prompt_of(args),
     )
-    plan.check(has_prm=prm is not None)
-    options = RunOptions(
-        resume=args.resume,
-        retry_errors=args.retry_errors,
-        allow_version_change=args.allow_version_change,
-        max_problems_in_flight=args.max_problems_in_flight,
-        progress=not args.no_progress,
-        grading_workers=args.grading_workers,
-    )
-    return Prepared(plan, policy, prm, args.out, options)
 
 
-class _LogFile:
+class LogFile:
     """The run's log file as structlog's stream. Writes after `close()` are dropped: loggers
     cache their stream on first use, and the run (not the process) owns this file."""
 
@@ -206,14 +265,12 @@ class _LogFile:
             file.close()
 
 
-async def eval_async(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
-    """`asynctts eval` with parsed arguments (examples fill in endpoints first)."""
-    prepared = prepare_eval(args)
-    stdout = out or sys.stdout
-    log_file = _LogFile(prepared.run_dir / LOG_NAME)
-    configure_logging(level=args.log_level, stream=log_file, json=True)  # type: ignore[arg-type]
+async def run_logged(prepared: Prepared, log_level: str) -> list[JobOutcome]:
+    """`run_eval` of a prepared run, its structured logs in RUN_DIR/eval.log."""
+    log_file = LogFile(prepared.run_dir / LOG_NAME)
+    configure_logging(level=log_level, stream=log_file, json=True)  # type: ignore[arg-type]
     try:
-        outcomes = await run_eval(
+        return await run_eval(
             prepared.plan,
             policy=prepared.policy,
             prm=prepared.prm,
@@ -222,13 +279,25 @@ async def eval_async(args: argparse.Namespace, *, out: TextIO | None = None) -> 
         )  # no argv in the journal: a URL on the command line may carry credentials
     finally:
         log_file.close()
-    _, text = write_report(prepared.run_dir)
-    stdout.write(text)
+
+
+def write_outcomes(outcomes: Sequence[JobOutcome], out: TextIO) -> None:
+    """One line per job: solved now, from the journal, re-graded, wall time."""
     for outcome in outcomes:
-        stdout.write(
+        out.write(
             f"{outcome.key}: {outcome.solved} solved now, {outcome.resumed} from the journal"
             f" ({outcome.regraded} re-graded), {outcome.wall_s:.1f} s\n"
         )
+
+
+async def eval_async(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """`asynctts eval` with parsed arguments (examples fill in endpoints first)."""
+    prepared = prepare_eval(args)
+    stdout = out or sys.stdout
+    outcomes = await run_logged(prepared, args.log_level)
+    _, text = write_report(prepared.run_dir)
+    stdout.write(text)
+    write_outcomes(outcomes, stdout)
     stdout.write(
         f"report: {prepared.run_dir / REPORT_TEXT}, plot: {prepared.run_dir / REPORT_PLOT}\n"
     )

@@ -27,7 +27,10 @@ EXIT_BAD_INPUT = 2
 EXIT_ENDPOINT = 1
 EXIT_INTERRUPTED = 130
 # what Ctrl-C leaves behind, by command (others: nothing worth a word)
-_INTERRUPTED = {"eval": "finished problems are journaled, continue with --resume"}
+_INTERRUPTED = {
+    command: "finished problems are journaled, continue with --resume"
+    for command in ("eval", "calibrate")
+}
 
 
 def exit_status(command: str, call: Callable[[], int]) -> int:

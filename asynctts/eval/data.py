@@ -15,6 +15,11 @@ Rules:
   a run journal can tell whether it is resumed on the same problems wherever the file came from.
 - A selection that matches no problem, or names a subject the data does not have, is an
   error naming what the data does hold.
+- A fold (`Fold`, "I/K") keeps the problems whose seeded hash of their id falls in part I of
+  K: a function of the id and the seed alone, so the K folds of one seed are disjoint and
+  cover the data whatever else is selected, and `calibrate --fold 1/2` and `eval --fold 2/2`
+  (same seed) never share a problem. It applies after the level and subject filters and
+  before shuffling and the limit.
 """
 
 from __future__ import annotations
@@ -48,6 +53,45 @@ class Problem:
     answer: str
     subject: str | None = None
     level: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """Part `index` (1-based) of a seeded `count`-way split of the problems by id."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 2 or not 1 <= self.index <= self.count:
+            raise ConfigError(
+                f"fold {self.index}/{self.count}: need I/K with K >= 2 and 1 <= I <= K"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Fold:
+        """ "1/2" -> Fold(1, 2).
+
+        Raises:
+            ConfigError: not two integers I/K, or not K >= 2 and 1 <= I <= K.
+        """
+        index, slash, count = text.strip().partition("/")
+        if not slash or not index.isdigit() or not count.isdigit():
+            raise ConfigError(f"fold {text!r}: write I/K, e.g. 1/2 (part I of K)")
+        return cls(int(index), int(count))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def holds(self, problem_id: str, seed: int) -> bool:
+        return fold_of(problem_id, self.count, seed) == self.index
+
+
+def fold_of(problem_id: str, count: int, seed: int) -> int:
+    """The fold (1..count) a problem falls in under `seed`: a hash of both, stable across
+    runs, machines and Python versions."""
+    digest = hashlib.blake2b(f"{seed}:{problem_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +178,16 @@ def select(
     subjects: Iterable[str] | None = None,
     shuffle: bool = False,
     seed: int = 0,
+    fold: Fold | None = None,
 ) -> list[Problem]:
-    """Filter by level and subject, optionally shuffle (seeded), then keep the first `limit`.
+    """Filter by level and subject, keep one fold (seeded), optionally shuffle (seeded),
+    then keep the first `limit`.
 
     Subjects match case-insensitively. The order is the data's (or the shuffled one).
 
     Raises:
         ConfigError: `limit` < 1, a subject the data does not hold, or nothing matches
-            (the message lists the levels and subjects the data has).
+            (the message lists the levels and subjects the data has, or names the fold).
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit={limit!r}: need an int >= 1")
@@ -168,6 +214,13 @@ def select(
             f" subjects={sorted(wanted_subjects) if wanted_subjects else None};"
             f" the data has levels {known_levels} and subjects {known_subjects}"
         )
+    if fold is not None:
+        matched = len(chosen)
+        chosen = [p for p in chosen if fold.holds(p.id, seed)]
+        if not chosen:
+            raise ConfigError(
+                f"fold {fold} (seed {seed}) holds none of the {matched} problems selected"
+            )
     if shuffle:
         random.Random(seed).shuffle(chosen)
     if limit is not None:

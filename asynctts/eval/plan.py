@@ -9,6 +9,13 @@ Rules:
   nothing is scored) at every requested n.
 - Beam search and DVTS run once per budget; each reports its own selection rule ("primary")
   and, in the JSON report, the other two rules over the same finished paths.
+- A tree-search job may carry a width of its own (a calibration grid runs several per budget):
+  a width other than the strategy's default is named in the job's key and line labels
+  ("dvts[width=8]@64", "dvts[width=8]/majority"). A job at the default width, and every job of
+  `plan_jobs` (whose width is the shared setting), keeps the plain key ("dvts@64"), so eval
+  journals stay valid.
+- A job may also grade every candidate's answer (`grade_candidates`): its results then record
+  the share of candidates that are right, the oracle pass@1 a calibration bins by.
 - Every (problem, job) pair passes the library's own checks (`make_strategy`,
   `check_request`, `check_budget`) here, so bad input fails before the first request.
 - The run's identity (what decides its results) never holds an endpoint URL, a limit or a
@@ -32,6 +39,7 @@ from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
 from asynctts.eval.data import DataSet, Problem
 from asynctts.search.strategy import Selection, Strategy
+from asynctts.search.tree_search import TreeSearch
 
 __all__ = [
     "FAMILY",
@@ -44,6 +52,7 @@ __all__ = [
     "endpoint_info",
     "parse_strategy",
     "plan_jobs",
+    "tree_job",
 ]
 
 FAMILY = ("majority", "best_of_n", "weighted_best_of_n")
@@ -77,10 +86,12 @@ class Job:
     points: tuple[int, ...]
     lines: tuple[Line, ...]
     all_candidates: bool  # vote over every finished path (tree search) vs the first n samples
+    tag: str = ""  # "[width=8]": a setting of the job's own, named in its key
+    grade_candidates: bool = False  # also record the share of candidates that are right
 
     @property
     def key(self) -> str:
-        return f"{self.strategy.name}@{self.n}"
+        return f"{self.strategy.name}{self.tag}@{self.n}"
 
     @property
     def selections(self) -> tuple[Selection, ...]:
@@ -92,7 +103,7 @@ class Job:
         return next(line for line in self.lines if line.selection == self.strategy.selection)
 
     def identity(self) -> dict[str, Any]:
-        return {
+        identity: dict[str, Any] = {
             "key": self.key,
             "strategy": self.strategy.name,
             "n": self.n,
@@ -104,6 +115,9 @@ class Job:
             ],
             "all_candidates": self.all_candidates,
         }
+        if self.grade_candidates:  # absent otherwise: eval journals keep their identity
+            identity["grade_candidates"] = True
+        return identity
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,19 +191,38 @@ def plan_jobs(
         if name in FAMILY:
             continue
         strategy = build_strategy(name, knobs)
-        own_lines = tuple(
-            Line(
-                label=name if selection == strategy.selection else f"{name}/{selection}",
-                strategy=name,
-                selection=selection,
-                primary=selection == strategy.selection,
-            )
-            for selection in SELECTIONS
-        )
         for n in ns:
             _check_budget(strategy, n)
-            jobs.append(Job(strategy, n, (n,), own_lines, all_candidates=True))
+            jobs.append(tree_job(strategy, n))
     return jobs
+
+
+def tree_job(strategy: Strategy, n: int, *, own_width: bool = False) -> Job:
+    """One run of `strategy` (beam search or DVTS) at budget `n`, reporting its own selection
+    rule and the other two over the same finished paths.
+
+    Args:
+        strategy: the configured strategy; its budget is not checked here.
+        n: the budget.
+        own_width: the job is one of several widths of the strategy: a width other than the
+            strategy's default is named in the key and the line labels (see the module rules).
+    """
+    tag = ""
+    if own_width and isinstance(strategy, TreeSearch):
+        default = {f.name: f.default for f in dataclasses.fields(strategy)}["width"]
+        if strategy.width != default:
+            tag = f"[width={strategy.width}]"
+    name = f"{strategy.name}{tag}"
+    lines = tuple(
+        Line(
+            label=name if selection == strategy.selection else f"{name}/{selection}",
+            strategy=strategy.name,
+            selection=selection,
+            primary=selection == strategy.selection,
+        )
+        for selection in SELECTIONS
+    )
+    return Job(strategy, n, (n,), lines, all_candidates=True, tag=tag)
 
 
 def _family_job(family: Mapping[str, tuple[int, ...]], knobs: StrategySettings) -> Job:

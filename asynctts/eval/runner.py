@@ -15,6 +15,11 @@ Rules:
   "timeout" for the next resume.
 - The journal records the asynctts and math-verify versions (`package_versions`); resuming
   under others is refused unless `allow_version_change` (asynctts/eval/journal.py).
+- A job that grades its candidates (`Job.grade_candidates`) records in each result
+  `answer_verdicts` (each distinct candidate answer -> true, false, or null when math-verify
+  did not decide) and `candidate_correct`: the share of the solution's candidates whose
+  answer is right (undecided counts as wrong; 0.0 without candidates, as when the problem
+  failed as a whole).
 - A problem that fails as a whole is a result with `error` set (graded wrong, reason
   "error"); it never stops the run. Anything else (a bug, Ctrl-C) stops it: what was
   journaled stays, and `resume` continues from there.
@@ -38,7 +43,7 @@ from asynctts.endpoint import Endpoint
 from asynctts.equivalence import Equivalence
 from asynctts.errors import ConfigError
 from asynctts.eval.data import Problem
-from asynctts.eval.grading import Grade, grade_solution, regrade_timeouts
+from asynctts.eval.grading import Grade, grade_answers, grade_solution, regrade_timeouts
 from asynctts.eval.journal import Journal, last_per_key
 from asynctts.eval.plan import EvalPlan, Job
 from asynctts.solution import Solution
@@ -294,6 +299,15 @@ async def _result(
         "solution": details,
         "t": time.time(),
     }
+    if job.grade_candidates:
+        verdicts = await grade_answers(
+            equivalence, problem.answer, (c.answer for c in solution.candidates)
+        )
+        right = sum(c.answer is not None and bool(verdicts[c.answer]) for c in solution.candidates)
+        result["candidate_correct"] = (
+            right / len(solution.candidates) if solution.candidates else 0.0
+        )
+        result["answer_verdicts"] = dict(verdicts)
     log.info(
         "eval.graded",
         job=job.key,

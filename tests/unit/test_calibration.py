@@ -141,11 +141,18 @@ def test_settings_that_cannot_make_a_table() -> None:
         build_table(records, identity=IDENTITY, probe=8, budgets=[16], folds=1)
     with pytest.raises(ConfigError, match=r"settle rule 'vote'"):
         build_table(records, identity=IDENTITY, probe=8, budgets=[16], settle_rule="vote")
-    tied = [record(i, 0.5, {BON}) for i in range(6)]
-    with pytest.raises(ConfigError, match=r"difficulty bins \[2\] are empty"):
-        build_table(tied, identity=IDENTITY, probe=8, budgets=[16], bins=2)
     with pytest.raises(ConfigError, match=r"budget N=64: no option has an outcome"):
         build_table(records, identity=IDENTITY, probe=8, budgets=[16, 64], bins=2)
+
+
+def test_ties_merge_bins_instead_of_leaving_one_empty() -> None:
+    values = [0.5] * 6 + [0.9, 0.95]  # quantiles of 4 bins: 0.5, 0.5, 0.9
+    records = [record(i, v, {BON}) for i, v in enumerate(values)]
+    table = build_table(records, identity=IDENTITY, probe=8, budgets=[16], bins=4, folds=2)
+    assert table.edges == (0.9,) and table.bins == 2
+    assert {level for level, _ in table.cells} == {1, 2}
+    assert "2 difficulty bins, not 4" in table.summary()
+    assert table.bin_of(0.5) == 2 and table.bin_of(0.9) == 1
 
 
 def test_identity_names_models_and_prompts_never_urls_or_keys() -> None:
