@@ -260,6 +260,8 @@ class CalibrationTable:
         except json.JSONDecodeError as err:
             raise ConfigError(f"calibration table {source}: not JSON ({err.msg})") from err
         try:
+            if not isinstance(document, dict):
+                raise TypeError(f"a JSON {type(document).__name__}, not an object")
             return cls.from_dict(document)
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(

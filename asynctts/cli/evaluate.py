@@ -1,8 +1,11 @@
 """`asynctts eval`: strategies at budgets over a data set, into a resumable run directory.
 
 Rules:
-- Bad input (data, strategies, budgets, endpoints flags, a journal of another configuration)
-  is reported before any request; nothing is written either.
+- Bad input (data, strategies, budgets, endpoints flags, a calibration table that cannot be
+  read or was made for other endpoints, a journal of another configuration) is reported
+  before any request; nothing is written either (a journal is read when resuming).
+- `--calibration TABLE` goes with `--strategy compute_optimal` and nothing else; the table's
+  absolute path is recorded in the journal's info (its content's sha256 is in the identity).
 - The report goes to stdout, the progress bar to stderr, structured logs to RUN_DIR/eval.log.
 - No secrets on the command line: API keys come from the environment variable named by
   `--api-key-env` / `--prm-api-key-env` (never logged or journaled).
@@ -12,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from asynctts.api import STRATEGIES
 from asynctts.cli.arguments import (
     add_endpoint_arguments,
     add_sampling_arguments,
@@ -31,9 +33,9 @@ from asynctts.cli.arguments import (
 from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
 from asynctts.eval.data import Fold, load_dataset, select
-from asynctts.eval.plan import EvalPlan, Job, plan_jobs
+from asynctts.eval.plan import NAMES, EvalPlan, Job, plan_jobs
 from asynctts.eval.report import REPORT_PLOT, REPORT_TEXT, write_report
-from asynctts.eval.runner import LOG_NAME, JobOutcome, RunOptions, run_eval
+from asynctts.eval.runner import LOG_NAME, TABLE_INFO, JobOutcome, RunOptions, run_eval
 from asynctts.logs import configure_logging
 
 __all__ = [
@@ -56,7 +58,9 @@ EVAL_DESCRIPTION = (
     "Run strategies at budgets N over MATH-500 (or a JSONL file), grade every answer,"
     " journal every result, then write report.txt, report.json and accuracy.png."
     " The best-of-N family (majority, best_of_n, weighted_best_of_n) runs once at"
-    " the largest N and reports every smaller n from the same samples."
+    " the largest N and reports every smaller n from the same samples. compute_optimal"
+    " chooses a strategy per problem by the table of `asynctts calibrate` (--calibration)."
+    " The report gives each accuracy a 95% bootstrap interval and its spend per problem."
 )
 
 
@@ -65,10 +69,11 @@ def add_eval_arguments(run: argparse.ArgumentParser) -> None:
     what = run.add_argument_group("what to run")
     what.add_argument(
         "--strategy",
-        action="append",
+        action="extend",
+        nargs="+",
         required=True,
         metavar="NAME[@N,...]",
-        help=f"one of {', '.join(sorted(STRATEGIES))}; repeat for several; NAME@4,8,16 gives"
+        help=f"one or more of {', '.join(NAMES)} (or repeat the flag); NAME@4,8,16 gives"
         " the strategy its own budgets",
     )
     what.add_argument(
@@ -77,6 +82,13 @@ def add_eval_arguments(run: argparse.ArgumentParser) -> None:
         type=positive_int,
         metavar="N",
         help="budgets of the strategies given without their own, e.g. 1 2 4 8 16",
+    )
+    what.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="TABLE",
+        help="the calibration.json `asynctts calibrate` wrote for these endpoints and system"
+        " prompt: the table compute_optimal chooses by (only with --strategy compute_optimal)",
     )
     add_search_arguments(what)
     add_run_dir_arguments(what)
@@ -160,6 +172,7 @@ class Prepared:
     prm: Endpoint | None
     run_dir: Path
     options: RunOptions
+    info: Mapping[str, Any] = field(default_factory=dict)  # recorded in the journal
 
 
 def prepare_eval(args: argparse.Namespace) -> Prepared:
@@ -173,11 +186,19 @@ def prepare_eval(args: argparse.Namespace) -> Prepared:
         args.strategy,
         args.n,
         settings=strategy_settings_of(args),
+        calibration=args.calibration,
     )
     options = run_options_of(args)
     plan = plan_of(args, jobs)
     plan.check(has_prm=prm is not None)
-    return Prepared(plan, policy, prm, args.out, options)
+    info: dict[str, Any] = {}
+    if args.calibration is not None:
+        try:
+            plan.check_endpoints(policy, prm)
+        except ConfigError as err:
+            raise ConfigError(f"--calibration {args.calibration}: {err}") from err
+        info[TABLE_INFO] = str(args.calibration.resolve())
+    return Prepared(plan, policy, prm, args.out, options, info)
 
 
 def run_options_of(args: argparse.Namespace) -> RunOptions:
@@ -276,6 +297,7 @@ async def run_logged(prepared: Prepared, log_level: str) -> list[JobOutcome]:
             prm=prepared.prm,
             run_dir=prepared.run_dir,
             options=prepared.options,
+            info=prepared.info,
         )  # no argv in the journal: a URL on the command line may carry credentials
     finally:
         log_file.close()

@@ -9,6 +9,11 @@ Rules:
   nothing is scored) at every requested n.
 - Beam search and DVTS run once per budget; each reports its own selection rule ("primary")
   and, in the JSON report, the other two rules over the same finished paths.
+- compute_optimal runs once per budget too, as a tree search does (its answer is the weighted
+  vote over every candidate: the probe's and its choice's). It needs a calibration table,
+  and a table is only for compute_optimal: either without the other is an error. The table
+  must fit the endpoints and system prompt (`EvalPlan.check_endpoints`); its content's
+  sha256 (`table_sha256`) is in the job's identity, so a resume with another table is refused.
 - A tree-search job may carry a width of its own (a calibration grid runs several per budget):
   a width other than the strategy's default is named in the job's key and line labels
   ("dvts[width=8]@64", "dvts[width=8]/majority"). A job at the default width, and every job of
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -33,29 +39,35 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from asynctts.api import STRATEGIES, check_request, make_strategy
+from asynctts.api import STRATEGIES, Calibration, check_request, make_strategy
 from asynctts.backends.context import Sampling
+from asynctts.calibration import CalibrationTable, table_identity
 from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
 from asynctts.eval.data import DataSet, Problem
+from asynctts.search.compute_optimal import ComputeOptimal
 from asynctts.search.strategy import Selection, Strategy
 from asynctts.search.tree_search import TreeSearch
 
 __all__ = [
     "FAMILY",
+    "NAMES",
     "EvalPlan",
     "Job",
     "Line",
     "StrategySettings",
     "build_strategy",
+    "calibration_tables",
     "endpoint_identity",
     "endpoint_info",
     "parse_strategy",
     "plan_jobs",
+    "table_sha256",
     "tree_job",
 ]
 
 FAMILY = ("majority", "best_of_n", "weighted_best_of_n")
+NAMES = tuple(sorted([*STRATEGIES, ComputeOptimal.name]))  # every strategy eval runs
 SELECTIONS: tuple[Selection, ...] = ("majority", "best", "weighted")
 # the family's report lines: each member is the family run read with its own rule
 _FAMILY_LINES: tuple[tuple[str, Selection], ...] = (
@@ -141,8 +153,8 @@ def parse_strategy(spec: str) -> tuple[str, tuple[int, ...] | None]:
     if match is None:
         raise ConfigError(f"strategy {spec!r}: write NAME or NAME@N1,N2,... (e.g. dvts@4,8,16)")
     name = match["name"]
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
+    if name not in NAMES:
+        raise ConfigError(f"unknown strategy {name!r}; choose one of {list(NAMES)}")
     if match["budgets"] is None:
         return name, None
     budgets = tuple(int(part) for part in match["budgets"].split(","))
@@ -156,18 +168,24 @@ def plan_jobs(
     budgets: Sequence[int] | None,
     *,
     settings: StrategySettings | None = None,
+    calibration: Calibration | None = None,
 ) -> list[Job]:
     """The jobs to run for the given strategies (see the module rules).
 
     Args:
         specs: "NAME" or "NAME@N1,N2,..." per strategy.
         budgets: the budgets of strategies given without their own (`--n`).
-        settings: strategy knobs (width, max_depth, aggregate, per_request).
+        settings: strategy knobs (width, max_depth, aggregate, per_request); compute_optimal
+            takes per_request alone (its options' settings and aggregate are its table's).
+        calibration: compute_optimal's table (a `CalibrationTable` or the path of the
+            calibration.json `asynctts calibrate` writes); only with compute_optimal.
 
     Raises:
         ConfigError: an unknown strategy, a strategy given twice, a strategy without budgets,
             a budget < 1, or one the strategy cannot use (e.g. DVTS with n not a multiple of
-            its width).
+            its width, compute_optimal below its table's probe or smallest budget);
+            compute_optimal without a table or a table without compute_optimal; a table that
+            cannot be read (named).
     """
     if not specs:
         raise ConfigError("no strategy given (--strategy NAME)")
@@ -183,6 +201,19 @@ def plan_jobs(
             raise ConfigError(f"strategy {name!r}: budgets {list(chosen)} must be >= 1")
         wanted[name] = tuple(sorted(set(chosen)))
     knobs = settings or StrategySettings()
+    tabled: dict[str, Strategy] = {}  # compute_optimal, built with its table
+    if ComputeOptimal.name in wanted:
+        if calibration is None:
+            raise ConfigError(
+                "strategy 'compute_optimal' needs a calibration table: pass --calibration"
+                " TABLE, the calibration.json `asynctts calibrate` writes for these endpoints"
+            )
+        tabled[ComputeOptimal.name] = _compute_optimal(calibration, knobs)
+    elif calibration is not None:
+        raise ConfigError(
+            f"a calibration table is only for strategy 'compute_optimal', which is not among"
+            f" the strategies {sorted(wanted)}: add it, or drop the table (--calibration)"
+        )
     jobs: list[Job] = []
     family = {name: ns for name, ns in wanted.items() if name in FAMILY}
     if family:
@@ -190,7 +221,7 @@ def plan_jobs(
     for name, ns in wanted.items():
         if name in FAMILY:
             continue
-        strategy = build_strategy(name, knobs)
+        strategy = tabled[name] if name in tabled else build_strategy(name, knobs)
         for n in ns:
             _check_budget(strategy, n)
             jobs.append(tree_job(strategy, n))
@@ -198,8 +229,8 @@ def plan_jobs(
 
 
 def tree_job(strategy: Strategy, n: int, *, own_width: bool = False) -> Job:
-    """One run of `strategy` (beam search or DVTS) at budget `n`, reporting its own selection
-    rule and the other two over the same finished paths.
+    """One run of `strategy` (beam search, DVTS or compute_optimal) at budget `n`, reporting
+    its own selection rule and the other two over every candidate it returned.
 
     Args:
         strategy: the configured strategy; its budget is not checked here.
@@ -264,6 +295,35 @@ def build_strategy(name: str, knobs: StrategySettings) -> Strategy:
         raise ConfigError(f"strategy {name!r} with {given}: {err}") from err
 
 
+def _compute_optimal(calibration: Calibration, knobs: StrategySettings) -> ComputeOptimal:
+    """compute_optimal with its table (loaded when given as a path: errors name the file)."""
+    table = (
+        calibration
+        if isinstance(calibration, CalibrationTable)
+        else CalibrationTable.load(calibration)
+    )
+    if knobs.per_request is None:
+        return ComputeOptimal(table=table)
+    return ComputeOptimal(table=table, per_request=knobs.per_request)
+
+
+def table_sha256(table: CalibrationTable) -> str:
+    """The sha256 of a table's content: its JSON with sorted keys and no spaces (so the same
+    table saved or indented otherwise has the same digest)."""
+    canonical = json.dumps(table.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def calibration_tables(jobs: Sequence[Job]) -> dict[str, CalibrationTable]:
+    """The calibration tables of the compute_optimal jobs, by job key."""
+    return {
+        job.key: job.strategy.table
+        for job in jobs
+        if isinstance(job.strategy, ComputeOptimal)
+        and isinstance(job.strategy.table, CalibrationTable)
+    }
+
+
 def _check_budget(strategy: Strategy, n: int) -> None:
     try:
         strategy.check_budget(n)
@@ -275,6 +335,14 @@ def _check_budget(strategy: Strategy, n: int) -> None:
 
 
 def _settings_of(strategy: Strategy) -> dict[str, Any]:
+    if isinstance(strategy, ComputeOptimal):  # the table by its digest, not its content
+        settings: dict[str, Any] = {
+            "early_exit": strategy.early_exit,
+            "per_request": strategy.per_request,
+        }
+        if isinstance(strategy.table, CalibrationTable):
+            settings["table_sha256"] = table_sha256(strategy.table)
+        return settings
     if dataclasses.is_dataclass(strategy) and not isinstance(strategy, type):
         return dataclasses.asdict(strategy)
     return {}
@@ -340,6 +408,20 @@ class EvalPlan:
                     check_request(problem.problem, job.strategy, job.n, has_prm)
                 except ConfigError as err:
                     raise ConfigError(f"problem {problem.id!r}, {job.key}: {err}") from err
+
+    def check_endpoints(self, policy: Endpoint, prm: Endpoint | None) -> None:
+        """Every compute_optimal job's table was made for these endpoints and this system
+        prompt (`CalibrationTable.check_identity`).
+
+        Raises:
+            ConfigError: naming the job and every field where table and run differ.
+        """
+        identity = table_identity(policy, prm, self.system_prompt)
+        for key, table in calibration_tables(self.jobs).items():
+            try:
+                table.check_identity(identity)
+            except ConfigError as err:
+                raise ConfigError(f"{key}: {err}") from err
 
     def config(
         self,

@@ -6,7 +6,19 @@ Rules:
   requests per problem, and wall time; JSON-ready, with exact counts beside every rate.
 - Accuracy is correct / done: a run that is still going (or was killed) reports what it has,
   and says how many problems are done out of how many were planned. Problems that failed as
-  a whole, had no answer or could not be graded count as done and wrong.
+  a whole, had no answer or could not be graded count as done and wrong. Beside each accuracy
+  is its 95% interval from a seeded bootstrap over the done problems (asynctts/eval/bootstrap.py).
+- Spend per problem, for every line and n (means over the done problems): policy generated
+  tokens, PRM prompt tokens, their sum, and generations. The best-of-N family runs once at
+  its largest n, so at a smaller n its tokens are scaled by n / that n (its samples are drawn
+  alike), and majority counts no PRM tokens (it needs no scores); every other job spent what
+  its ledgers say. Generations are n, except for compute_optimal: the samples and paths it drew (its
+  decision's `samples`; n for a problem that failed as a whole, which has no decision).
+- A compute_optimal job also reports its decisions: problems per difficulty bin (1 easiest),
+  with their accuracy, spend, samples drawn, early exits and the table's choices (the option
+  chosen for the bin, counted also when the answers settled before it ran or finished).
+- The plot has two panels: accuracy vs n, and accuracy vs mean tokens per problem (lines
+  compared at equal spend), each accuracy with its interval.
 - When a problem was redone (`retry_errors`) or re-graded (a resume decides grades that timed
   out), its last record counts.
 - The report names the asynctts and math-verify versions that wrote the results: those of the
@@ -19,7 +31,7 @@ Rules:
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +39,9 @@ from typing import Any
 
 import orjson
 
+from asynctts.eval.bootstrap import CONFIDENCE, RESAMPLES, SEED, accuracy_interval
 from asynctts.eval.journal import last_per_key, read_journal
-from asynctts.eval.runner import JOURNAL_NAME
+from asynctts.eval.runner import JOURNAL_NAME, TABLE_INFO
 
 __all__ = [
     "REPORT_JSON",
@@ -46,6 +59,12 @@ __all__ = [
 REPORT_JSON = "report.json"
 REPORT_TEXT = "report.txt"
 REPORT_PLOT = "accuracy.png"
+COMPUTE_OPTIMAL = "compute_optimal"
+SPEND_NOTE = (
+    "tokens: policy generated + PRM prompt tokens per problem; the best-of-N family runs once"
+    " at its largest n, so at a smaller n its tokens are scaled by n / that n; majority counts"
+    " no PRM tokens"
+)
 
 _USAGE_FIELDS = (
     "completion_tokens",
@@ -101,7 +120,100 @@ def _tally(results: Iterable[Mapping[str, Any]], selection: str, index: int) -> 
         counts["correct"] += bool(grade["correct"])
         if grade["reason"] is not None:
             counts[grade["reason"]] += 1
-    return {**counts, "accuracy": _rate(counts["correct"], counts["done"])}
+    interval = None
+    if counts["done"]:
+        bounds = accuracy_interval(counts["correct"], counts["done"])
+        interval = [bounds.low, bounds.high]
+    return {**counts, "accuracy": _rate(counts["correct"], counts["done"]), "interval": interval}
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return math.fsum(values) / len(values) if values else None
+
+
+def _usage_mean(results: Sequence[Mapping[str, Any]], field: str) -> float | None:
+    return _mean([float(r["usage"].get(field, 0.0)) for r in results])
+
+
+def _decision(result: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    decision: Mapping[str, Any] | None = (result.get("solution") or {}).get("decision")
+    return decision
+
+
+def _spend(
+    job: Mapping[str, Any], results: Sequence[Mapping[str, Any]], n: int, selection: str
+) -> dict[str, float | None]:
+    """Mean spend per problem of one line at budget n (see the module rules)."""
+    policy = _usage_mean(results, "completion_tokens")
+    prm = _usage_mean(results, "prm_tokens")
+    if policy is None or prm is None:
+        return {"policy_tokens": None, "prm_tokens": None, "tokens": None, "generations": None}
+    if not job["all_candidates"]:  # the family: one run at its largest n serves every n
+        share = n / job["n"]
+        policy *= share
+        prm = 0.0 if selection == "majority" else prm * share
+    generations: float = n
+    if job["strategy"] == COMPUTE_OPTIMAL:
+        drawn = [
+            float(decision["samples"]) if (decision := _decision(r)) is not None else float(n)
+            for r in results
+        ]
+        generations = math.fsum(drawn) / len(drawn)
+    return {
+        "policy_tokens": policy,
+        "prm_tokens": prm,
+        "tokens": policy + prm,
+        "generations": generations,
+    }
+
+
+def _choices(decisions: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How often each option was chosen, the most chosen first (then by label)."""
+    counts = Counter(str(d["choice"]) for d in decisions)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _decided(decisions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Problems, samples drawn, early exits and choices of some decisions."""
+    exits = sum(bool(d["early_exit"]) for d in decisions)
+    return {
+        "problems": len(decisions),
+        "mean_samples": _mean([float(d["samples"]) for d in decisions]),
+        "early_exits": exits,
+        "early_exit_share": _rate(exits, len(decisions)),
+        "choices": _choices(decisions),
+    }
+
+
+def _decisions(job: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A compute_optimal job's decisions, overall and per difficulty bin (with the accuracy
+    and spend of the bin's problems)."""
+    (primary,) = (line for line in job["lines"] if line["primary"])
+    selection = primary["selection"]
+    decided = [(r, d) for r in results if (d := _decision(r)) is not None]
+    bins: dict[int, list[tuple[Mapping[str, Any], Mapping[str, Any]]]] = defaultdict(list)
+    for result, decision in decided:
+        bins[int(decision["bin"])].append((result, decision))
+    by_bin: dict[str, dict[str, Any]] = {}
+    for level in sorted(bins):
+        members = [r for r, _ in bins[level]]
+        correct = sum(bool(r["grades"][selection][-1]["correct"]) for r in members)
+        policy = _usage_mean(members, "completion_tokens")
+        prm = _usage_mean(members, "prm_tokens")
+        by_bin[str(level)] = {
+            **_decided([d for _, d in bins[level]]),
+            "correct": correct,
+            "accuracy": _rate(correct, len(members)),
+            "policy_tokens": policy,
+            "prm_tokens": prm,
+            "tokens": None if policy is None or prm is None else policy + prm,
+        }
+    return {
+        **_decided([d for _, d in decided]),
+        "n": int(job["n"]),
+        "failed": len(results) - len(decided),
+        "by_bin": by_bin,
+    }
 
 
 def _by(
@@ -159,21 +271,22 @@ def summarize(run: RunData) -> dict[str, Any]:
             f: math.fsum(float(r["usage"].get(f, 0.0)) for r in results) for f in _USAGE_FIELDS
         }
         done = len(results)
-        jobs_out.append(
-            {
-                "key": key,
-                "strategy": job["strategy"],
-                "n": job["n"],
-                "settings": job["settings"],
-                "planned": planned,
-                "done": done,
-                "errors": sum(r.get("error") is not None for r in results),
-                "lost_branches": sum(int(r.get("lost", 0)) for r in results),
-                "wall_s": walls.get(key, 0.0),
-                "total": usage_sums,
-                "per_problem": {f: (v / done if done else None) for f, v in usage_sums.items()},
-            }
-        )
+        job_out: dict[str, Any] = {
+            "key": key,
+            "strategy": job["strategy"],
+            "n": job["n"],
+            "settings": job["settings"],
+            "planned": planned,
+            "done": done,
+            "errors": sum(r.get("error") is not None for r in results),
+            "lost_branches": sum(int(r.get("lost", 0)) for r in results),
+            "wall_s": walls.get(key, 0.0),
+            "total": usage_sums,
+            "per_problem": {f: (v / done if done else None) for f, v in usage_sums.items()},
+        }
+        if job["strategy"] == COMPUTE_OPTIMAL:
+            job_out["decisions"] = _decisions(job, results)
+        jobs_out.append(job_out)
         points = job["points"]
         for spec in job["lines"]:
             line = lines.setdefault(
@@ -189,7 +302,12 @@ def summarize(run: RunData) -> dict[str, Any]:
             )
             for index, n in enumerate(points):
                 line["points"].append(
-                    {"n": n, "job": key, **_tally(results, spec["selection"], index)}
+                    {
+                        "n": n,
+                        "job": key,
+                        **_tally(results, spec["selection"], index),
+                        "spend": _spend(job, results, n, spec["selection"]),
+                    }
                 )
                 if line["_last"] is None or n >= line["_last"][0]:
                     line["_last"] = (n, results, index)
@@ -211,6 +329,8 @@ def summarize(run: RunData) -> dict[str, Any]:
         "torn_last_line": run.torn,
         "versions": _versions(run),
         "wall_s": math.fsum(walls.values()),
+        "bootstrap": {"resamples": RESAMPLES, "confidence": CONFIDENCE, "seed": SEED},
+        "calibration_table": info.get(TABLE_INFO),
         "jobs": jobs_out,
         "lines": lines_out,
     }
@@ -324,10 +444,85 @@ def format_report(summary: Mapping[str, Any]) -> str:
         ],
         rows,
     )
+    out += ["", *_spend_table(summary)]
+    for job in summary["jobs"]:
+        if "decisions" in job:
+            out += ["", *_decision_table(job, summary.get("calibration_table"))]
     out += ["", f"Total wall time: {summary['wall_s']:.1f} s"]
     if summary.get("torn_last_line"):
         out += ["(the journal's last line is torn: a run was killed mid-write; resume drops it)"]
     return "\n".join(out) + "\n"
+
+
+def _interval(interval: Sequence[float] | None) -> str:
+    return "-" if interval is None else f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
+def _spend_table(summary: Mapping[str, Any]) -> list[str]:
+    """Accuracy with its interval and spend per problem, for each primary line and n."""
+    bootstrap = summary.get("bootstrap") or {}
+    rows = []
+    for line in summary["lines"]:
+        if not line["primary"]:
+            continue
+        for point in line["points"]:
+            spend = point["spend"]
+            rows.append(
+                [
+                    line["label"],
+                    str(point["n"]),
+                    _percent(point["accuracy"]),
+                    _interval(point["interval"]),
+                    _number(spend["policy_tokens"]),
+                    _number(spend["prm_tokens"]),
+                    _number(spend["tokens"]),
+                    _number(spend["generations"], 1),
+                ]
+            )
+    header = [
+        "line",
+        "n",
+        "acc %",
+        f"{100 * bootstrap.get('confidence', 0.95):.0f}% CI",
+        "gen tokens",
+        "PRM tokens",
+        "tokens",
+        "generations",
+    ]
+    title = (
+        f"Accuracy with bootstrap intervals over problems ({bootstrap.get('resamples')}"
+        " resamples) and spend per problem (means): compare lines at equal spend"
+    )
+    return [title, *_table(header, rows), SPEND_NOTE]
+
+
+def _decision_table(job: Mapping[str, Any], table_path: str | None) -> list[str]:
+    """A compute_optimal job's decisions: a summary line, then one row per difficulty bin."""
+    decisions = job["decisions"]
+    digest = str(job["settings"].get("table_sha256", ""))[:12]
+    where = f"table sha256 {digest}" + (f", {table_path}" if table_path else "")
+    head = (
+        f"{job['key']} ({where}): {decisions['problems']} problems decided,"
+        f" early exit on {decisions['early_exits']} ({_percent(decisions['early_exit_share'])}%),"
+        f" {_number(decisions['mean_samples'], 1)} of n={decisions['n']} generations drawn on"
+        " average"
+    )
+    if decisions["failed"]:
+        head += f"; {decisions['failed']} failed as a whole (no decision)"
+    rows = [
+        [
+            level,
+            ", ".join(f"{label} {count}" for label, count in group["choices"].items()),
+            str(group["problems"]),
+            _percent(group["accuracy"]),
+            _number(group["tokens"]),
+            _number(group["mean_samples"], 1),
+            str(group["early_exits"]),
+        ]
+        for level, group in decisions["by_bin"].items()
+    ]
+    header = ["bin", "choices", "problems", "acc %", "tokens", "generations", "early exits"]
+    return [head, *_table(header, rows, left=2), "(bin 1: the easiest predicted difficulty)"]
 
 
 def _level_key(level: str) -> tuple[int, str]:
@@ -365,44 +560,86 @@ def format_comparison(summaries: Sequence[Mapping[str, Any]]) -> str:
 def plot_accuracy(
     summaries: Sequence[Mapping[str, Any]], path: str | Path, *, title: str | None = None
 ) -> Path:
-    """Accuracy vs n (log2 x axis), one line per primary line (per run when several)."""
+    """Two panels, one curve per primary line (per run when several), each accuracy with its
+    bootstrap interval: accuracy vs n (log2 x axis), and accuracy vs mean tokens per problem
+    (log x axis; one marker per line and n, labelled with n), where lines compare at equal
+    spend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FixedLocator, NullLocator
+    from matplotlib.ticker import FixedLocator, LogFormatter, NullLocator
 
-    figure = Figure(figsize=(7.5, 4.8), dpi=150)
+    figure = Figure(figsize=(13.0, 4.8), dpi=150)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    every_n: set[int] = set()
+    by_n, by_tokens = figure.subplots(1, 2, sharey=True)
     several = len(summaries) > 1
-    for summary in summaries:
-        for line in summary["lines"]:
-            points = [p for p in line["points"] if p["accuracy"] is not None]
-            if not line["primary"] or not points:
-                continue
-            xs = [p["n"] for p in points]
-            ys = [100 * p["accuracy"] for p in points]
-            every_n.update(xs)
-            label = line["label"]
-            if several:
-                label = f"{Path(summary['run_dir']).name}: {label}"
-            axes.plot(xs, ys, marker="o", linewidth=1.8, markersize=4, label=label)
-    axes.set_xscale("log", base=2)
+    curves = [
+        (f"{Path(summary['run_dir']).name}: {line['label']}" if several else line["label"], points)
+        for summary in summaries
+        for line in summary["lines"]
+        if line["primary"] and (points := [p for p in line["points"] if p["accuracy"] is not None])
+    ]
+    every_n: set[int] = set()
+    for index, (label, points) in enumerate(curves):
+        style = {
+            "color": f"C{index % 10}",
+            "marker": "o",
+            "linewidth": 1.8,
+            "markersize": 4,
+            "capsize": 2,
+            "elinewidth": 0.8,
+        }
+        xs = [p["n"] for p in points]
+        every_n.update(xs)
+        # curves at the same n side by side, so that each interval shows
+        dodge = 2 ** (0.03 * (index - (len(curves) - 1) / 2))
+        by_n.errorbar([x * dodge for x in xs], *_with_errors(points), label=label, **style)
+        spent = [p for p in points if (p["spend"]["tokens"] or 0.0) > 0.0]
+        if spent:
+            tokens = [p["spend"]["tokens"] for p in spent]
+            by_tokens.errorbar(tokens, *_with_errors(spent), label=label, **style)
+            for x, point in zip(tokens, spent, strict=True):
+                by_tokens.annotate(
+                    str(point["n"]),
+                    (x, 100 * point["accuracy"]),
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                    fontsize=6,
+                    color=style["color"],
+                )
+    by_n.set_xscale("log", base=2)
     ticks = sorted(every_n) or [1]
-    axes.xaxis.set_major_locator(FixedLocator(ticks))
-    axes.xaxis.set_minor_locator(NullLocator())
-    axes.set_xticklabels([str(n) for n in ticks])
-    axes.set_xlabel("Number of generations per problem (N)")
-    axes.set_ylabel("Accuracy (%)")
-    axes.set_title(title or "MATH-500: accuracy vs. test-time compute")
-    axes.grid(True, alpha=0.3)
-    if axes.lines:
-        axes.legend(loc="lower right", fontsize=8)
+    by_n.xaxis.set_major_locator(FixedLocator(ticks))
+    by_n.xaxis.set_minor_locator(NullLocator())
+    by_n.set_xticklabels([str(n) for n in ticks])
+    by_n.set_xlabel("Number of generations per problem (N)")
+    by_n.set_ylabel("Accuracy (%)")
+    by_n.set_title("accuracy vs. generations (bars: 95% bootstrap intervals)", fontsize=9)
+    by_tokens.set_xscale("log")
+    by_tokens.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    by_tokens.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+    by_tokens.set_xlabel("Mean tokens per problem (policy generated + PRM prompt)")
+    by_tokens.set_title("accuracy vs. spend (labels: N)", fontsize=9)
+    for axes in (by_n, by_tokens):
+        axes.grid(True, alpha=0.3)
+    if curves:
+        by_n.legend(loc="best", fontsize=8)
+    figure.suptitle(title or "MATH-500: accuracy vs. test-time compute")
     figure.tight_layout()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(target)
     return target
+
+
+def _with_errors(
+    points: Sequence[Mapping[str, Any]],
+) -> tuple[list[float], list[list[float]]]:
+    """Accuracies (%) and their intervals' distances below and above, for `errorbar` (a
+    point with an accuracy has an interval)."""
+    ys = [100 * p["accuracy"] for p in points]
+    below = [y - 100 * p["interval"][0] for y, p in zip(ys, points, strict=True)]
+    above = [100 * p["interval"][1] - y for y, p in zip(ys, points, strict=True)]
+    return ys, [below, above]
 
 
 def write_report(run_dir: str | Path, *, plot: bool = True) -> tuple[dict[str, Any], str]:

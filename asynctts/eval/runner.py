@@ -2,8 +2,12 @@
 each finished problem graded and journaled before it counts.
 
 Rules:
-- Everything is checked before the first request: the plan (`EvalPlan.check`) and the
-  journal (a resumed run must have the same identity). Then the endpoints are opened.
+- Everything is checked before the first request: the plan (`EvalPlan.check`), the
+  calibration tables against the endpoints (`EvalPlan.check_endpoints`) and the journal (a
+  resumed run must have the same identity). Then the endpoints are opened.
+- A resumed compute_optimal job must choose with the table it started with: another table is
+  refused naming both (their sha256, and their paths as `info["calibration_table"]` records
+  them).
 - Jobs run one after another; within a job at most `max_problems_in_flight` problems run at
   once. A problem is graded as soon as it finishes, while the others keep running.
 - A result counts (progress bar, resume) only after its journal line is on disk. Resuming
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 
 from asynctts.api import Solver
@@ -51,8 +56,10 @@ from asynctts.solution import Solution
 __all__ = [
     "JOURNAL_NAME",
     "LOG_NAME",
+    "TABLE_INFO",
     "JobOutcome",
     "RunOptions",
+    "check_same_tables",
     "headline_correct",
     "package_versions",
     "run_eval",
@@ -62,6 +69,7 @@ log = structlog.get_logger("asynctts.eval")
 
 JOURNAL_NAME = "journal.jsonl"
 LOG_NAME = "eval.log"
+TABLE_INFO = "calibration_table"  # info's key for the path of compute_optimal's table
 # The distributions whose versions decide the results beyond the run's configuration.
 _VERSIONED = ("asynctts", "math-verify")
 
@@ -132,20 +140,26 @@ async def run_eval(
         policy, prm: the endpoints (`prm` None only when no job needs scores).
         run_dir: where the journal (and the caller's log and reports) live.
         options: resume, concurrency, progress bar.
-        info: extra facts recorded in the journal's config (never compared).
+        info: extra facts recorded in the journal's config (never compared), e.g. the path of
+            compute_optimal's table as `TABLE_INFO`.
 
     Returns:
         One `JobOutcome` per job.
 
     Raises:
-        ConfigError: the plan or the journal does not fit (nothing was sent).
+        ConfigError: the plan, its calibration tables or the journal do not fit (nothing was
+            sent).
         EndpointError: an endpoint is unreachable or does not serve its model.
     """
     opts = options or RunOptions()
     plan.check(has_prm=prm is not None)
+    plan.check_endpoints(policy, prm)
     config = {**plan.config(policy=policy, prm=prm, info=info), "versions": package_versions()}
+    path = Path(run_dir) / JOURNAL_NAME
+    if opts.resume:
+        check_same_tables(path, config)
     with Journal.open(
-        Path(run_dir) / JOURNAL_NAME,
+        path,
         config,
         resume=opts.resume,
         allow_version_change=opts.allow_version_change,
@@ -240,6 +254,45 @@ async def _run_job(
     )
     log.info("eval.job_finished", job=job.key, solved=solved, wall_s=round(wall_s, 3))
     return JobOutcome(job.key, len(plan.problems), len(kept), solved, len(undecided), wall_s)
+
+
+def check_same_tables(path: Path, config: Mapping[str, Any]) -> None:
+    """Refuse to resume the journal at `path` when a compute_optimal job of `config` chose
+    with another calibration table; any other difference is the journal's to name.
+
+    Raises:
+        ConfigError: naming the job and both tables (sha256 and recorded path).
+    """
+    try:
+        with path.open("rb") as file:
+            first = orjson.loads(file.readline())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return  # nothing to resume, or a journal that names its own fault when opened
+    if not isinstance(first, dict):
+        return
+    before = _table_digests(first)
+    for key, digest in _table_digests(config).items():
+        old = before.get(key)
+        if old is None or old == digest:
+            continue
+        old_path = first.get("info", {}).get(TABLE_INFO, "(path not recorded)")
+        new_path = config.get("info", {}).get(TABLE_INFO, "(path not recorded)")
+        raise ConfigError(
+            f"cannot resume {path.parent}: its {key} results were chosen by the calibration"
+            f" table {old_path} (sha256 {old[:12]}), not by {new_path} (sha256"
+            f" {digest[:12]}); resume with the table it started with, or choose another"
+            " output directory"
+        )
+
+
+def _table_digests(config: Mapping[str, Any]) -> dict[str, str]:
+    """The table_sha256 of each job of a journal config that has one, by job key."""
+    jobs = config.get("identity", {}).get("jobs", [])
+    return {
+        job["key"]: job["settings"]["table_sha256"]
+        for job in jobs
+        if "table_sha256" in job.get("settings", {})
+    }
 
 
 def _timed_out(result: Mapping[str, Any]) -> bool:

@@ -113,6 +113,9 @@ def test_bad_tables_are_refused_with_the_file_named(tmp_path: Path) -> None:
     path.write_text("{")
     with pytest.raises(ConfigError, match=r"t.json: not JSON"):
         CalibrationTable.load(path)
+    path.write_text("[]")
+    with pytest.raises(ConfigError, match=r"t.json: not a table .*TypeError: a JSON list"):
+        CalibrationTable.load(path)
     table = build_table(two_kinds(), identity=IDENTITY, probe=8, budgets=[16], bins=2)
     document = table.to_dict()
     document["cells"] = document["cells"][:1]

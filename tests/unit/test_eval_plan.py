@@ -1,16 +1,36 @@
-"""asynctts.eval.plan: which runs an evaluation makes, its checks before any request, and a
-run identity without URLs or secrets."""
+"""asynctts.eval.plan: which runs an evaluation makes, its checks before any request (the
+calibration table of compute_optimal included), and a run identity without URLs or secrets."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
 
 import orjson
 import pytest
 
 from asynctts.backends.context import Sampling
+from asynctts.calibration import (
+    CalibrationTable,
+    Outcome,
+    ProblemRecord,
+    build_table,
+    table_identity,
+)
 from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
 from asynctts.eval.data import DataSet, Problem
-from asynctts.eval.plan import EvalPlan, Line, StrategySettings, parse_strategy, plan_jobs
+from asynctts.eval.plan import (
+    EvalPlan,
+    Line,
+    StrategySettings,
+    calibration_tables,
+    parse_strategy,
+    plan_jobs,
+    table_sha256,
+)
+from asynctts.search.compute_optimal import ComputeOptimal
 
 
 def test_parse_strategy() -> None:
@@ -169,3 +189,168 @@ def test_the_identity_holds_what_decides_results_and_no_url_or_secret(
     assert info["endpoints"]["policy"]["api_key_env"] == "MY_KEY"
     assert info["endpoints"]["policy"]["max_in_flight"] == 7
     assert info["x"] == 1 and info["data_source"] == "data.jsonl"
+
+
+POLICY = Endpoint(base_url="http://127.0.0.1:8000/v1", model="pol", prompt_format="{problem}")
+PRM = Endpoint(base_url="http://127.0.0.1:8001/v1", model="prm", prompt_format="{solution}")
+
+
+def calibration(
+    *, probe: int = 4, budgets: tuple[int, ...] = (8, 16), system_prompt: str = "Be brief."
+) -> CalibrationTable:
+    """Two bins: weighted best-of-N right on the easy problems, DVTS on the hard ones."""
+    records = [
+        ProblemRecord(
+            problem_id=f"p{i}",
+            predicted=value,
+            agreement=0.5,
+            pass_at_1=None,
+            outcomes={
+                (option, n): Outcome(
+                    option == ("weighted_best_of_n" if value > 0.5 else "dvts(width=4)"), 1.0, 1.0
+                )
+                for option in ("weighted_best_of_n", "dvts(width=4)")
+                for n in budgets
+            },
+        )
+        for i, value in enumerate([0.2, 0.3, 0.6, 0.7])
+    ]
+    return build_table(
+        records,
+        identity=table_identity(POLICY, PRM, system_prompt),
+        probe=probe,
+        budgets=budgets,
+        bins=2,
+        folds=2,
+    )
+
+
+def test_compute_optimal_runs_once_per_budget_beside_the_others() -> None:
+    table = calibration()
+    assert parse_strategy("compute_optimal@8,16") == ("compute_optimal", (8, 16))
+    jobs = plan_jobs(["weighted_best_of_n", "compute_optimal"], [8, 16], calibration=table)
+    assert [j.key for j in jobs] == [
+        "weighted_best_of_n@16",
+        "compute_optimal@8",
+        "compute_optimal@16",
+    ]
+    job = jobs[1]
+    assert isinstance(job.strategy, ComputeOptimal) and job.strategy.table is table
+    assert job.points == (8,) and job.all_candidates  # the vote over probe and choice alike
+    assert [(line.label, line.primary) for line in job.lines] == [
+        ("compute_optimal/majority", False),
+        ("compute_optimal/best", False),
+        ("compute_optimal", True),
+    ]
+    assert job.headline.selection == "weighted"
+    identity = job.identity()
+    assert identity["settings"] == {
+        "early_exit": True,
+        "per_request": 16,
+        "table_sha256": table_sha256(table),
+    }
+    assert orjson.loads(orjson.dumps(identity)) == identity
+    assert calibration_tables(jobs) == {"compute_optimal@8": table, "compute_optimal@16": table}
+    # per_request reaches it; the other knobs are its table's business
+    (tuned,) = plan_jobs(
+        ["compute_optimal@8"],
+        None,
+        settings=StrategySettings(per_request=4, width=2, aggregate="min"),
+        calibration=table,
+    )
+    assert tuned.identity()["settings"]["per_request"] == 4
+    assert tuned.strategy.aggregate == table.aggregate == "last"
+
+
+def test_a_table_is_read_from_its_path_and_known_by_its_content(tmp_path: Path) -> None:
+    table = calibration()
+    table.save(tmp_path / "calibration.json")
+    (job,) = plan_jobs(["compute_optimal"], [8], calibration=tmp_path / "calibration.json")
+    assert isinstance(job.strategy, ComputeOptimal)
+    assert job.strategy.table == table
+    digest = table_sha256(table)
+    assert len(digest) == 64 and table_sha256(job.strategy.table) == digest
+    reindented = json.dumps(json.loads((tmp_path / "calibration.json").read_text()), indent=4)
+    (tmp_path / "same.json").write_text(reindented, encoding="utf-8")
+    assert table_sha256(CalibrationTable.load(tmp_path / "same.json")) == digest
+    assert table_sha256(dataclasses.replace(table, confidence=0.9)) != digest
+    assert table_sha256(calibration(budgets=(8,))) != digest
+
+
+@pytest.mark.parametrize(
+    ("specs", "budgets", "table", "message"),
+    [
+        (
+            ["compute_optimal"],
+            [8],
+            None,
+            r"strategy 'compute_optimal' needs a calibration table: pass --calibration TABLE",
+        ),
+        (
+            ["dvts", "majority"],
+            [8],
+            "table",
+            r"a calibration table is only for strategy 'compute_optimal', which is not among"
+            r" the strategies \['dvts', 'majority'\]",
+        ),
+        (
+            ["compute_optimal"],
+            [2, 8],
+            "table",
+            r"strategy 'compute_optimal' cannot use budget n=2: n=2 is below the probe of 4"
+            r" samples; drop it from --n",
+        ),
+        (
+            ["compute_optimal@16,6"],
+            None,
+            "table",
+            r"strategy 'compute_optimal' cannot use budget n=6: budget n=6 is below the"
+            r" calibration table's smallest budget 8",
+        ),
+        (["compute_optimal"], [8], "missing", r"calibration table \S+missing.json: cannot read"),
+        (["compute_optimal"], [8], "bad", r"calibration table \S+bad.json: not JSON"),
+    ],
+)
+def test_compute_optimal_and_its_table_go_together(
+    tmp_path: Path, specs: list[str], budgets: list[int] | None, table: str | None, message: str
+) -> None:
+    (tmp_path / "bad.json").write_text("{oops", encoding="utf-8")
+    given: CalibrationTable | Path | None = {
+        None: None,
+        "table": calibration(),
+        "missing": tmp_path / "missing.json",
+        "bad": tmp_path / "bad.json",
+    }[table]
+    with pytest.raises(ConfigError, match=message):
+        plan_jobs(specs, budgets, calibration=given)
+
+
+def test_tables_are_checked_against_the_endpoints_and_system_prompt() -> None:
+    def plan_with(table: CalibrationTable) -> EvalPlan:
+        data = DataSet(tuple(PROBLEMS), "data.jsonl", "ab" * 32)
+        return EvalPlan(
+            data=data,
+            problems=tuple(PROBLEMS),
+            selection={},
+            jobs=tuple(plan_jobs(["majority", "compute_optimal"], [8], calibration=table)),
+            sampling=Sampling(),
+            seed=3,
+            system_prompt="Be brief.",
+        )
+
+    fitting = plan_with(calibration())
+    fitting.check(has_prm=True)
+    fitting.check_endpoints(POLICY, PRM)
+    with pytest.raises(ConfigError, match=r"compute_optimal@8: strategy 'compute_optimal' needs"):
+        fitting.check(has_prm=False)
+    other_prompt = plan_with(calibration(system_prompt="Think hard."))
+    other_prompt.check(has_prm=True)  # nothing there knows the endpoints
+    with pytest.raises(
+        ConfigError,
+        match=r"^compute_optimal@8: the calibration table was made for another policy, PRM or"
+        r" prompt format \(system_prompt: table 'Think hard.', this run 'Be brief.'\); run"
+        r" `asynctts calibrate` for this one$",
+    ):
+        other_prompt.check_endpoints(POLICY, PRM)
+    with pytest.raises(ConfigError, match=r"prm.model: table 'prm', this run 'other-prm'"):
+        fitting.check_endpoints(POLICY, dataclasses.replace(PRM, model="other-prm"))

@@ -1,5 +1,6 @@
 """asynctts.eval.report: exact aggregation of a journal (per line and n, per level and
-subject, costs, wall time over killed sessions), the text tables, comparison and plot."""
+subject, costs, wall time over killed sessions, bootstrap intervals, spend per line and n,
+compute_optimal's decisions per difficulty bin), the text tables, comparison and plot."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
+from asynctts.calibration import CalibrationTable, Outcome, ProblemRecord, build_table
 from asynctts.errors import ConfigError
+from asynctts.eval.bootstrap import accuracy_interval
 from asynctts.eval.journal import Journal
-from asynctts.eval.plan import plan_jobs
+from asynctts.eval.plan import plan_jobs, table_sha256
 from asynctts.eval.report import (
     format_comparison,
     format_report,
@@ -240,3 +243,201 @@ def test_write_report_and_compare(tmp_path: Path) -> None:
 def test_a_directory_without_a_journal_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no journal there"):
         load_run(tmp_path)
+
+
+def test_spend_and_intervals_per_line_and_n(summary: dict[str, Any]) -> None:
+    def spend_of(label: str) -> list[tuple[int, float, float, float, float]]:
+        line = next(line for line in summary["lines"] if line["label"] == label)
+        return [
+            (
+                p["n"],
+                p["spend"]["policy_tokens"],
+                p["spend"]["prm_tokens"],
+                p["spend"]["tokens"],
+                p["spend"]["generations"],
+            )
+            for p in line["points"]
+        ]
+
+    # the family ran once at n=4 (means: 250 generated, 50 PRM tokens): scaled by n / 4,
+    # and majority needs no PRM
+    assert spend_of("majority") == [
+        (1, 62.5, 0.0, 62.5, 1),
+        (2, 125.0, 0.0, 125.0, 2),
+        (4, 250.0, 0.0, 250.0, 4),
+    ]
+    assert spend_of("weighted_best_of_n") == [
+        (1, 62.5, 12.5, 75.0, 1),
+        (2, 125.0, 25.0, 150.0, 2),
+        (4, 250.0, 50.0, 300.0, 4),
+    ]
+    # every line of a tree search spent what its run spent
+    assert spend_of("dvts") == spend_of("dvts/majority") == [(4, 40.0, 0.0, 40.0, 4)]
+    for line in summary["lines"]:
+        for point in line["points"]:
+            bounds = accuracy_interval(point["correct"], point["done"])
+            assert point["interval"] == [bounds.low, bounds.high]
+            assert bounds.low <= point["accuracy"] <= bounds.high
+    assert summary["bootstrap"] == {"resamples": 2000, "confidence": 0.95, "seed": 0}
+    assert summary["calibration_table"] is None
+    assert all("decisions" not in job for job in summary["jobs"])
+
+
+def optimal_table() -> CalibrationTable:
+    records = [
+        ProblemRecord(
+            problem_id=f"c{i}",
+            predicted=value,
+            agreement=0.5,
+            pass_at_1=None,
+            outcomes={
+                (option, 8): Outcome(
+                    option == ("weighted_best_of_n" if value > 0.5 else "dvts(width=4)"), 1.0, 1.0
+                )
+                for option in ("weighted_best_of_n", "dvts(width=4)")
+            },
+        )
+        for i, value in enumerate([0.2, 0.3, 0.6, 0.7])
+    ]
+    return build_table(records, identity={}, probe=4, budgets=[8], bins=2, folds=2)
+
+
+def optimal_result(
+    pid: str, correct: bool, tokens: tuple[float, float], decision: dict[str, Any] | None
+) -> dict[str, Any]:
+    reason = None if decision is not None else "error"
+    return {
+        "type": "result",
+        "job": "compute_optimal@8",
+        "problem_id": pid,
+        "level": 1,
+        "subject": "Algebra",
+        "error": None if decision is not None else "SolveFailed: every branch was lost",
+        "grades": {
+            rule: [{"n": 8, "answer": "x", "correct": correct, "reason": reason}]
+            for rule in ("majority", "best", "weighted")
+        },
+        "usage": {"completion_tokens": tokens[0], "prm_tokens": tokens[1], "requests": 3},
+        "lost": 0,
+        "solution": {"decision": decision},
+        "t": 1.0,
+    }
+
+
+def decision(level: int, early_exit: bool, samples: int, choice: str) -> dict[str, Any]:
+    return {
+        "bin": level,
+        "predicted": 0.7,
+        "agreement": 1.0,
+        "probe": 4,
+        "choice": choice,
+        "early_exit": early_exit,
+        "samples": samples,
+    }
+
+
+def write_optimal_run(run_dir: Path, table: CalibrationTable) -> None:
+    jobs = plan_jobs(["weighted_best_of_n", "compute_optimal"], [8], calibration=table)
+    config = {
+        "identity": {"jobs": [j.identity() for j in jobs], "selection": {"problems": 4}},
+        "info": {"calibration_table": "/tables/calibration.json"},
+    }
+    family = {
+        "type": "result",
+        "job": "weighted_best_of_n@8",
+        "level": 1,
+        "subject": "Algebra",
+        "error": None,
+        "usage": {"completion_tokens": 800.0, "prm_tokens": 400.0, "requests": 1},
+        "lost": 0,
+        "t": 1.0,
+    }
+    events = [
+        {
+            **family,
+            "problem_id": pid,
+            "grades": {rule: grades([8], [right]) for rule in ("majority", "best", "weighted")},
+        }
+        for pid, right in (("p1", T), ("p2", T), ("p3", F), ("p4", F))
+    ]
+    events += [
+        optimal_result("p1", T, (400.0, 200.0), decision(1, True, 4, "weighted_best_of_n")),
+        optimal_result("p2", T, (800.0, 400.0), decision(1, False, 8, "weighted_best_of_n")),
+        optimal_result("p3", T, (1000.0, 600.0), decision(2, False, 8, "dvts(width=4)")),
+        optimal_result("p4", F, (100.0, 0.0), None),  # failed as a whole: no decision
+    ]
+    with Journal.open(run_dir / "journal.jsonl", config, resume=False) as journal:
+        for event in events:
+            journal.append(event)
+
+
+def test_the_report_of_a_compute_optimal_job(tmp_path: Path) -> None:
+    table = optimal_table()
+    write_optimal_run(tmp_path, table)
+    summary, text = write_report(tmp_path)
+    spend_table = text.split("Accuracy with bootstrap intervals over problems (2000 resamples)")[1]
+    assert spend_table.splitlines()[1:7] == [
+        "line                n  acc %         95% CI  gen tokens  PRM tokens  tokens  generations",
+        "------------------  -  -----  -------------  ----------  ----------  ------  -----------",
+        "majority            8   50.0   [0.0, 100.0]         800           0     800          8.0",
+        "best_of_n           8   50.0   [0.0, 100.0]         800         400   1,200          8.0",
+        "weighted_best_of_n  8   50.0   [0.0, 100.0]         800         400   1,200          8.0",
+        # (400 + 800 + 1000 + 100) / 4 generated, (200 + 400 + 600) / 4 PRM tokens; the failed
+        # problem counts its budget of 8 generations: (4 + 8 + 8 + 8) / 4
+        "compute_optimal     8   75.0  [25.0, 100.0]         575         300     875          7.0",
+    ]
+    digest = table_sha256(table)[:12]
+    decisions = text.split("\ncompute_optimal@8 (")[1].splitlines()
+    assert decisions[:6] == [
+        f"table sha256 {digest}, /tables/calibration.json): 3 problems decided, early exit"
+        " on 1 (33.3%), 6.7 of n=8 generations drawn on average; 1 failed as a whole (no"
+        " decision)",
+        "bin  choices               problems  acc %  tokens  generations  early exits",
+        "---  --------------------  --------  -----  ------  -----------  -----------",
+        "1    weighted_best_of_n 2         2  100.0     900          6.0            1",
+        "2    dvts(width=4) 1              1  100.0   1,600          8.0            0",
+        "(bin 1: the easiest predicted difficulty)",
+    ]
+    family, optimal = summary["jobs"]
+    assert "decisions" not in family
+    assert optimal["settings"]["table_sha256"] == table_sha256(table)
+    assert optimal["decisions"] == {
+        "problems": 3,
+        "n": 8,
+        "failed": 1,
+        "mean_samples": 20 / 3,
+        "early_exits": 1,
+        "early_exit_share": 1 / 3,
+        "choices": {"weighted_best_of_n": 2, "dvts(width=4)": 1},
+        "by_bin": {
+            "1": {
+                "problems": 2,
+                "correct": 2,
+                "accuracy": 1.0,
+                "policy_tokens": 600.0,
+                "prm_tokens": 300.0,
+                "tokens": 900.0,
+                "mean_samples": 6.0,
+                "early_exits": 1,
+                "early_exit_share": 0.5,
+                "choices": {"weighted_best_of_n": 2},
+            },
+            "2": {
+                "problems": 1,
+                "correct": 1,
+                "accuracy": 1.0,
+                "policy_tokens": 1000.0,
+                "prm_tokens": 600.0,
+                "tokens": 1600.0,
+                "mean_samples": 8.0,
+                "early_exits": 0,
+                "early_exit_share": 0.0,
+                "choices": {"dvts(width=4)": 1},
+            },
+        },
+    }
+    assert summary["calibration_table"] == "/tables/calibration.json"
+    assert orjson.loads((tmp_path / "report.json").read_bytes())["jobs"][1]["decisions"] == (
+        orjson.loads(orjson.dumps(optimal["decisions"]))
+    )
+    assert (tmp_path / "accuracy.png").read_bytes().startswith(b"\x89PNG")

@@ -1,0 +1,289 @@
+"""`asynctts eval --strategy compute_optimal --calibration TABLE` end to end as subprocesses over
+real HTTP against the simulated server: `asynctts calibrate` writes the table, eval runs
+compute_optimal beside weighted best-of-N and reports its accuracy with a bootstrap interval,
+its spend and its decisions per difficulty bin (each figure recomputed here from the journal);
+a table of another setup and a resume with another table are refused before any request."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import socket
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from asynctts.calibration import CalibrationTable
+from asynctts.cli import main
+from asynctts.eval.bootstrap import accuracy_interval
+from asynctts.eval.plan import table_sha256
+from asynctts.testing import SimulatedServer, math500_problem
+
+CONSOLE_SCRIPT = Path(sys.executable).with_name("asynctts")
+POLICY_FORMAT = r"{system}\n\nProblem: {problem}\n\nSolution:\n"
+PRM_FORMAT = r"Problem: {problem}\n\nSolution:\n{solution}"
+NO_HANG_S = 300  # turns a hang into a failure; not a timing assertion
+JOB = "compute_optimal@8"
+
+
+def command() -> list[str]:
+    if CONSOLE_SCRIPT.exists():  # the installed entry point itself
+        return [str(CONSOLE_SCRIPT)]
+    return [sys.executable, "-m", "asynctts.cli"]
+
+
+@pytest.fixture
+def records(math500: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # integer answers only, so each wrong answer is plainly wrong; every level
+    chosen = [r for r in math500 if r["answer"].isdigit()]
+    return [r for level in range(1, 6) for r in chosen if r["level"] == level][::8][:12]
+
+
+def write_data(path: Path, records: list[dict[str, Any]]) -> Path:
+    keep = ("problem", "answer", "subject", "level", "unique_id")
+    path.write_text(
+        "".join(json.dumps({k: r[k] for k in keep}) + "\n" for r in records), encoding="utf-8"
+    )
+    return path
+
+
+def argv_of(command_name: str, server: SimulatedServer, data: Path, out: Path) -> list[str]:
+    return [
+        *command(),
+        command_name,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--policy-url",
+        server.base_url,
+        "--policy-model",
+        "sim-policy",
+        "--prompt-format",
+        POLICY_FORMAT,
+        "--prm-model",
+        "sim-prm",
+        "--prm-prompt-format",
+        PRM_FORMAT,
+        "--no-progress",
+        "--grading-workers",
+        "1",
+    ]
+
+
+async def run(argv: list[str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), NO_HANG_S)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def requests(server: SimulatedServer) -> int:
+    """Generation and scoring requests: all but the model check each run makes at open."""
+    return sum(n for route, n in server.stats.routes.items() if not route.endswith("/models"))
+
+
+def results_of(journal: Path, job: str) -> list[dict[str, Any]]:
+    events = [orjson.loads(line) for line in journal.read_bytes().splitlines()]
+    return [e for e in events if e.get("type") == "result" and e["job"] == job]
+
+
+def cells(text: str, first: str) -> list[list[str]]:
+    """The rows of `text` whose first cell is `first`, split at runs of two spaces or more."""
+    return [
+        [cell.strip() for cell in line.split("  ") if cell.strip()]
+        for line in text.splitlines()
+        if line.startswith(first + " ")
+    ]
+
+
+def number(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+async def test_compute_optimal_beside_weighted_best_of_n(
+    tmp_path: Path, records: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_data(tmp_path / "data.jsonl", records)
+    problems = {
+        r["problem"]: math500_problem(r["problem"], r["answer"], r["level"]) for r in records
+    }
+    calibrated, evaluated = tmp_path / "calibration", tmp_path / "eval"
+    table_path = calibrated / "calibration.json"
+    async with SimulatedServer(prm_model="sim-prm", problems=problems) as server:
+        calibrate = argv_of("calibrate", server, data, calibrated)
+        code, _, stderr = await run(
+            [*calibrate, "--n", "4", "8", "--probe", "4", "--bins", "2", "--folds", "2"]
+        )
+        assert code == 0, stderr
+        table = CalibrationTable.load(table_path)
+        assert (table.bins, table.budgets, table.probe) == (2, (4, 8), 4)
+
+        evaluate = [
+            *argv_of("eval", server, data, evaluated),
+            "--strategy",
+            "weighted_best_of_n",
+            "compute_optimal",
+            "--calibration",
+            str(table_path),
+            "--n",
+            "8",
+        ]
+        code, stdout, stderr = await run(evaluate)
+        assert code == 0, stderr
+        sent = requests(server)
+
+        # a table made for another system prompt: refused before any request, nothing written
+        other_setup = argv_of("eval", server, data, tmp_path / "other")
+        code, _, stderr = await run(
+            [
+                *other_setup,
+                "--strategy",
+                "compute_optimal@8",
+                "--calibration",
+                str(table_path),
+                "--system-prompt",
+                "Be brief.",
+            ]
+        )
+        assert code == 2
+        assert stderr.startswith(
+            f"asynctts eval: error: --calibration {table_path}: {JOB}: the calibration table"
+            " was made for another policy, PRM or prompt format (system_prompt: table 'Solve"
+        )
+        assert "this run 'Be brief.'); run `asynctts calibrate` for this one" in stderr
+        assert not (tmp_path / "other").exists()
+
+        # resumed with another table: refused naming both; with its own: nothing to do
+        other_table = tmp_path / "other.json"
+        dataclasses.replace(table, confidence=0.9).save(other_table)
+        swapped = [*evaluate, "--resume"]
+        swapped[swapped.index(str(table_path))] = str(other_table)
+        code, _, stderr = await run(swapped)
+        assert code == 2
+        old, new = table_sha256(table)[:12], table_sha256(CalibrationTable.load(other_table))[:12]
+        assert stderr == (
+            f"asynctts eval: error: cannot resume {evaluated}: its {JOB} results were chosen by"
+            f" the calibration table {table_path} (sha256 {old}), not by {other_table} (sha256"
+            f" {new}); resume with the table it started with, or choose another output"
+            " directory\n"
+        )
+        code, resumed, stderr = await run([*evaluate, "--resume"])
+        assert code == 0, stderr
+        assert f"{JOB}: 0 solved now, 12 from the journal" in resumed
+        assert requests(server) == sent
+
+    text = (evaluated / "report.txt").read_text(encoding="utf-8")
+    assert stdout.startswith(text)
+    journal = evaluated / "journal.jsonl"
+    config = orjson.loads(journal.read_bytes().splitlines()[0])
+    (job,) = (j for j in config["identity"]["jobs"] if j["key"] == JOB)
+    assert job["settings"]["table_sha256"] == table_sha256(table)
+    assert config["info"]["calibration_table"] == str(table_path)
+    results = results_of(journal, JOB)
+    assert len(results) == 12 and all(r["error"] is None for r in results)
+    decisions = [r["solution"]["decision"] for r in results]
+    for decision in decisions:
+        assert decision["bin"] in (1, 2) and decision["probe"] == 4
+        assert 4 <= decision["samples"] <= 8
+        assert decision["choice"] == table.choose(decision["predicted"], 8).label
+
+    # the spend table's row, every figure from the journal
+    correct = sum(r["grades"]["weighted"][0]["correct"] for r in results)
+    interval = accuracy_interval(correct, 12)
+    policy = math.fsum(r["usage"]["completion_tokens"] for r in results) / 12
+    prm = math.fsum(r["usage"]["prm_tokens"] for r in results) / 12
+    drawn = math.fsum(d["samples"] for d in decisions) / 12
+    spend_rows = cells(text.split("compare lines at equal spend")[1], "compute_optimal")
+    assert spend_rows[0] == [
+        "compute_optimal",
+        "8",
+        f"{100 * correct / 12:.1f}",
+        f"[{100 * interval.low:.1f}, {100 * interval.high:.1f}]",
+        number(policy),
+        number(prm),
+        number(policy + prm),
+        number(drawn, 1),
+    ]
+    assert cells(text.split("compare lines at equal spend")[1], "weighted_best_of_n")[0][1:3] == [
+        "8",
+        cells(text, "weighted_best_of_n")[0][2],  # the accuracy of the table by budget
+    ]
+
+    # the decisions: one row per bin, problems and early exits from the journal
+    exits = sum(d["early_exit"] for d in decisions)
+    head = next(line for line in text.splitlines() if line.startswith(f"{JOB} (table sha256"))
+    assert head == (
+        f"{JOB} (table sha256 {old}, {table_path}): 12 problems decided, early exit on {exits}"
+        f" ({100 * exits / 12:.1f}%), {drawn:.1f} of n=8 generations drawn on average"
+    )
+    section = text.split(head)[1]
+    for level in sorted({d["bin"] for d in decisions}):
+        in_bin = [d for d in decisions if d["bin"] == level]
+        (row,) = cells(section, str(level))
+        choices = Counter(d["choice"] for d in in_bin)
+        assert row[0] == str(level)
+        ranked = sorted(choices.items(), key=lambda item: (-item[1], item[0]))
+        assert row[1] == ", ".join(f"{choice} {count}" for choice, count in ranked)
+        assert row[2] == str(len(in_bin))
+        assert row[-1] == str(sum(d["early_exit"] for d in in_bin))
+
+    report = orjson.loads((evaluated / "report.json").read_bytes())
+    (line,) = (line for line in report["lines"] if line["label"] == "compute_optimal")
+    (point,) = line["points"]
+    assert point["interval"] == [interval.low, interval.high]
+    assert point["spend"]["generations"] == pytest.approx(drawn)
+    assert (evaluated / "accuracy.png").read_bytes().startswith(b"\x89PNG")
+
+    # `asynctts report` shows the same
+    capsys.readouterr()  # the simulated server's logs
+    assert main(["report", str(evaluated)]) == 0
+    assert capsys.readouterr().out == text
+
+
+def test_bad_compute_optimal_input_fails_before_any_request(
+    listener: socket.socket, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = listener.getsockname()[1]
+    base = [
+        "eval",
+        "--policy-url",
+        f"http://127.0.0.1:{port}/v1",
+        "--policy-model",
+        "m",
+        "--prm-model",
+        "p",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
+    table = tmp_path / "calibration.json"
+    table.write_text('{"format": 0}', encoding="utf-8")
+    for extra, message in [
+        (
+            ["--strategy", "compute_optimal", "--n", "8"],
+            "strategy 'compute_optimal' needs a calibration table: pass --calibration TABLE",
+        ),
+        (
+            ["--strategy", "dvts", "--n", "8", "--calibration", str(table)],
+            "a calibration table is only for strategy 'compute_optimal', which is not among"
+            " the strategies ['dvts']",
+        ),
+        (
+            ["--strategy", "compute_optimal", "--n", "8", "--calibration", str(table)],
+            f"calibration table {table}: not a table `asynctts calibrate` wrote (ValueError:"
+            " format 0, expected 1)",
+        ),
+    ]:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"asynctts eval: error: {message}"), err
+    assert not (tmp_path / "run").exists()
