@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from asynctts.calibration import build_table, table_identity
+from asynctts.calibration import CONFIDENCE, SETTLE_RULE, build_table, table_identity
 from asynctts.cli.arguments import (
     add_endpoint_arguments,
     add_sampling_arguments,
@@ -102,13 +102,13 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     table.add_argument(
         "--settle",
         choices=SETTLE_RULES,
-        default="count",
+        default=SETTLE_RULE,
         help="early exit rule: the probe's answer counts, or their summed PRM values",
     )
     table.add_argument(
         "--confidence",
         type=float,
-        default=0.95,
+        default=CONFIDENCE,
         help="early exit when P(the leading answer beats the second) reaches this",
     )
     add_data_arguments(parser.add_argument_group("data"))

@@ -6,7 +6,8 @@ Rules:
   path samples with a seed hashed from (seed, the child's key), so a child's text depends
   only on its place in the tree.
 - A one-step child ends at the delimiter (kept, Finish.STEP) or at EOS; `to_end` splits the
-  rest of the solution into steps at the delimiter (Finish.EOS).
+  rest of the solution into steps at the delimiter (Finish.EOS). `greedy` children all take
+  seed 0, the continuation the simulated server returns at temperature 0.
 - The PRM input is the problem, the delimiter, then every step followed by the step tag.
 """
 
@@ -33,11 +34,13 @@ class SimPolicy:
     problem: str
     seed: int = 0
 
-    async def __call__(self, path: Path, k: int, *, to_end: bool = False) -> list[Path]:
+    async def __call__(
+        self, path: Path, k: int, *, to_end: bool = False, greedy: bool = False
+    ) -> list[Path]:
         reading = self.sim.read(self.problem + STEP_DELIMITER + path.text)
         children = []
         for i in range(k):
-            seed = child_seed(self.seed, (*path.key, i))
+            seed = 0 if greedy else child_seed(self.seed, (*path.key, i))
             if to_end:
                 pieces = self.sim.sample(reading, seed).text.split(STEP_DELIMITER)
                 steps = [p + STEP_DELIMITER for p in pieces[:-1]] + [pieces[-1]]

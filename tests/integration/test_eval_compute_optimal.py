@@ -164,7 +164,7 @@ async def test_compute_optimal_beside_weighted_best_of_n(
 
         # resumed with another table: refused naming both; with its own: nothing to do
         other_table = tmp_path / "other.json"
-        dataclasses.replace(table, confidence=0.9).save(other_table)
+        dataclasses.replace(table, confidence=0.99).save(other_table)
         swapped = [*evaluate, "--resume"]
         swapped[swapped.index(str(table_path))] = str(other_table)
         code, _, stderr = await run(swapped)

@@ -399,8 +399,8 @@ def test_the_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> Non
         "(default: 8, or the smallest --n when it is below 8)",
         "over the problems (default: 5)",
         "within each bin (>= 2) (default: 5)",
-        "summed PRM values (default: count)",
-        "reaches this (default: 0.95)",
+        "summed PRM values (default: weighted)",
+        "reaches this (default: 0.9)",
         "with the same --seed share no problem (default: every problem)",
     ):
         assert words in text
