@@ -1,25 +1,40 @@
 """`solve`, `solve_many` and `Solver`: the only place that wires strategies, backends and
 transports together. Everything is checked before the first request is sent; per-problem
-failures stay inside their problem."""
+failures stay inside their problem.
+
+A batch token budget (`solve_many(..., strategy="compute_optimal", budget_tokens=B)`): every
+problem is probed; problems whose probe settled (or whose bin the table stops at the probe)
+close at once; when all probes are in, the budget left (B minus the spend measured so far) is
+allocated over the open problems (asynctts/allocation.py) and each runs its allotment. All
+requests draw on one `BudgetGate`, so the run never spends more than B: a request that could
+overshoot is not sent and its branch is lost ("batch budget exhausted")."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
+from functools import partial
 from types import TracebackType
 from typing import Any
 
 import structlog
 
-from asynctts.backends.context import DEFAULT_SYSTEM_PROMPT, ProblemContext, Sampling
+from asynctts.allocation import allocate, expected_probe_tokens
+from asynctts.backends.context import (
+    DEFAULT_SYSTEM_PROMPT,
+    BudgetGate,
+    ProblemContext,
+    Sampling,
+)
 from asynctts.backends.policy import PolicyClient
 from asynctts.backends.prm import LogprobPRM, PoolingPRM
 from asynctts.backends.templates import Rendering
-from asynctts.calibration import CalibrationTable, table_identity
+from asynctts.calibration import PROBE, CalibrationTable, Option, table_identity
 from asynctts.endpoint import Endpoint
 from asynctts.equivalence import Equivalence
 from asynctts.errors import (
@@ -43,7 +58,7 @@ from asynctts.logs import ensure_logging
 from asynctts.protocols import Finish, GenerateSteps, Path, ScoreSteps
 from asynctts.search.beam_search import BeamSearch
 from asynctts.search.best_of_n import BestOfN
-from asynctts.search.compute_optimal import ComputeOptimal
+from asynctts.search.compute_optimal import ComputeOptimal, Decision, Probe
 from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
 from asynctts.search.strategy import Strategy
@@ -401,6 +416,7 @@ class Solver:
         pid: str,
         ledger: Ledger,
         trace: bool,
+        gate: BudgetGate | None = None,
     ) -> Solution:
         if self._generator is None or self._groups is None:
             raise RuntimeError("Solver is not open: use `async with Solver(...) as solver`")
@@ -410,6 +426,7 @@ class Solver:
             system_prompt=self.system_prompt,
             seed=seed,
             ledger=ledger,
+            gate=gate,
         )
         generator, scorer = self._generator, self._scorer
 
@@ -457,6 +474,7 @@ class Solver:
         seed: int | None = None,
         max_problems_in_flight: int = 64,
         calibration: Calibration | None = None,
+        budget_tokens: float | None = None,
     ) -> AsyncIterator[Solution]:
         """Solve many problems concurrently, yielding each `Solution` as it finishes.
 
@@ -464,6 +482,12 @@ class Solver:
         optional "id" or "unique_id". At most `max_problems_in_flight` run at once. A
         problem that fails as a whole is yielded with `error` set; it never stops the rest.
         Arguments are checked for every problem before the first request is sent.
+
+        `budget_tokens` (strategy "compute_optimal" only): one budget of policy generated +
+        PRM prompt tokens for all the problems (see the module docstring); n is then each
+        problem's largest budget. Problems waiting for the allocation do not count as in
+        flight. `Solution.decision` records each problem's "allocated" option and
+        "allocated_n".
 
         To stop early, iterate inside `contextlib.aclosing(solver.solve_many(...))`: leaving
         it cancels the problems still running at once (a plain `break` leaves that to the
@@ -475,6 +499,13 @@ class Solver:
         items = [_as_item(i, item) for i, item in enumerate(problems)]
         for _, text in items:
             check_request(text, chosen, n, self.prm is not None, seed)
+        if budget_tokens is not None:
+            budgeted = check_batch_budget(chosen, budget_tokens, len(items))
+            async for solution in self._solve_budgeted(
+                items, budgeted, n, seed, BudgetGate(budget_tokens), max_problems_in_flight
+            ):
+                yield solution
+            return
         # Finished problems arrive on a queue (one done-callback each): `asyncio.wait` over
         # the pending set would cost O(problems in flight) per finished problem, 20% of the
         # CPU at 640 in flight (benchmarks/overhead.py).
@@ -508,12 +539,56 @@ class Solver:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _solve_one(
-        self, pid: str, problem: str, strategy: Strategy, n: int, seed: int | None
-    ) -> Solution:
-        ledger = Ledger()
+    async def _solve_budgeted(
+        self,
+        items: Sequence[tuple[str, str]],
+        strategy: ComputeOptimal,
+        n: int,
+        seed: int | None,
+        gate: BudgetGate,
+        max_problems_in_flight: int,
+    ) -> AsyncIterator[Solution]:
+        slots = asyncio.Semaphore(max_problems_in_flight)
+        batch = _BatchBudget(strategy, n, gate, len(items), slots)
+
+        async def one(position: int, pid: str, problem: str) -> Solution:
+            allotted = replace(strategy, allot=partial(batch.allot, position))
+            try:
+                async with slots:
+                    return await self._solve_one(pid, problem, allotted, n, seed, gate)
+            finally:
+                batch.leave(position)  # a problem that failed before its probe was in
+
+        finished: asyncio.Queue[asyncio.Task[Solution]] = asyncio.Queue()
+        pending: set[asyncio.Task[Solution]] = set()
         try:
-            return await self._solve(problem, strategy, n, seed, pid, ledger, trace=False)
+            for position, (pid, problem) in enumerate(items):
+                task = asyncio.create_task(one(position, pid, problem))
+                task.add_done_callback(finished.put_nowait)
+                pending.add(task)
+                if (position + 1) % _PROBLEMS_PER_TURN == 0:
+                    await asyncio.sleep(0)  # as in solve_many
+            while pending:
+                done = await finished.get()
+                pending.discard(done)
+                yield done.result()
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _solve_one(
+        self,
+        pid: str,
+        problem: str,
+        strategy: Strategy,
+        n: int,
+        seed: int | None,
+        gate: BudgetGate | None = None,
+    ) -> Solution:
+        ledger = Ledger() if gate is None else gate.ledger()
+        try:
+            return await self._solve(problem, strategy, n, seed, pid, ledger, False, gate)
         except (SolveFailed, EndpointError) as err:
             log.warning("problem failed", problem_id=pid, error=str(err))
             lost = collect(err.lost, strategy.aggregate)[1] if isinstance(err, SolveFailed) else []
@@ -528,6 +603,93 @@ class Solver:
                 ledger=ledger,
                 error=f"{type(err).__name__}: {err}",
             )
+
+
+def check_batch_budget(strategy: Strategy, budget_tokens: object, problems: int) -> ComputeOptimal:
+    """The compute-optimal strategy a batch budget runs, once `budget_tokens` is known to
+    cover the probes the table expects for `problems` problems.
+
+    Raises:
+        ConfigError: another strategy, a budget that is not a number > 0, or one below the
+            probes' expected spend (both numbers named).
+    """
+    if not isinstance(strategy, ComputeOptimal) or not isinstance(strategy.table, CalibrationTable):
+        raise ConfigError(
+            f"budget_tokens= is for strategy 'compute_optimal' with a calibration table "
+            f"(the table predicts what each problem gains per token), not {strategy.name!r}"
+        )
+    if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, int | float):
+        raise ConfigError(f"budget_tokens must be a number, got {budget_tokens!r}")
+    if not (math.isfinite(budget_tokens) and budget_tokens > 0):
+        raise ConfigError(f"budget_tokens={budget_tokens}: need a finite number > 0")
+    per_probe = expected_probe_tokens(strategy.table)
+    if budget_tokens < per_probe * problems:
+        raise ConfigError(
+            f"budget_tokens={budget_tokens:g} is below the probes' expected spend of "
+            f"{per_probe * problems:.0f} tokens ({problems} problems x {per_probe:.0f}, the "
+            "calibration table's probe cells): raise it or solve fewer problems"
+        )
+    return strategy
+
+
+class _BatchBudget:
+    """The allocation of one budgeted `solve_many`: problems report their probes, the open
+    ones wait (their slot given back) until every probe is in, then all are allotted at once."""
+
+    def __init__(
+        self,
+        strategy: ComputeOptimal,
+        n: int,
+        gate: BudgetGate,
+        problems: int,
+        slots: asyncio.Semaphore,
+    ) -> None:
+        if not isinstance(strategy.table, CalibrationTable):
+            raise TypeError("a batch budget needs a CalibrationTable")
+        self._table = strategy.table
+        self._n = n
+        self._gate = gate
+        self._problems = problems
+        self._slots = slots
+        self._in: set[int] = set()  # positions whose probe is in (or that failed before)
+        self._open: dict[int, tuple[int, asyncio.Future[tuple[Decision, int]]]] = {}
+
+    async def allot(self, position: int, probe: Probe) -> tuple[Decision, int]:
+        if probe.closes:
+            self.leave(position)
+            return Decision(probe.choice.bin, PROBE, None), self._table.probe
+        future: asyncio.Future[tuple[Decision, int]] = asyncio.get_running_loop().create_future()
+        self._open[position] = (probe.choice.bin, future)
+        self.leave(position)
+        self._slots.release()
+        try:
+            return await future
+        finally:
+            await self._slots.acquire()
+
+    def leave(self, position: int) -> None:
+        if position in self._in:
+            return
+        self._in.add(position)
+        if len(self._in) == self._problems:
+            self._allocate()
+
+    def _allocate(self) -> None:
+        order = sorted(self._open)
+        bins = [self._open[p][0] for p in order]
+        remaining = self._gate.budget - self._gate.spent
+        allotments = allocate(bins, remaining, self._table, self._n)
+        log.info(
+            "batch budget allocated",
+            open=len(order),
+            remaining_tokens=round(remaining),
+            predicted_tokens=round(sum(a.tokens for a in allotments)),
+        )
+        for position, level, allotment in zip(order, bins, allotments, strict=True):
+            future = self._open[position][1]
+            if not future.done():
+                strategy = Option.parse(allotment.option).build(self._table.aggregate)
+                future.set_result((Decision(level, allotment.option, strategy), allotment.n))
 
 
 def _as_item(index: int, item: ProblemItem) -> tuple[str, str]:
@@ -640,6 +802,7 @@ async def solve_many(
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     max_problems_in_flight: int = 64,
     calibration: Calibration | None = None,
+    budget_tokens: float | None = None,
 ) -> AsyncIterator[Solution]:
     """Solve many problems concurrently in this event loop; yields each `Solution` as it
     finishes (see `Solver.solve_many`)."""
@@ -653,5 +816,6 @@ async def solve_many(
             seed=seed,
             max_problems_in_flight=max_problems_in_flight,
             calibration=calibration,
+            budget_tokens=budget_tokens,
         ):
             yield solution

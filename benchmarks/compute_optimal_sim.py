@@ -12,6 +12,7 @@ In process (no HTTP; `SimPolicy` / `SimPRM` over one `SimModel` with the fitted 
    (the share of the problem's max(N) samples that are right), Snell et al.'s upper bound.
 3. Early exit alone: weighted best-of-N that stops once the answers settled (the probe, then
    doubling batches), under the count rule and the PRM-weighted rule, vs weighted best-of-N.
+   compute_optimal itself stops by the table's rule (the defaults: weighted, 0.9).
 
 Accuracy is averaged over seeds per problem; 95% intervals come from a bootstrap over
 problems (paired: the same resampled problems for every line).
@@ -266,13 +267,14 @@ async def main() -> None:
             lines: dict[str, list[tuple[int, bool, float, bool]]] = {}
             for h, test in enumerate(halves):
                 predicted, oracle = tables[h]
+                rule = predicted.settle_rule  # the table's own (the default) stopping rule
                 for i in sorted(test):
                     p, truth = data[i], pairs[i][1]
                     choosers = {
-                        "compute_optimal": (FixedChoice(predicted, "count"), True),
-                        "compute_optimal/no_exit": (FixedChoice(predicted, "count"), False),
+                        "compute_optimal": (FixedChoice(predicted, rule), True),
+                        "compute_optimal/no_exit": (FixedChoice(predicted, rule), False),
                         "compute_optimal/oracle": (
-                            FixedChoice(oracle, "count", known=truth.pass_at_1),
+                            FixedChoice(oracle, rule, known=truth.pass_at_1),
                             True,
                         ),
                         "weighted_best_of_n/exit_count": (

@@ -39,6 +39,8 @@ ALLOWED: dict[str, set[str]] = {
         "asynctts.errors",
         "asynctts.endpoint",
     },
+    # allocation: pure, over the calibration table's cells
+    "asynctts.allocation": {"asynctts.calibration", "asynctts.errors", "asynctts.search"},
     "asynctts.transport": {
         "asynctts.errors",
         "asynctts.ledger",

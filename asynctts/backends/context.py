@@ -7,18 +7,29 @@ Rules:
   branch draws the same seed in every process and on every run (`hash()` is salted per process).
 - A backend sees the transport only through `PostJson`, so backends type-check and are tested
   without aiohttp.
+- A batch token budget (`BudgetGate`, shared by every problem of a run): before a request is
+  sent the backend holds an upper bound of what it can cost (a generation: k x max_tokens; a
+  scoring: the prompts' characters, as no tokenizer makes more tokens than characters); the
+  bound is let go when the request has ended, by which time the problem's `MeteredLedger`
+  has added the actual cost to the gate. A bound that does not fit in the budget left
+  (budget - spent - held) waits for requests in flight to settle, and once it cannot fit
+  even with none in flight (budget - spent: spent only grows) the request is not sent. So
+  the run never spends more than its budget. Spend is counted as the calibration table
+  counts it: policy generated + PRM prompt tokens.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from asynctts.errors import BadResponse, ConfigError
-from asynctts.ledger import Charge, Ledger
+from asynctts.errors import AsyncttsError, BadResponse, ConfigError
+from asynctts.ledger import Attempt, Charge, Ledger
 
 # The system prompt search-and-learn used for Llama-3.2 Instruct on MATH
 # (docs/design.md, section 3).
@@ -63,16 +74,93 @@ class Sampling:
             raise ConfigError(f"Sampling max_tokens={self.max_tokens}: need >= 1")
 
 
+class BatchBudgetExhausted(AsyncttsError):
+    """A request was not sent: its cost could exceed what is left of the batch budget."""
+
+    def __init__(self, bound: float, left: float, budget: float) -> None:
+        super().__init__(
+            f"batch budget exhausted: the request may cost up to {bound:.0f} tokens, "
+            f"{max(left, 0.0):.0f} of {budget:.0f} are left"
+        )
+        self.bound = bound
+        self.left = left
+        self.budget = budget
+
+
+class BudgetGate:
+    """One token budget shared by the requests of a run (see the module rules)."""
+
+    def __init__(self, budget: float) -> None:
+        if not (math.isfinite(budget) and budget > 0):
+            raise ConfigError(f"budget_tokens={budget}: need a finite number > 0")
+        self.budget = float(budget)
+        self.spent = 0.0  # the ledgers' actual spend so far
+        self.held = 0.0  # upper bounds of the requests in flight
+        self._settled = asyncio.Condition()
+
+    @property
+    def left(self) -> float:
+        return self.budget - self.spent - self.held
+
+    @asynccontextmanager
+    async def hold(self, bound: float) -> AsyncIterator[None]:
+        """Around one request: hold `bound` tokens while it is in flight, once they fit.
+
+        Raises:
+            BatchBudgetExhausted: `bound` cannot fit, even once every request in flight has
+                settled (nothing is held).
+        """
+        async with self._settled:
+            while bound > self.left:
+                if bound > self.budget - self.spent:
+                    raise BatchBudgetExhausted(bound, self.budget - self.spent, self.budget)
+                await self._settled.wait()
+            self.held += bound
+        try:
+            yield
+        finally:
+            self.held -= bound
+            async with self._settled:
+                self._settled.notify_all()
+
+    def ledger(self) -> MeteredLedger:
+        """A problem's ledger whose attempts count against this budget."""
+        return MeteredLedger(gate=self)
+
+
+@dataclass(eq=False)
+class MeteredLedger(Ledger):
+    """A ledger that adds each attempt's spend (policy generated, PRM prompt tokens) to its
+    gate as the attempt is recorded."""
+
+    gate: BudgetGate | None = None
+
+    def record(self, attempt: Attempt) -> None:
+        super().record(attempt)
+        if self.gate is not None:
+            prm = attempt.endpoint == "prm"
+            self.gate.spent += attempt.prompt_tokens if prm else attempt.completion_tokens
+
+
+_NO_GATE: AbstractAsyncContextManager[None] = nullcontext()
+
+
 @dataclass(frozen=True, slots=True)
 class ProblemContext:
     """One problem as the backends see it: its id (for seeds and logs), its text, the system
-    prompt of the policy (None: none), the base seed (None: unseeded) and its ledger."""
+    prompt of the policy (None: none), the base seed (None: unseeded), its ledger and the
+    batch budget its requests draw on (None: no budget)."""
 
     problem_id: str
     problem: str
     system_prompt: str | None
     seed: int | None
     ledger: Ledger
+    gate: BudgetGate | None = None
+
+    def hold(self, bound: float) -> AbstractAsyncContextManager[None]:
+        """`gate.hold(bound)` around one request; nothing without a gate."""
+        return _NO_GATE if self.gate is None else self.gate.hold(bound)
 
 
 def derive_seed(base: int, problem_id: str, key: tuple[int, ...]) -> int:

@@ -16,9 +16,10 @@ Rules:
   same seeds however `k` is split across requests.
 - Greedy requests (`greedy=True`, for lookahead rollouts) are sent at temperature 0; their
   seed is sent as usual and changes nothing.
-- A failed request loses the branch (`BranchLost`), except that a prompt over the context
-  length is an honest truncation of a partial solution (LENGTH children) and, at the root,
-  means the problem itself does not fit (`PromptTooLong`). Cancellation always propagates.
+- A failed request, or one the batch budget cannot cover (`BudgetGate`), loses the branch
+  (`BranchLost`), except that a prompt over the context length is an honest truncation of a
+  partial solution (LENGTH children) and, at the root, means the problem itself does not fit
+  (`PromptTooLong`). Cancellation always propagates.
 - Chat mode and templates that trim message bodies (Llama 3.x: `content | trim`): the final
   assistant message loses its trailing delimiter, the model writes the delimiter first, and
   the step stop would fire at once on an empty step. Before its first continuation a client
@@ -44,6 +45,7 @@ from typing import Any
 import structlog
 
 from asynctts.backends.context import (
+    BatchBudgetExhausted,
     PostJson,
     ProblemContext,
     Sampling,
@@ -410,12 +412,13 @@ class PolicyClient:
         indexes = range(offset, offset + n)
         charge = Charge(ctx.ledger, branch_ids(path.key, indexes))
         try:
-            response = await self._transport.post_json(
-                route,
-                body,
-                charges=(charge,),
-                tokens_hint=prompt_chars // 4 + n * self._sampling.max_tokens,
-            )
+            async with ctx.hold(n * self._sampling.max_tokens):
+                response = await self._transport.post_json(
+                    route,
+                    body,
+                    charges=(charge,),
+                    tokens_hint=prompt_chars // 4 + n * self._sampling.max_tokens,
+                )
             decoded = decode_choices(
                 response,
                 n=n,
@@ -434,7 +437,7 @@ class PolicyClient:
                 steps=len(path.steps),
             )
             return children(path, indexes, [((), Finish.LENGTH)] * n)
-        except TransportError as exc:
+        except (TransportError, BatchBudgetExhausted) as exc:
             raise BranchLost(path.key, "generating", exc) from exc
         return children(path, indexes, decoded)
 
@@ -447,12 +450,13 @@ class PolicyClient:
             bodies = encode_trim_probe(model=self._endpoint.model, delimiter=self._delimiter)
             charge = Charge(ctx.ledger, ())
             try:
-                without, with_delimiter = [
-                    await self._transport.post_json(CHAT_ROUTE, body, charges=(charge,))
-                    for body in bodies
-                ]
+                async with ctx.hold(len(bodies)):  # one token each
+                    without, with_delimiter = [
+                        await self._transport.post_json(CHAT_ROUTE, body, charges=(charge,))
+                        for body in bodies
+                    ]
                 self._trims = decode_trim_probe(without, with_delimiter)
-            except TransportError as exc:
+            except (TransportError, BatchBudgetExhausted) as exc:
                 raise BranchLost(path.key, "generating", exc) from exc
             log.info(
                 "chat_template_trims" if self._trims else "chat_template_keeps_delimiter",

@@ -13,7 +13,8 @@ Rules:
 - A response that is wrong for one path (a wrong number of step scores) fails that path only;
   a response of the wrong shape as a whole fails the batch.
 - Failures reach the caller as `BranchLost(path.key, "scoring", cause)` for the first failed
-  path of the call, after every path of the call has settled.
+  path of the call, after every path of the call has settled. A call the batch budget cannot
+  cover (`BudgetGate`: its prompts' characters) sends nothing and loses its first path.
 - Logprob scores: P("+") / (P("+") + P("-")) at each label position. When "-" is not among the
   top-K alternatives, P("-") is bounded by the K-th largest probability there: the score is then
   a lower bound (a conservative estimate). If several alternatives decode to the same label
@@ -32,7 +33,12 @@ from typing import Any, ClassVar, Generic, TypeVar
 import structlog
 
 from asynctts.backends.coalesce import Coalescer, CoalescerClosed
-from asynctts.backends.context import PostJson, ProblemContext, in_index_order
+from asynctts.backends.context import (
+    BatchBudgetExhausted,
+    PostJson,
+    ProblemContext,
+    in_index_order,
+)
 from asynctts.backends.templates import (
     LabelledPrompt,
     LogprobPrompt,
@@ -314,7 +320,11 @@ class _CoalescedPRM(Generic[_PromptT]):
                 jobs.append(self._job(ctx, path))
             except PromptRenderError as exc:
                 raise BranchLost(path.key, "scoring", exc) from exc
-        outcomes = iter(await self._coalescer.submit_many(jobs))
+        try:
+            async with ctx.hold(sum(len(job.prompt) for job in jobs)):
+                outcomes = iter(await self._coalescer.submit_many(jobs))
+        except BatchBudgetExhausted as exc:
+            raise BranchLost(pending[0].key, "scoring", exc) from exc
         scored: list[Path] = []
         for path in paths:
             if path.scored:

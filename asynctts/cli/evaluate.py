@@ -6,6 +6,7 @@ Rules:
   before any request; nothing is written either (a journal is read when resuming).
 - `--calibration TABLE` goes with `--strategy compute_optimal` and nothing else; the table's
   absolute path is recorded in the journal's info (its content's sha256 is in the identity).
+  So does `--budget-tokens B` (in the identity too); it must cover the probes of the problems.
 - The report goes to stdout, the progress bar to stderr, structured logs to RUN_DIR/eval.log.
 - No secrets on the command line: API keys come from the environment variable named by
   `--api-key-env` / `--prm-api-key-env` (never logged or journaled).
@@ -89,6 +90,14 @@ def add_eval_arguments(run: argparse.ArgumentParser) -> None:
         metavar="TABLE",
         help="the calibration.json `asynctts calibrate` wrote for these endpoints and system"
         " prompt: the table compute_optimal chooses by (only with --strategy compute_optimal)",
+    )
+    what.add_argument(
+        "--budget-tokens",
+        type=positive_int,
+        metavar="B",
+        help="one budget of policy generated + PRM prompt tokens that each compute_optimal job"
+        " spends over all its problems: probe all, close the settled, then give the rest to"
+        " the problems the table predicts gain most per token (only with compute_optimal)",
     )
     add_search_arguments(what)
     add_run_dir_arguments(what)
@@ -187,6 +196,7 @@ def prepare_eval(args: argparse.Namespace) -> Prepared:
         args.n,
         settings=strategy_settings_of(args),
         calibration=args.calibration,
+        budget_tokens=args.budget_tokens,
     )
     options = run_options_of(args)
     plan = plan_of(args, jobs)

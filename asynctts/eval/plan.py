@@ -14,6 +14,9 @@ Rules:
   and a table is only for compute_optimal: either without the other is an error. The table
   must fit the endpoints and system prompt (`EvalPlan.check_endpoints`); its content's
   sha256 (`table_sha256`) is in the job's identity, so a resume with another table is refused.
+- A batch token budget (`budget_tokens`, compute_optimal only) is spent by each compute_optimal
+  job over its problems (`solve_many(..., budget_tokens=B)`); it is in the job's identity, and
+  it must cover the probes the table expects for the selected problems.
 - A tree-search job may carry a width of its own (a calibration grid runs several per budget):
   a width other than the strategy's default is named in the job's key and line labels
   ("dvts[width=8]@64", "dvts[width=8]/majority"). A job at the default width, and every job of
@@ -39,7 +42,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from asynctts.api import STRATEGIES, Calibration, check_request, make_strategy
+from asynctts.api import (
+    STRATEGIES,
+    Calibration,
+    check_batch_budget,
+    check_request,
+    make_strategy,
+)
 from asynctts.backends.context import Sampling
 from asynctts.calibration import CalibrationTable, table_identity
 from asynctts.endpoint import Endpoint
@@ -100,6 +109,7 @@ class Job:
     all_candidates: bool  # vote over every finished path (tree search) vs the first n samples
     tag: str = ""  # "[width=8]": a setting of the job's own, named in its key
     grade_candidates: bool = False  # also record the share of candidates that are right
+    budget_tokens: float | None = None  # one token budget over the job's problems
 
     @property
     def key(self) -> str:
@@ -129,6 +139,8 @@ class Job:
         }
         if self.grade_candidates:  # absent otherwise: eval journals keep their identity
             identity["grade_candidates"] = True
+        if self.budget_tokens is not None:  # likewise
+            identity["budget_tokens"] = self.budget_tokens
         return identity
 
 
@@ -169,6 +181,7 @@ def plan_jobs(
     *,
     settings: StrategySettings | None = None,
     calibration: Calibration | None = None,
+    budget_tokens: float | None = None,
 ) -> list[Job]:
     """The jobs to run for the given strategies (see the module rules).
 
@@ -179,6 +192,8 @@ def plan_jobs(
             takes per_request alone (its options' settings and aggregate are its table's).
         calibration: compute_optimal's table (a `CalibrationTable` or the path of the
             calibration.json `asynctts calibrate` writes); only with compute_optimal.
+        budget_tokens: one token budget each compute_optimal job spends over its problems;
+            only with compute_optimal (checked against the problems by `EvalPlan.check`).
 
     Raises:
         ConfigError: an unknown strategy, a strategy given twice, a strategy without budgets,
@@ -214,6 +229,11 @@ def plan_jobs(
             f"a calibration table is only for strategy 'compute_optimal', which is not among"
             f" the strategies {sorted(wanted)}: add it, or drop the table (--calibration)"
         )
+    if budget_tokens is not None and ComputeOptimal.name not in wanted:
+        raise ConfigError(
+            f"a batch token budget is only for strategy 'compute_optimal', which is not among"
+            f" the strategies {sorted(wanted)}: add it, or drop --budget-tokens"
+        )
     jobs: list[Job] = []
     family = {name: ns for name, ns in wanted.items() if name in FAMILY}
     if family:
@@ -224,7 +244,10 @@ def plan_jobs(
         strategy = tabled[name] if name in tabled else build_strategy(name, knobs)
         for n in ns:
             _check_budget(strategy, n)
-            jobs.append(tree_job(strategy, n))
+            job = tree_job(strategy, n)
+            if isinstance(strategy, ComputeOptimal) and budget_tokens is not None:
+                job = dataclasses.replace(job, budget_tokens=budget_tokens)
+            jobs.append(job)
     return jobs
 
 
@@ -408,6 +431,11 @@ class EvalPlan:
                     check_request(problem.problem, job.strategy, job.n, has_prm)
                 except ConfigError as err:
                     raise ConfigError(f"problem {problem.id!r}, {job.key}: {err}") from err
+            if job.budget_tokens is not None:
+                try:
+                    check_batch_budget(job.strategy, job.budget_tokens, len(self.problems))
+                except ConfigError as err:
+                    raise ConfigError(f"{job.key}: {err}") from err
 
     def check_endpoints(self, policy: Endpoint, prm: Endpoint | None) -> None:
         """Every compute_optimal job's table was made for these endpoints and this system

@@ -16,7 +16,9 @@ Rules:
   decision's `samples`; n for a problem that failed as a whole, which has no decision).
 - A compute_optimal job also reports its decisions: problems per difficulty bin (1 easiest),
   with their accuracy, spend, samples drawn, early exits and the table's choices (the option
-  chosen for the bin, counted also when the answers settled before it ran or finished).
+  chosen for the bin, counted also when the answers settled before it ran or finished). With
+  a batch token budget it also reports the budget, the tokens spent against it, the branches
+  the budget cut, and per bin the allotments ("option@N'", or "probe") and the tokens spent.
 - The plot has two panels: accuracy vs n, and accuracy vs mean tokens per problem (lines
   compared at equal spend), each accuracy with its interval.
 - When a problem was redone (`retry_errors`) or re-graded (a resume decides grades that timed
@@ -60,6 +62,7 @@ REPORT_JSON = "report.json"
 REPORT_TEXT = "report.txt"
 REPORT_PLOT = "accuracy.png"
 COMPUTE_OPTIMAL = "compute_optimal"
+BUDGET_CUT = "batch budget exhausted"  # the reason of a branch the batch budget cut
 SPEND_NOTE = (
     "tokens: policy generated + PRM prompt tokens per problem; the best-of-N family runs once"
     " at its largest n, so at a smaller n its tokens are scaled by n / that n; majority counts"
@@ -208,12 +211,44 @@ def _decisions(job: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> 
             "prm_tokens": prm,
             "tokens": None if policy is None or prm is None else policy + prm,
         }
-    return {
+    out = {
         **_decided([d for _, d in decided]),
         "n": int(job["n"]),
         "failed": len(results) - len(decided),
         "by_bin": by_bin,
     }
+    if job.get("budget_tokens") is None:
+        return out
+    for level in sorted(bins):
+        members = [r for r, _ in bins[level]]
+        by_bin[str(level)]["allotted"] = _allotted([d for _, d in bins[level]])
+        by_bin[str(level)]["spent"] = math.fsum(_tokens_of(r) for r in members)
+    cut = sum(
+        BUDGET_CUT in str(lost.get("reason", ""))
+        for r in results
+        for lost in (r.get("solution") or {}).get("lost", ())
+    )
+    return {
+        **out,
+        "budget_tokens": float(job["budget_tokens"]),
+        "spent": math.fsum(_tokens_of(r) for r in results),
+        "budget_cut": cut,
+    }
+
+
+def _tokens_of(result: Mapping[str, Any]) -> float:
+    usage = result["usage"]
+    return float(usage.get("completion_tokens", 0.0)) + float(usage.get("prm_tokens", 0.0))
+
+
+def _allotted(decisions: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How often each allotment was given, the most given first (then by label)."""
+    counts = Counter(
+        "probe" if d["allocated"] == "probe" else f"{d['allocated']}@{d['allocated_n']}"
+        for d in decisions
+        if "allocated" in d
+    )
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _by(
@@ -509,6 +544,14 @@ def _decision_table(job: Mapping[str, Any], table_path: str | None) -> list[str]
     )
     if decisions["failed"]:
         head += f"; {decisions['failed']} failed as a whole (no decision)"
+    budgeted = "budget_tokens" in decisions
+    if budgeted:
+        budget = decisions["budget_tokens"]
+        head += (
+            f"\nbatch budget {budget:.0f} tokens: spent {decisions['spent']:.0f}"
+            f" ({_percent(decisions['spent'] / budget)}%), {decisions['budget_cut']} branches"
+            " cut by it"
+        )
     rows = [
         [
             level,
@@ -519,9 +562,19 @@ def _decision_table(job: Mapping[str, Any], table_path: str | None) -> list[str]
             _number(group["mean_samples"], 1),
             str(group["early_exits"]),
         ]
+        + (
+            [
+                ", ".join(f"{label} {count}" for label, count in group["allotted"].items()),
+                _number(group["spent"]),
+            ]
+            if budgeted
+            else []
+        )
         for level, group in decisions["by_bin"].items()
     ]
     header = ["bin", "choices", "problems", "acc %", "tokens", "generations", "early exits"]
+    if budgeted:
+        header += ["allotted", "spent"]
     return [head, *_table(header, rows, left=2), "(bin 1: the easiest predicted difficulty)"]
 
 

@@ -10,6 +10,8 @@ Rules:
   them).
 - Jobs run one after another; within a job at most `max_problems_in_flight` problems run at
   once. A problem is graded as soon as it finishes, while the others keep running.
+- A job with a batch token budget (`Job.budget_tokens`) spends it over its problems; resumed,
+  its problems still to do share what its journaled results did not spend.
 - A result counts (progress bar, resume) only after its journal line is on disk. Resuming
   skips every (job, problem) already in the journal; `retry_errors` also redoes those that
   failed as a whole.
@@ -33,9 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,6 +247,7 @@ async def _run_job(
                 n=job.n,
                 seed=plan.seed,
                 max_problems_in_flight=opts.max_problems_in_flight,
+                budget_tokens=_budget_left(job, kept),
             ):
                 graders.create_task(record(solution))
     finally:
@@ -254,6 +258,18 @@ async def _run_job(
     )
     log.info("eval.job_finished", job=job.key, solved=solved, wall_s=round(wall_s, 3))
     return JobOutcome(job.key, len(plan.problems), len(kept), solved, len(undecided), wall_s)
+
+
+def _budget_left(job: Job, kept: Sequence[Mapping[str, Any]]) -> float | None:
+    """A budgeted job's batch budget for its problems still to do: what its journaled
+    results did not spend (the whole budget on a fresh run)."""
+    if job.budget_tokens is None:
+        return None
+    spent = math.fsum(
+        float(r["usage"].get("completion_tokens", 0.0)) + float(r["usage"].get("prm_tokens", 0.0))
+        for r in kept
+    )
+    return job.budget_tokens - spent
 
 
 def check_same_tables(path: Path, config: Mapping[str, Any]) -> None:

@@ -13,12 +13,13 @@ Rules:
 - The probe is results 0..k-1 (a lost sample in its place); later batches or the tree
   search's results follow, in order.
 - The decision (bin, predicted difficulty, agreement, early exit, choice, samples drawn) is
-  part of the outcome: `run_deciding` returns it beside the results.
+  part of the outcome: `run_deciding` returns it beside the results. It runs in two parts,
+  `probe` and `finish`, so that a batch budget can decide between them (`allot`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -57,12 +58,35 @@ class Chooser(Protocol):
     def choose(self, predicted: float, budget: int) -> Decision: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A problem's probe: its results, their reading, the table's choice and whether its
+    answers settled."""
+
+    results: list[Path | BranchLost]
+    reading: ProbeReading
+    choice: Decision
+    settled: bool
+
+    @property
+    def closes(self) -> bool:
+        """Nothing follows the probe: its answers settled, or the table chose to stop."""
+        return self.settled or self.choice.strategy is None
+
+
+# Given a problem's probe, what to run after it and with which budget n' (a batch budget
+# decides this across problems, asynctts/allocation.py).
+Allot = Callable[[Probe], Awaitable[tuple[Decision, int]]]
+
+
 @dataclass(frozen=True, kw_only=True)
 class ComputeOptimal:
     """Args:
     table: the calibration table (`asynctts calibrate` writes one).
     early_exit: stop after the probe when its answers settled (the table's rule).
     per_request: probe samples asked for in one request.
+    allot: decides, once the probe is in, what runs after it and with which budget instead of
+        the table's choice at n (the decision then records "allocated" and "allocated_n").
     """
 
     name: ClassVar[str] = "compute_optimal"
@@ -71,6 +95,7 @@ class ComputeOptimal:
     table: Chooser
     early_exit: bool = True
     per_request: int = 16
+    allot: Allot | None = None
 
     @property
     def aggregate(self) -> AggregateName:
@@ -90,21 +115,42 @@ class ComputeOptimal:
         self, root: Path, n: int, generate: GenerateSteps, score: ScoreSteps
     ) -> tuple[Mapping[str, Any], list[Path | BranchLost]]:
         self.check_budget(n)
-        k = self.table.probe
-        probe = await self._samples(root.fork(0), k, generate, score)
+        probe = await self.probe(root, n, generate, score)
+        if self.allot is None:
+            return await self.finish(root, n, probe, probe.choice, generate, score)
+        choice, budget = await self.allot(probe)
+        decision, results = await self.finish(root, budget, probe, choice, generate, score)
+        return {**decision, "allocated": choice.label, "allocated_n": budget}, results
+
+    async def probe(self, root: Path, n: int, generate: GenerateSteps, score: ScoreSteps) -> Probe:
+        """The probe's samples (results 0..k-1), their reading and the table's choice at `n`."""
+        probe = await self._samples(root.fork(0), self.table.probe, generate, score)
         reading = self._read(probe)
-        choice = self.table.choose(reading.predicted, n)
+        return Probe(probe, reading, self.table.choose(reading.predicted, n), self._settled(probe))
+
+    async def finish(
+        self,
+        root: Path,
+        n: int,
+        probe: Probe,
+        choice: Decision,
+        generate: GenerateSteps,
+        score: ScoreSteps,
+    ) -> tuple[Mapping[str, Any], list[Path | BranchLost]]:
+        """After `probe`: stop when it settled, else run `choice` with the rest of budget `n`."""
+        k = self.table.probe
         decision: dict[str, Any] = {
-            "bin": choice.bin,
-            "predicted": reading.predicted,
-            "agreement": reading.agreement,
+            "bin": probe.choice.bin,
+            "predicted": probe.reading.predicted,
+            "agreement": probe.reading.agreement,
             "probe": k,
-            "choice": choice.label,
+            "choice": probe.choice.label,
         }
-        if self._settled(probe) or choice.strategy is None:
-            return {**decision, "early_exit": choice.strategy is not None, "samples": k}, probe
+        if probe.settled or choice.strategy is None:
+            early = probe.settled and probe.choice.strategy is not None
+            return {**decision, "early_exit": early, "samples": k}, probe.results
         if isinstance(choice.strategy, BestOfN | MajorityVote):
-            results = list(probe)
+            results = list(probe.results)
             batch = 1
             while len(results) < n and not self._settled(results):
                 size = min(len(results), n - len(results))
@@ -112,11 +158,11 @@ class ComputeOptimal:
                 batch += 1
             early = len(results) < n
             return {**decision, "early_exit": early, "samples": len(results)}, results
-        rest = _largest_budget(choice.strategy, n - k)
+        rest = largest_budget(choice.strategy, n - k)
         if rest == 0:
-            return {**decision, "early_exit": False, "samples": k}, probe
+            return {**decision, "early_exit": False, "samples": k}, probe.results
         results = await choice.strategy.run(root.fork(1), rest, generate, score)
-        return {**decision, "early_exit": False, "samples": k + rest}, [*probe, *results]
+        return {**decision, "early_exit": False, "samples": k + rest}, [*probe.results, *results]
 
     async def _samples(
         self, root: Path, k: int, generate: GenerateSteps, score: ScoreSteps
@@ -133,7 +179,7 @@ class ComputeOptimal:
         )
 
 
-def _largest_budget(strategy: Strategy, most: int) -> int:
+def largest_budget(strategy: Strategy, most: int) -> int:
     """The largest budget <= `most` that `strategy` accepts (0 when none)."""
     for n in range(most, 0, -1):
         try:
@@ -144,4 +190,4 @@ def _largest_budget(strategy: Strategy, most: int) -> int:
     return 0
 
 
-__all__ = ["Chooser", "ComputeOptimal", "Decision"]
+__all__ = ["Allot", "Chooser", "ComputeOptimal", "Decision", "Probe", "largest_budget"]
