@@ -41,6 +41,13 @@ ALLOWED: dict[str, set[str]] = {
     },
     # allocation: pure, over the calibration table's cells
     "asynctts.allocation": {"asynctts.calibration", "asynctts.errors", "asynctts.search"},
+    "asynctts.batch_budget": {
+        "asynctts.allocation",
+        "asynctts.backends",
+        "asynctts.calibration",
+        "asynctts.errors",
+        "asynctts.search",
+    },
     "asynctts.transport": {
         "asynctts.errors",
         "asynctts.ledger",

@@ -42,14 +42,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from asynctts.api import (
-    STRATEGIES,
-    Calibration,
-    check_batch_budget,
-    check_request,
-    make_strategy,
-)
+from asynctts.api import STRATEGIES, Calibration, check_request, make_strategy
 from asynctts.backends.context import Sampling
+from asynctts.batch_budget import check_batch_budget
 from asynctts.calibration import CalibrationTable, table_identity
 from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
