@@ -6,21 +6,21 @@ and lost branches say why. Bad budgets are refused before anything is sent. `asy
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
+from helpers_cli import run as run_cli
+from helpers_cli import sim_argv
 
 from asynctts import ConfigError, Solution, Solver
 from asynctts.backends.context import DEFAULT_SYSTEM_PROMPT, Sampling
 from asynctts.calibration import PROBE, CalibrationTable, Cell, table_identity
 from asynctts.testing import SimProblem, SimulatedServer
 
-from helpers_endpoints import POLICY_FORMAT, PRM_FORMAT, endpoints, policy_of, prm_of
+from helpers_endpoints import endpoints, policy_of, prm_of
 
 EASY = "What is 6 times 7?"
 HARD = [f"Find the value of x in puzzle {i}." for i in range(4)]
@@ -29,8 +29,6 @@ BEAM = "beam_search(width=4)"
 # simulated solutions run to ~50 words (tokens): a bound of 100 per sample keeps the gate's
 # holds near what requests cost
 SAMPLING = Sampling(max_tokens=100)
-CONSOLE_SCRIPT = Path(sys.executable).with_name("asynctts")
-NO_HANG_S = 300  # turns a hang into a failure; not a timing assertion
 
 
 PROBLEMS = {
@@ -155,43 +153,7 @@ async def test_bad_budgets_are_refused_before_anything_is_sent(server: Simulated
 
 
 def eval_argv(server: SimulatedServer, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        *(
-            [str(CONSOLE_SCRIPT)]
-            if CONSOLE_SCRIPT.exists()
-            else [sys.executable, "-m", "asynctts.cli"]
-        ),
-        "eval",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--policy-url",
-        server.base_url,
-        "--policy-model",
-        "sim-policy",
-        "--prompt-format",
-        POLICY_FORMAT.replace("\n", r"\n"),
-        "--prm-model",
-        "sim-prm",
-        "--prm-prompt-format",
-        PRM_FORMAT.replace("\n", r"\n"),
-        "--no-progress",
-        "--grading-workers",
-        "1",
-        "--max-tokens",
-        str(SAMPLING.max_tokens),
-        *extra,
-    ]
-
-
-async def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), NO_HANG_S)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return sim_argv("eval", server, data, out, "--max-tokens", str(SAMPLING.max_tokens), *extra)
 
 
 async def test_eval_spends_one_budget_per_job_and_reports_it_per_bin(

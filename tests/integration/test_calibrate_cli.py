@@ -6,26 +6,29 @@ with SIGKILL partway resumes with exactly one result per (job, problem)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from helpers_cli import (
+    NO_HANG_S,
+    POLICY_FORMAT,
+    PRM_FORMAT,
+    results_in,
+    run,
+    sim_argv,
+    write_data,
+)
 
 from asynctts.backends.context import DEFAULT_SYSTEM_PROMPT
 from asynctts.calibration import CalibrationTable, Option, table_identity
 from asynctts.endpoint import Endpoint
 from asynctts.testing import LatencyModel, SimulatedServer, math500_problem
 
-CONSOLE_SCRIPT = Path(sys.executable).with_name("asynctts")
-POLICY_FORMAT = r"{system}\n\nProblem: {problem}\n\nSolution:\n"
-PRM_FORMAT = r"Problem: {problem}\n\nSolution:\n{solution}"
-NO_HANG_S = 300  # turns a hang into a failure; not a timing assertion
 # the grid at N in {4, 16}: widths 2 and 4 at N=4, width 4 alone at N=16
 JOBS = (
     "weighted_best_of_n@16",
@@ -52,10 +55,10 @@ def unescaped(flag: str) -> str:
     return flag.replace(r"\n", "\n")
 
 
-def command() -> list[str]:
-    if CONSOLE_SCRIPT.exists():  # the installed entry point itself
-        return [str(CONSOLE_SCRIPT)]
-    return [sys.executable, "-m", "asynctts.cli"]
+def calibrate_argv(server: SimulatedServer, data: Path, out: Path, *extra: str) -> list[str]:
+    """The grid at N in {4, 16}, a probe of 4, 2 bins, 2 folds."""
+    grid = ("--n", "4", "16", "--probe", "4", "--bins", "2", "--folds", "2")
+    return sim_argv("calibrate", server, data, out, *grid, *extra)
 
 
 @pytest.fixture
@@ -68,69 +71,6 @@ def records(math500: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def problems_of(records: list[dict[str, Any]]) -> dict[str, Any]:
     """MATH-500 difficulty per level (the simulator's fit), so the bins differ."""
     return {r["problem"]: math500_problem(r["problem"], r["answer"], r["level"]) for r in records}
-
-
-def write_data(path: Path, records: list[dict[str, Any]]) -> Path:
-    keep = ("problem", "answer", "subject", "level", "unique_id")
-    path.write_text(
-        "".join(json.dumps({k: r[k] for k in keep}) + "\n" for r in records), encoding="utf-8"
-    )
-    return path
-
-
-def calibrate_argv(server: SimulatedServer, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        *command(),
-        "calibrate",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--policy-url",
-        server.base_url,
-        "--policy-model",
-        "sim-policy",
-        "--prompt-format",
-        POLICY_FORMAT,
-        "--prm-model",
-        "sim-prm",
-        "--prm-prompt-format",
-        PRM_FORMAT,
-        "--no-progress",
-        "--grading-workers",
-        "1",
-        "--n",
-        "4",
-        "16",
-        "--probe",
-        "4",
-        "--bins",
-        "2",
-        "--folds",
-        "2",
-        *extra,
-    ]
-
-
-async def run(argv: list[str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), NO_HANG_S)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def results_in(journal: Path) -> list[tuple[str, str]]:
-    keys = []
-    for line in journal.read_bytes().split(b"\n"):
-        try:
-            event = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue  # the torn last line of a killed run
-        if event.get("type") == "result":
-            keys.append((event["job"], event["problem_id"]))
-    return keys
 
 
 def requests(server: SimulatedServer) -> int:

@@ -10,86 +10,25 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from helpers_cli import (
+    NO_HANG_S,
+    POLICY_FORMAT,
+    command,
+    results_in,
+    run,
+    sim_argv,
+    write_data,
+)
 
 from asynctts.eval.journal import last_per_key, read_journal
 from asynctts.testing import LatencyModel, SimProblem, SimulatedServer
 from asynctts.verify_worker import FAULT_ENV
-
-CONSOLE_SCRIPT = Path(sys.executable).with_name("asynctts")
-POLICY_FORMAT = r"{system}\n\nProblem: {problem}\n\nSolution:\n"
-PRM_FORMAT = r"Problem: {problem}\n\nSolution:\n{solution}"
-NO_HANG_S = 120  # turns a hang into a failure; not a timing assertion
-
-
-def command() -> list[str]:
-    if CONSOLE_SCRIPT.exists():  # the installed entry point itself
-        return [str(CONSOLE_SCRIPT)]
-    return [sys.executable, "-m", "asynctts.cli"]
-
-
-def write_data(path: Path, records: Sequence[dict[str, Any]]) -> Path:
-    keep = ("problem", "answer", "subject", "level", "unique_id")
-    path.write_text(
-        "".join(json.dumps({k: r[k] for k in keep}) + "\n" for r in records), encoding="utf-8"
-    )
-    return path
-
-
-def eval_argv(server: SimulatedServer, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        *command(),
-        "eval",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--policy-url",
-        server.base_url,
-        "--policy-model",
-        "sim-policy",
-        "--prompt-format",
-        POLICY_FORMAT,
-        "--prm-model",
-        "sim-prm",
-        "--prm-prompt-format",
-        PRM_FORMAT,
-        "--no-progress",
-        "--grading-workers",
-        "1",
-        *extra,
-    ]
-
-
-async def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=None if env is None else {**os.environ, **env},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), NO_HANG_S)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def results_in(journal: Path) -> list[tuple[str, str]]:
-    keys = []
-    for line in journal.read_bytes().split(b"\n"):
-        try:
-            event = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue  # the torn last line of a killed run
-        if event.get("type") == "result":
-            keys.append((event["job"], event["problem_id"]))
-    return keys
 
 
 @pytest.fixture
@@ -108,8 +47,8 @@ async def test_eval_end_to_end(tmp_path: Path, records: list[dict[str, Any]]) ->
     data = write_data(tmp_path / "data.jsonl", chosen)
     out = tmp_path / "run"
     async with SimulatedServer(prm_model="sim-prm", problems=problems) as server:
-        argv = eval_argv(
-            server, data, out, "--strategy", "weighted_best_of_n", "--strategy", "dvts@4"
+        argv = sim_argv(
+            "eval", server, data, out, "--strategy", "weighted_best_of_n", "--strategy", "dvts@4"
         )
         code, stdout, stderr = await run([*argv, "--n", "1", "2", "4"])
     assert code == 0, stderr
@@ -152,7 +91,8 @@ async def test_killed_halfway_then_resumed(tmp_path: Path, records: list[dict[st
     # slow enough that the kill lands mid-run: every engine iteration takes 3 ms
     latency = LatencyModel.constant(0.003)
     async with SimulatedServer(prm_model="sim-prm", problems=problems, latency=latency) as server:
-        argv = eval_argv(
+        argv = sim_argv(
+            "eval",
             server,
             data,
             out,
@@ -254,7 +194,9 @@ async def test_timed_out_grades_are_decided_on_resume(
     out = tmp_path / "run"
     journal = out / "journal.jsonl"
     async with SimulatedServer(prm_model="sim-prm", problems=problems) as server:
-        argv = eval_argv(server, data, out, "--strategy", "weighted_best_of_n", "--n", "1", "2")
+        argv = sim_argv(
+            "eval", server, data, out, "--strategy", "weighted_best_of_n", "--n", "1", "2"
+        )
         # every grading worker dies on its task: no answer can be graded
         code, stdout, stderr = await run(argv, env={FAULT_ENV: "exit:3"})
         assert code == 0, stderr
@@ -302,7 +244,7 @@ async def test_resuming_under_other_versions(tmp_path: Path, records: list[dict[
     out = tmp_path / "run"
     journal = out / "journal.jsonl"
     async with SimulatedServer(prm_model="sim-prm", problems=problems) as server:
-        argv = eval_argv(server, data, out, "--strategy", "majority", "--n", "2")
+        argv = sim_argv("eval", server, data, out, "--strategy", "majority", "--n", "2")
         code, _, stderr = await run(argv)
         assert code == 0, stderr
         config, *rest = journal.read_bytes().splitlines(keepends=True)

@@ -6,18 +6,16 @@ a table of another setup and a resume with another table are refused before any 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import json
 import math
 import socket
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from helpers_cli import run, sim_argv, write_data
 
 from asynctts.calibration import CalibrationTable
 from asynctts.cli import main
@@ -25,17 +23,7 @@ from asynctts.eval.bootstrap import accuracy_interval
 from asynctts.eval.plan import table_sha256
 from asynctts.testing import SimulatedServer, math500_problem
 
-CONSOLE_SCRIPT = Path(sys.executable).with_name("asynctts")
-POLICY_FORMAT = r"{system}\n\nProblem: {problem}\n\nSolution:\n"
-PRM_FORMAT = r"Problem: {problem}\n\nSolution:\n{solution}"
-NO_HANG_S = 300  # turns a hang into a failure; not a timing assertion
 JOB = "compute_optimal@8"
-
-
-def command() -> list[str]:
-    if CONSOLE_SCRIPT.exists():  # the installed entry point itself
-        return [str(CONSOLE_SCRIPT)]
-    return [sys.executable, "-m", "asynctts.cli"]
 
 
 @pytest.fixture
@@ -43,47 +31,6 @@ def records(math500: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # integer answers only, so each wrong answer is plainly wrong; every level
     chosen = [r for r in math500 if r["answer"].isdigit()]
     return [r for level in range(1, 6) for r in chosen if r["level"] == level][::8][:12]
-
-
-def write_data(path: Path, records: list[dict[str, Any]]) -> Path:
-    keep = ("problem", "answer", "subject", "level", "unique_id")
-    path.write_text(
-        "".join(json.dumps({k: r[k] for k in keep}) + "\n" for r in records), encoding="utf-8"
-    )
-    return path
-
-
-def argv_of(command_name: str, server: SimulatedServer, data: Path, out: Path) -> list[str]:
-    return [
-        *command(),
-        command_name,
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--policy-url",
-        server.base_url,
-        "--policy-model",
-        "sim-policy",
-        "--prompt-format",
-        POLICY_FORMAT,
-        "--prm-model",
-        "sim-prm",
-        "--prm-prompt-format",
-        PRM_FORMAT,
-        "--no-progress",
-        "--grading-workers",
-        "1",
-    ]
-
-
-async def run(argv: list[str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), NO_HANG_S)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def requests(server: SimulatedServer) -> int:
@@ -119,7 +66,7 @@ async def test_compute_optimal_beside_weighted_best_of_n(
     calibrated, evaluated = tmp_path / "calibration", tmp_path / "eval"
     table_path = calibrated / "calibration.json"
     async with SimulatedServer(prm_model="sim-prm", problems=problems) as server:
-        calibrate = argv_of("calibrate", server, data, calibrated)
+        calibrate = sim_argv("calibrate", server, data, calibrated)
         code, _, stderr = await run(
             [*calibrate, "--n", "4", "8", "--probe", "4", "--bins", "2", "--folds", "2"]
         )
@@ -128,7 +75,7 @@ async def test_compute_optimal_beside_weighted_best_of_n(
         assert (table.bins, table.budgets, table.probe) == (2, (4, 8), 4)
 
         evaluate = [
-            *argv_of("eval", server, data, evaluated),
+            *sim_argv("eval", server, data, evaluated),
             "--strategy",
             "weighted_best_of_n",
             "compute_optimal",
@@ -142,7 +89,7 @@ async def test_compute_optimal_beside_weighted_best_of_n(
         sent = requests(server)
 
         # a table made for another system prompt: refused before any request, nothing written
-        other_setup = argv_of("eval", server, data, tmp_path / "other")
+        other_setup = sim_argv("eval", server, data, tmp_path / "other")
         code, _, stderr = await run(
             [
                 *other_setup,
