@@ -166,7 +166,7 @@ class CalibrationTable:
 
     def bin_of(self, predicted: float) -> int:
         """1 (easiest) .. bins (hardest)."""
-        return self.bins - sum(1 for edge in self.edges if predicted >= edge)
+        return _bin_of(self.edges, predicted)
 
     def budget_for(self, n: int) -> int:
         """The calibrated budget whose cells answer for a solve with budget `n`."""
@@ -375,24 +375,18 @@ def build_table(
         raise ConfigError(f"{len(records)} calibration problems cannot fill {bins} bins")
     budgets = tuple(sorted(set(budgets)))
     edges = _quantile_edges([r.predicted for r in records], bins)
-    table = CalibrationTable(
-        identity=dict(identity),
-        aggregate=aggregate,
-        probe=probe,
-        settle_rule=rule,
-        confidence=confidence,
-        edges=edges,
-        budgets=budgets,
-        cells={},
-    )
-    by_bin = _group(records, lambda r: table.bin_of(r.predicted))
+    by_bin = _group(records, lambda r: _bin_of(edges, r.predicted))
+    oracle_bins = None
+    if all(r.pass_at_1 is not None for r in records):
+        oracle_edges = _quantile_edges([r.pass_at_1 or 0.0 for r in records], bins)
+        oracle_bins = _group(records, lambda r: _bin_of(oracle_edges, r.pass_at_1 or 0.0))
     cells: dict[tuple[int, int], tuple[Cell, ...]] = {}
     validation = []
     notes = []
-    if table.bins < bins:
+    if len(edges) + 1 < bins:
         notes.append(
-            f"{table.bins} difficulty bins, not {bins}: calibration problems share predicted "
-            "difficulties at the quantiles, and a bin must hold problems"
+            f"{len(edges) + 1} difficulty bins, not {bins}: calibration problems share "
+            "predicted difficulties at the quantiles, and a bin must hold problems"
         )
     for n in budgets:
         options = _complete_options(records, n)
@@ -406,8 +400,7 @@ def build_table(
         for level, members in by_bin.items():
             cells[(level, n)] = _ranked(members, options, n)
         oracle = None
-        if all(r.pass_at_1 is not None for r in records):
-            oracle_bins = _group(records, _oracle_binner(records, bins))
+        if oracle_bins is not None:
             oracle = _cross_validated(oracle_bins, options, n, folds, seed)
         validation.append(
             Validation(
@@ -421,7 +414,7 @@ def build_table(
         identity=dict(identity),
         aggregate=aggregate,
         probe=probe,
-        settle_rule=table.settle_rule,
+        settle_rule=rule,
         confidence=confidence,
         edges=edges,
         budgets=budgets,
@@ -456,9 +449,10 @@ def _group(
     return groups
 
 
-def _oracle_binner(records: Sequence[ProblemRecord], bins: int) -> Callable[[ProblemRecord], int]:
-    edges = _quantile_edges([r.pass_at_1 or 0.0 for r in records], bins)
-    return lambda r: len(edges) + 1 - sum(1 for edge in edges if (r.pass_at_1 or 0.0) >= edge)
+def _bin_of(edges: Sequence[float], value: float) -> int:
+    """The bin of `value` under ascending cut points `edges`: 1 above the last cut (easiest),
+    len(edges) + 1 below the first; a value on a cut goes to the easier side."""
+    return len(edges) + 1 - sum(1 for edge in edges if value >= edge)
 
 
 def _complete_options(records: Sequence[ProblemRecord], n: int) -> list[str]:
