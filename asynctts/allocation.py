@@ -29,7 +29,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from asynctts.calibration import PROBE, CalibrationTable, Cell, Option
+from asynctts.calibration import PROBE, CalibrationTable, Cell
 from asynctts.errors import ConfigError
 from asynctts.search.compute_optimal import largest_budget
 
@@ -108,7 +108,7 @@ def hull(table: CalibrationTable, level: int, n: int) -> tuple[Allotment, ...]:
 
 def _rest(table: CalibrationTable, option: str, budget: int) -> int:
     """The generations `option` runs after the probe within `budget` (0: none)."""
-    strategy = Option.parse(option).build(table.aggregate)
+    strategy = table.strategy_of(option)
     if strategy is None:
         return 0
     return largest_budget(strategy, budget - table.probe)

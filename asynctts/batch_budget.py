@@ -22,7 +22,7 @@ import structlog
 
 from asynctts.allocation import allocate, expected_probe_tokens
 from asynctts.backends.context import BudgetGate
-from asynctts.calibration import PROBE, CalibrationTable, Option
+from asynctts.calibration import PROBE, CalibrationTable
 from asynctts.errors import ConfigError
 from asynctts.search.compute_optimal import ComputeOptimal, Decision, Probe
 from asynctts.search.strategy import Strategy
@@ -113,7 +113,7 @@ class BatchBudget:
         for position, level, allotment in zip(order, bins, allotments, strict=True):
             future = self._open[position][1]
             if not future.done():
-                strategy = Option.parse(allotment.option).build(self._table.aggregate)
+                strategy = self._table.strategy_of(allotment.option)
                 future.set_result((Decision(level, allotment.option, strategy), allotment.n))
 
 

@@ -41,6 +41,7 @@ from asynctts.search.difficulty import SETTLE_RULES, SettleRule
 from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
 from asynctts.search.strategy import Strategy
+from asynctts.search.tree_search import TreeSearch
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 
 FORMAT = 1  # bump when the saved layout changes
@@ -57,6 +58,7 @@ _SAMPLERS: dict[str, Callable[[AggregateName], Strategy]] = {
     "weighted_best_of_n": lambda aggregate: WeightedBestOfN(aggregate=aggregate),
 }
 _TREES: dict[str, type[BeamSearch] | type[DVTS]] = {"beam_search": BeamSearch, "dvts": DVTS}
+DEFAULT_MAX_DEPTH = TreeSearch.max_depth
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +93,15 @@ class Option:
             raise ConfigError(f"option {label!r}: write NAME or NAME(width=W)")
         return cls(name, int(rest[:-1]))
 
-    def build(self, aggregate: AggregateName) -> Strategy | None:
+    def build(
+        self, aggregate: AggregateName, *, max_depth: int = DEFAULT_MAX_DEPTH
+    ) -> Strategy | None:
         """The strategy to run after the probe; None for "probe" (stop there)."""
         if self.strategy == PROBE:
             return None
         if self.width is None:
             return _SAMPLERS[self.strategy](aggregate)
-        return _TREES[self.strategy](width=self.width, aggregate=aggregate)
+        return _TREES[self.strategy](width=self.width, max_depth=max_depth, aggregate=aggregate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +163,11 @@ class CalibrationTable:
     validation: tuple[Validation, ...] = ()
     problems: int = 0
     notes: tuple[str, ...] = field(default=())
+    max_depth: int = DEFAULT_MAX_DEPTH  # the calibrated tree searches' depth cap
+
+    def strategy_of(self, label: str) -> Strategy | None:
+        """The option `label` built with the settings the table was calibrated with."""
+        return Option.parse(label).build(self.aggregate, max_depth=self.max_depth)
 
     @property
     def bins(self) -> int:
@@ -182,8 +191,7 @@ class CalibrationTable:
         """The table's choice for a problem of `predicted` difficulty solved with `budget`."""
         level = self.bin_of(predicted)
         chosen = self.cells[(level, self.budget_for(budget))][0]
-        option = Option.parse(chosen.option)
-        return Decision(bin=level, label=option.label, strategy=option.build(self.aggregate))
+        return Decision(bin=level, label=chosen.option, strategy=self.strategy_of(chosen.option))
 
     def check_identity(self, identity: Mapping[str, str]) -> None:
         """Raise ConfigError naming every field where `identity` differs from the table's."""
@@ -230,6 +238,7 @@ class CalibrationTable:
             "format": FORMAT,
             "identity": dict(self.identity),
             "aggregate": self.aggregate,
+            "max_depth": self.max_depth,
             "probe": self.probe,
             "settle_rule": self.settle_rule,
             "confidence": self.confidence,
@@ -286,6 +295,7 @@ class CalibrationTable:
         table = cls(
             identity={str(k): str(v) for k, v in document["identity"].items()},
             aggregate=document["aggregate"],
+            max_depth=int(document["max_depth"]),
             probe=int(document["probe"]),
             settle_rule=_settle_rule(document["settle_rule"]),
             confidence=float(document["confidence"]),
@@ -351,6 +361,7 @@ def build_table(
     folds: int = 5,
     seed: int = 0,
     aggregate: AggregateName = "last",
+    max_depth: int = DEFAULT_MAX_DEPTH,
     settle_rule: str = SETTLE_RULE,
     confidence: float = CONFIDENCE,
 ) -> CalibrationTable:
@@ -413,6 +424,7 @@ def build_table(
     return CalibrationTable(
         identity=dict(identity),
         aggregate=aggregate,
+        max_depth=max_depth,
         probe=probe,
         settle_rule=rule,
         confidence=confidence,

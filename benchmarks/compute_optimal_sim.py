@@ -5,7 +5,8 @@ In process (no HTTP; `SimPolicy` / `SimPRM` over one `SimModel` with the fitted 
 500 MATH-500 problems, for each seed:
 1. Records: per problem, the best-of-N family at max(N) (its first k samples are the probe;
    the probe option is their weighted vote), beam search and DVTS at every N with width 4 and
-   round(sqrt(N)); tokens are generated words plus PRM-read words, as the simulator counts.
+   round(sqrt(N)), N over the fixed strategies' budgets (--fixed-n, a superset of --n); tokens
+   are generated words plus PRM-read words, as the simulator counts.
 2. Seeded 2-fold split: a table built on one half (`build_table`, quantile bins of the probe's
    mean PRM value) answers for the other half, where `ComputeOptimal` really runs (probe,
    early exit, the bin's choice with the rest of the budget). "Oracle" bins by the true pass@1
@@ -15,21 +16,27 @@ In process (no HTTP; `SimPolicy` / `SimPRM` over one `SimModel` with the fitted 
    compute_optimal itself stops by the table's rule (the defaults: weighted, 0.9).
 
 Accuracy is averaged over seeds per problem; 95% intervals come from a bootstrap over
-problems (paired: the same resampled problems for every line).
+problems. Equal spend: each compute_optimal line beside every fixed strategy read at the same
+mean tokens per problem (and the same mean generations), interpolated in log spend between
+the fixed strategy's measured budgets (asynctts/eval/equal_spend.py), with the paired
+interval of the difference.
 
-    python benchmarks/compute_optimal_sim.py [--n 16 64] [--probe 8] [--bins 5] [--seeds 0 1 2]
-        [--problems 500]
+    python benchmarks/compute_optimal_sim.py [--n 16 64] [--fixed-n 4 8 16 32 64] [--probe 8]
+        [--bins 5] [--seeds 0 1 2] [--problems 500]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
+import pathlib
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from asynctts.answers import best_of, majority_vote, normalize, weighted_vote
 from asynctts.calibration import (
@@ -41,7 +48,9 @@ from asynctts.calibration import (
     build_table,
 )
 from asynctts.errors import BranchLost
+from asynctts.eval.bootstrap import mean_interval
 from asynctts.eval.data import Problem, load_dataset
+from asynctts.eval.equal_spend import Measured, compare_at_spend
 from asynctts.protocols import Path
 from asynctts.search.aggregate import AggregateName
 from asynctts.search.best_of_n import BestOfN
@@ -93,7 +102,9 @@ def pick(paths: Sequence[Path], rule: str) -> str | None:
 
 
 def tree_options(n: int) -> list[Option]:
-    widths = sorted({4, round(math.sqrt(n))})
+    # the calibration grid's widths (4 and round(sqrt(N))) and 8, so the fixed strategies'
+    # curves have a wide tree at every N that allows it
+    widths = sorted({4, 8, round(math.sqrt(n))})
     return [Option(s, w) for s in ("beam_search", "dvts") for w in widths if n % w == 0]
 
 
@@ -120,9 +131,10 @@ async def record(
         ):
             spent = per_sample * n
             outcomes[(label, n)] = Outcome(pick(samples[:n], rule) == gold, spent, 0.0)
-        outcomes[(PROBE, n)] = Outcome(
-            pick(samples[:probe], "weighted") == gold, per_sample * probe, 0.0
-        )
+        if n >= probe:
+            outcomes[(PROBE, n)] = Outcome(
+                pick(samples[:probe], "weighted") == gold, per_sample * probe, 0.0
+            )
         for option in tree_options(n):
             meter = Meter(sim, problem.problem, seed)
             strategy = option.build("last")
@@ -176,7 +188,7 @@ class FixedChoice:
 
 async def held_out(
     sim: SimModel, problem: Problem, seed: int, n: int, chooser: Chooser, early: bool
-) -> tuple[bool, float, dict[str, object]]:
+) -> tuple[bool, float, dict[str, Any]]:
     meter = Meter(sim, problem.problem, seed)
     strategy = ComputeOptimal(table=chooser, early_exit=early)
     decision, results = await strategy.run_deciding(Path(), n, meter.generate, meter.score)
@@ -187,47 +199,59 @@ async def held_out(
     )
 
 
-def interval(columns: Sequence[Sequence[float]], rng: random.Random) -> tuple[float, float]:
-    """95% bootstrap interval of the mean of per-problem values (seed-averaged)."""
-    per_problem = [sum(col) / len(col) for col in zip(*columns, strict=True)]
-    count = len(per_problem)
-    means = sorted(
-        sum(per_problem[rng.randrange(count)] for _ in range(count)) / count
-        for _ in range(BOOTSTRAP)
-    )
-    return means[int(0.025 * BOOTSTRAP)], means[int(0.975 * BOOTSTRAP) - 1]
+def per_problem(columns: Sequence[Sequence[float]]) -> list[float]:
+    """Each problem's value averaged over the seeds (columns: one per seed)."""
+    return [sum(col) / len(col) for col in zip(*columns, strict=True)]
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--n", type=int, nargs="+", default=[16, 64], help="compute_optimal's")
+    parser.add_argument("--fixed-n", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     parser.add_argument("--probe", type=int, default=8)
     parser.add_argument("--bins", type=int, default=5)
     parser.add_argument("--folds", type=int, default=5, help="cross-validation in a bin")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--problems", type=int, default=500)
+    parser.add_argument(
+        "--results",
+        type=pathlib.Path,
+        default=pathlib.Path(__file__).parent / "results" / "compute_optimal_sim.json",
+        help="where the per-problem results go",
+    )
+    parser.add_argument(
+        "--show", action="store_true", help="print the tables of --results; run nothing"
+    )
     args = parser.parse_args()
+    if args.show:
+        show(json.loads(args.results.read_text()))
+        return
     budgets = sorted(args.n)
+    fixed_budgets = sorted(set(args.fixed_n) | set(budgets))
     data = random.Random(0).sample(load_dataset().problems, args.problems)
     sim = SimModel({p.problem: math500_problem(p.problem, p.answer, p.level) for p in data})
     started = time.perf_counter()
     # line -> n -> seed -> per-problem values
     right: dict[tuple[str, int], list[list[float]]] = {}
     spent: dict[tuple[str, int], list[float]] = {}
+    drawn: dict[tuple[str, int], list[float]] = {}  # generations per problem
     exits: dict[tuple[str, int], list[float]] = {}
 
-    def add(line: str, n: int, values: list[float], tokens: float, exit_share: float) -> None:
+    def add(
+        line: str, n: int, values: list[float], tokens: float, generations: float, exit_share: float
+    ) -> None:
         right.setdefault((line, n), []).append(values)
         spent.setdefault((line, n), []).append(tokens)
+        drawn.setdefault((line, n), []).append(generations)
         exits.setdefault((line, n), []).append(exit_share)
 
     for seed in args.seeds:
-        pairs = [await record(sim, p, seed, budgets, args.probe) for p in data]
+        pairs = [await record(sim, p, seed, fixed_budgets, args.probe) for p in data]
         records = [r for r, _ in pairs]
         order = list(range(len(data)))
         random.Random(f"fold:{seed}").shuffle(order)
         halves = [set(order[: len(order) // 2]), set(order[len(order) // 2 :])]
-        for n in budgets:
+        for n in fixed_budgets:
             for label in sorted({lab for (lab, m) in records[0].outcomes if m == n}):
                 outs = [r.outcomes[(label, n)] for r in records]
                 add(
@@ -235,6 +259,7 @@ async def main() -> None:
                     n,
                     [float(o.correct) for o in outs],
                     sum(o.policy_tokens for o in outs) / len(outs),
+                    float(args.probe if label == PROBE else n),
                     0.0,
                 )
 
@@ -264,7 +289,7 @@ async def main() -> None:
             )
             tables[h] = (predicted, oracle)
         for n in budgets:
-            lines: dict[str, list[tuple[int, bool, float, bool]]] = {}
+            lines: dict[str, list[tuple[int, bool, float, int, bool]]] = {}
             for h, test in enumerate(halves):
                 predicted, oracle = tables[h]
                 rule = predicted.settle_rule  # the table's own (the default) stopping rule
@@ -289,37 +314,121 @@ async def main() -> None:
                     for line, (chooser, early) in choosers.items():
                         ok, tokens, decision = await held_out(sim, p, seed, n, chooser, early)
                         lines.setdefault(line, []).append(
-                            (i, ok, tokens, bool(decision["early_exit"]))
+                            (i, ok, tokens, decision["samples"], bool(decision["early_exit"]))
                         )
             for line, rows in lines.items():
                 rows.sort()
                 add(
                     line,
                     n,
-                    [float(ok) for _, ok, _, _ in rows],
-                    sum(t for _, _, t, _ in rows) / len(rows),
-                    sum(e for _, _, _, e in rows) / len(rows),
+                    [float(ok) for _, ok, _, _, _ in rows],
+                    sum(t for _, _, t, _, _ in rows) / len(rows),
+                    sum(g for _, _, _, g, _ in rows) / len(rows),
+                    sum(e for _, _, _, _, e in rows) / len(rows),
                 )
     elapsed = time.perf_counter() - started
-    rng = random.Random(0)
+    results = {
+        "problems": len(data),
+        "seeds": args.seeds,
+        "probe": args.probe,
+        "bins": args.bins,
+        "budgets": budgets,
+        "fixed_budgets": fixed_budgets,
+        "elapsed_s": round(elapsed),
+        "lines": [
+            {
+                "line": line,
+                "n": n,
+                "right": right[(line, n)],
+                "tokens": spent[(line, n)],
+                "generations": drawn[(line, n)],
+                "exits": exits[(line, n)],
+            }
+            for line, n in right
+        ],
+    }
+    args.results.write_text(json.dumps(results) + "\n")
+    show(results)
+
+
+def show(results: dict[str, Any]) -> None:
+    """The tables of a run's results (see the module docstring)."""
+    right = {(r["line"], r["n"]): r["right"] for r in results["lines"]}
+    spent = {(r["line"], r["n"]): r["tokens"] for r in results["lines"]}
+    drawn = {(r["line"], r["n"]): r["generations"] for r in results["lines"]}
+    exits = {(r["line"], r["n"]): r["exits"] for r in results["lines"]}
+    budgets, fixed_budgets = results["budgets"], results["fixed_budgets"]
     print(
-        f"MATH-500 on the simulator, {len(data)} problems, seeds {args.seeds}, probe "
-        f"{args.probe}, {args.bins} bins, held-out 2-fold; {elapsed:.0f} s\n"
+        f"MATH-500 on the simulator, {results['problems']} problems, seeds {results['seeds']},"
+        f" probe {results['probe']}, {results['bins']} bins, held-out 2-fold;"
+        f" {results['elapsed_s']} s\n"
     )
-    print("| N | strategy | accuracy % | 95% CI | tokens / problem | early exits % |")
-    print("|---:|---|---:|---|---:|---:|")
-    for n in budgets:
+    print("| N | strategy | accuracy % | 95% CI | tokens / problem | generations | early exits % |")
+    print("|---:|---|---:|---|---:|---:|---:|")
+    for n in fixed_budgets:
         keys = sorted((k for k in right if k[1] == n), key=lambda k: -sum(map(sum, right[k])))
         for key in keys:
-            columns = right[key]
-            accuracy = 100 * sum(map(sum, columns)) / (len(columns) * len(columns[0]))
-            low, high = interval(columns, rng)
-            tokens = sum(spent[key]) / len(spent[key])
-            exit_share = 100 * sum(exits[key]) / len(exits[key])
+            values = per_problem(right[key])
+            ci = mean_interval(values)
             print(
-                f"| {n} | {key[0]} | {accuracy:.1f} | {100 * low:.1f}-{100 * high:.1f} | "
-                f"{tokens:,.0f} | {exit_share:.0f} |"
+                f"| {n} | {key[0]} | {100 * sum(values) / len(values):.1f} | "
+                f"{100 * ci.low:.1f}-{100 * ci.high:.1f} | {mean(spent[key]):,.0f} | "
+                f"{mean(drawn[key]):.1f} | {100 * mean(exits[key]):.0f} |"
             )
+    # the fixed strategies' curves: every option the grid ran, at each budget it ran at
+    fixed_labels = {k[0] for k in right if k[1] in fixed_budgets and "/" not in k[0]}
+    fixed_labels -= {"compute_optimal", PROBE}
+    for axis, spend in (("tokens", spent), ("generations", drawn)):
+        print(f"\nAt equal {axis}: each line beside the best fixed strategy read at its spend")
+        print(
+            f"| N | line | accuracy % | {axis} | best fixed at that spend | its accuracy % "
+            "| difference, 95% CI |"
+        )
+        print("|---:|---|---:|---:|---|---:|---|")
+        curves = {
+            label: [
+                Measured(m, mean(spend[(label, m)]), tuple(per_problem(right[(label, m)])))
+                for m in fixed_budgets
+                if (label, m) in right
+            ]
+            for label in sorted(fixed_labels)
+        }
+        # a tree search at its best width at each N, chosen in hindsight: the strongest fixed
+        # curve a user could draw (which favours the fixed strategies)
+        for tree in ("beam_search", "dvts"):
+            best = []
+            for m in fixed_budgets:
+                at_m = [c for label, c in curves.items() if label.startswith(f"{tree}(")]
+                points = [p for c in at_m for p in c if p.n == m]
+                if points:
+                    best.append(max(points, key=lambda p: (sum(p.values), -p.spend)))
+            curves[f"{tree}, best width per N"] = best
+        for n in budgets:
+            for line in (
+                "compute_optimal",
+                "compute_optimal/oracle",
+                *sorted(
+                    k[0] for k in right if k[1] == n and k[0].startswith("weighted_best_of_n/")
+                ),
+            ):
+                values = per_problem(right[(line, n)])
+                readings = compare_at_spend(values, mean(spend[(line, n)]), curves)
+                row = f"| {n} | {line} | {100 * mean(values):.1f} | {mean(spend[(line, n)]):,.1f} |"
+                if not readings:
+                    print(f"{row} none measured at this spend | | |")
+                    continue
+                best = readings[0]
+                low, high = best.budgets
+                between = f"{low}" if low == high else f"{low}-{high}"
+                print(
+                    f"{row} {best.label} @ N={between} | {100 * best.accuracy:.1f} | "
+                    f"{100 * best.difference:+.1f} "
+                    f"[{100 * best.interval.low:+.1f}, {100 * best.interval.high:+.1f}] |"
+                )
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
 
 
 if __name__ == "__main__":

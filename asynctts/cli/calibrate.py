@@ -76,9 +76,9 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="budgets (generations per problem) the table covers",
     )
-    # a table names a strategy by its name and width alone: only the aggregate, which the
-    # table records, may differ from the strategies' defaults
-    add_search_arguments(what, settings=("aggregate",))
+    # a table names a strategy by its name and width alone: only the aggregate and the depth
+    # cap, which the table records, may differ from the strategies' defaults
+    add_search_arguments(what, settings=("aggregate", "max_depth"))
     add_run_dir_arguments(what)
     table = parser.add_argument_group("the table (changing these on --resume sends no request)")
     table.add_argument(
@@ -172,9 +172,7 @@ async def calibrate_async(args: argparse.Namespace, *, out: TextIO | None = None
     stdout = out or sys.stdout
     outcomes = await run_logged(run, args.log_level)
     journal = load_run(run.run_dir)
-    records, aggregate = records_of(
-        journal, [p.id for p in run.plan.problems], probe=prepared.probe
-    )
+    records, settings = records_of(journal, [p.id for p in run.plan.problems], probe=prepared.probe)
     try:
         table = build_table(
             records,
@@ -184,7 +182,8 @@ async def calibrate_async(args: argparse.Namespace, *, out: TextIO | None = None
             bins=args.bins,
             folds=args.folds,
             seed=args.seed,
-            aggregate=aggregate,
+            aggregate=settings.aggregate,
+            max_depth=settings.max_depth,
             settle_rule=args.settle,
             confidence=args.confidence,
         )

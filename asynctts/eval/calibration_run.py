@@ -40,7 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from asynctts.answers import weighted_vote
-from asynctts.calibration import PROBE, CalibrationTable, Option, Outcome, ProblemRecord
+from asynctts.calibration import (
+    DEFAULT_MAX_DEPTH,
+    PROBE,
+    CalibrationTable,
+    Option,
+    Outcome,
+    ProblemRecord,
+)
 from asynctts.errors import ConfigError
 from asynctts.eval.plan import FAMILY, Job, StrategySettings, build_strategy, plan_jobs, tree_job
 from asynctts.eval.report import RunData
@@ -58,6 +65,7 @@ __all__ = [
     "TREE_SEARCHES",
     "Grid",
     "Refusal",
+    "RunSettings",
     "plan_grid",
     "plot_calibration",
     "records_of",
@@ -140,9 +148,17 @@ def _family_of(run: RunData) -> Mapping[str, Any]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """The strategy settings a calibration run used, which its table must run with."""
+
+    aggregate: AggregateName
+    max_depth: int
+
+
 def records_of(
     run: RunData, problem_ids: Sequence[str], *, probe: int
-) -> tuple[list[ProblemRecord], AggregateName]:
+) -> tuple[list[ProblemRecord], RunSettings]:
     """One record per problem of a finished calibration run, from its journal alone.
 
     Args:
@@ -151,7 +167,7 @@ def records_of(
         probe: samples in a probe (<= the smallest budget).
 
     Returns:
-        The records and the aggregate the run's strategies used.
+        The records and the settings the run's strategies used.
 
     Raises:
         ConfigError: not a calibration run, a probe above a budget, or a (job, problem)
@@ -199,7 +215,9 @@ def records_of(
                 outcomes=outcomes,
             )
         )
-    return records, aggregate
+    depths = {int(job["settings"]["max_depth"]) for job in jobs if "max_depth" in job["settings"]}
+    (max_depth,) = depths or {DEFAULT_MAX_DEPTH}
+    return records, RunSettings(aggregate, max_depth)
 
 
 def _outcomes(job: Mapping[str, Any], result: Mapping[str, Any]) -> dict[tuple[str, int], Outcome]:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asynctts.eval.bootstrap import Interval, accuracy_interval
+from asynctts.eval.bootstrap import Interval, accuracy_interval, mean_interval
 
 
 def exact_cdf(correct: int, total: int) -> list[Fraction]:
@@ -115,3 +115,35 @@ def test_bad_arguments_are_named(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         accuracy_interval(correct, total, **options)
+
+
+def test_the_mean_of_values_resamples_the_problems_exactly() -> None:
+    values = [0.0, 1 / 3, 1.0]
+    rng = random.Random(4)
+    means = sorted(sum(rng.choices(values, k=3)) / 3 for _ in range(10))
+    assert mean_interval(values, resamples=10, seed=4) == Interval(means[0], means[-1])
+    # on 0/1 values it is the same distribution as accuracy_interval's
+    outcomes = [1.0] * 13 + [0.0] * 27
+    by_values = mean_interval(outcomes, resamples=20_000, seed=5)
+    by_counts = accuracy_interval(13, 40, resamples=20_000, seed=6)
+    assert abs(by_values.low - by_counts.low) <= 1 / 40
+    assert abs(by_values.high - by_counts.high) <= 1 / 40
+
+
+@given(
+    values=st.lists(st.floats(min_value=-1.0, max_value=1.0), min_size=1, max_size=60),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_the_mean_interval_lies_within_the_values(values: list[float], seed: int) -> None:
+    interval = mean_interval(values, resamples=200, seed=seed)
+    rounding = 1e-12  # a mean of equal floats may differ from them in the last place
+    assert min(values) - rounding <= interval.low <= interval.high <= max(values) + rounding
+    if len(set(values)) == 1:  # nothing to resample: no width
+        assert interval.high - interval.low <= rounding
+
+
+def test_the_mean_interval_refuses_no_values() -> None:
+    with pytest.raises(ValueError, match=r"no values: need >= 1 problem"):
+        mean_interval([])
+    with pytest.raises(ValueError, match=r"resamples=0: need >= 1"):
+        mean_interval([1.0], resamples=0)

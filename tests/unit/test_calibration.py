@@ -20,6 +20,7 @@ from asynctts.calibration import (
 from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
 from asynctts.search.beam_search import BeamSearch
+from asynctts.search.dvts import DVTS
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 
 IDENTITY = {"policy.model": "p", "prm.model": "r"}
@@ -55,6 +56,9 @@ def test_options_name_themselves_and_build_their_strategy() -> None:
     assert isinstance(Option.parse(BON).build("last"), WeightedBestOfN)
     beam = Option.parse(BEAM).build("min")
     assert isinstance(beam, BeamSearch) and (beam.width, beam.aggregate) == (4, "min")
+    assert beam.max_depth == 40
+    shallow = Option.parse("dvts(width=2)").build("last", max_depth=5)
+    assert isinstance(shallow, DVTS) and (shallow.width, shallow.max_depth) == (2, 5)
     with pytest.raises(ConfigError, match=r"option 'beam_search' width=None"):
         Option("beam_search")
     with pytest.raises(ConfigError, match=r"write NAME or NAME\(width=W\)"):
@@ -96,10 +100,13 @@ def test_cross_validation_never_lets_a_problem_pick_its_own_strategy() -> None:
 
 
 def test_a_table_survives_saving_and_loading(tmp_path: Path) -> None:
-    table = build_table(two_kinds(), identity=IDENTITY, probe=8, budgets=[16], bins=2)
+    table = build_table(two_kinds(), identity=IDENTITY, probe=8, budgets=[16], bins=2, max_depth=7)
     path = tmp_path / "calibration.json"
     table.save(path)
     assert CalibrationTable.load(path) == table
+    # its tree searches run with the depth cap they were calibrated with
+    chosen = table.choose(0.1, 16).strategy
+    assert isinstance(chosen, BeamSearch) and chosen.max_depth == 7
     text = table.summary()
     assert "bin 1 easiest" in text
     assert f"    1    16  {BON:<24}   100.0       150        20" in text

@@ -17,6 +17,7 @@ from asynctts.cli import main
 from asynctts.errors import ConfigError
 from asynctts.eval.calibration_run import (
     Refusal,
+    RunSettings,
     plan_grid,
     records_of,
     tree_widths,
@@ -174,8 +175,8 @@ def write_journal(run_dir: Path, jobs: list[dict[str, Any]], events: list[dict[s
 @pytest.fixture
 def journal(tmp_path: Path) -> Path:
     """A calibration of two problems at N in {1, 2}: the family and beam search of width 1 at
-    N=1. Problem "a" was solved, "b" failed as a whole."""
-    grid = plan_grid([1, 2])
+    N=1 with a depth cap of 6. Problem "a" was solved, "b" failed as a whole."""
+    grid = plan_grid([1, 2], StrategySettings(max_depth=6))
     family, beam = grid.jobs[0], grid.jobs[1]
     assert (family.key, beam.key) == ("weighted_best_of_n@2", "beam_search[width=1]@1")
     candidates = [
@@ -251,8 +252,8 @@ def journal(tmp_path: Path) -> Path:
 
 
 def test_records_from_a_journal(journal: Path) -> None:
-    (a, b), aggregate = records_of(load_run(journal), ["a", "b"], probe=1)
-    assert aggregate == "last"
+    (a, b), settings = records_of(load_run(journal), ["a", "b"], probe=1)
+    assert settings == RunSettings(aggregate="last", max_depth=6)
     # the probe is the first sample alone (not the second, answering 3): its last step's
     # score, and it agrees with itself
     assert (a.problem_id, a.predicted, a.agreement, a.pass_at_1) == ("a", 0.75, 1.0, 0.5)
@@ -352,8 +353,9 @@ def test_calibrate_needs_a_prm(tmp_path: Path, capsys: pytest.CaptureFixture[str
             "asynctts calibrate: error: argument --settle: invalid choice: 'vote'",
         ),
         (["--probe", "0"], "asynctts calibrate: error: argument --probe: 0 is not >= 1"),
-        # a table names a tree search by its width alone: no other search setting is a flag
-        (["--max-depth", "8"], "asynctts: error: unrecognized arguments: --max-depth 8"),
+        (["--max-depth", "0"], "asynctts calibrate: error: argument --max-depth: 0 is not >= 1"),
+        # a table names a tree search by its width: the grid sets it, so it is no flag
+        (["--width", "8"], "asynctts: error: unrecognized arguments: --width 8"),
     ],
 )
 def test_malformed_flags_exit_2(
