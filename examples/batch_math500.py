@@ -24,6 +24,11 @@ asynctts unless `--data` names a JSONL file (or `hub`).
         --strategy weighted_best_of_n --n 1 2 4 8 16 --out runs/killed \\
         --sim-latency h200_1b --resume
 
+    # three request seeds over the same problems, one report pooled over them
+    python examples/batch_math500.py --simulate \\
+        --strategy weighted_best_of_n --n 1 2 4 --seeds 0 1 2 --out runs/seeds
+    asynctts report runs/seeds                   # the pooled report again
+
     # two runs side by side, one plot
     asynctts report runs/sim500 runs/killed --plot runs/compare.png
 

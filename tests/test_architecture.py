@@ -74,6 +74,14 @@ ALLOWED: dict[str, set[str]] = {
         "asynctts.trace_plot",
     },
     "asynctts.trace_plot": {"asynctts.trace", "asynctts.errors", "asynctts.protocols"},
+    # pooled: over journals and their reports alone (runner only for the journal's file name)
+    "asynctts.eval.pooled": {
+        "asynctts.errors",
+        "asynctts.eval.bootstrap",
+        "asynctts.eval.equal_spend",
+        "asynctts.eval.report",
+        "asynctts.eval.runner",
+    },
 }
 THIRD_PARTY_BANNED_IN_SEARCH = {"aiohttp", "orjson", "tenacity", "transformers", "structlog"}
 

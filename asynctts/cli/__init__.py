@@ -5,7 +5,8 @@
 - `asynctts eval ...` runs an evaluation into a run directory (evaluate.py);
 - `asynctts calibrate ...` runs every strategy at every budget over a calibration set and
   writes the compute-optimal table (calibrate.py);
-- `asynctts report RUN_DIR [RUN_DIR ...]` reports one run or compares several (report.py).
+- `asynctts report RUN_DIR [RUN_DIR ...]` reports one run (or the seed runs of `eval --seeds`,
+  pooled) or compares several (report.py).
 
 Rules:
 - Bad input is reported before any request as `asynctts <command>: error: ...`, exit status

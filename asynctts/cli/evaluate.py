@@ -7,6 +7,13 @@ Rules:
 - `--calibration TABLE` goes with `--strategy compute_optimal` and nothing else; the table's
   absolute path is recorded in the journal's info (its content's sha256 is in the identity).
   So does `--budget-tokens B` (in the identity too); it must cover the probes of the problems.
+- `--seeds S1 S2 ...` makes RUN_DIR a seeds directory (asynctts/eval/pooled.py): one ordinary
+  run per request seed in RUN_DIR/seed-S, all over the problems `--seed` selects, one after
+  another, then the report pooled over every seed run there. Every seed run's journal is
+  opened before the first request, so its checks (resume or not) hold for every seed up
+  front, and a seed run not started yet already has its journal: the pooled report names it.
+  Without `--seeds` nothing changes (same files, same journal identity). A single run's
+  directory and a seeds directory are never mixed up: each refuses the other's command.
 - The report goes to stdout, the progress bar to stderr, structured logs to RUN_DIR/eval.log.
 - No secrets on the command line: API keys come from the environment variable named by
   `--api-key-env` / `--prm-api-key-env` (never logged or journaled).
@@ -15,6 +22,7 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +34,7 @@ from asynctts.cli.arguments import (
     add_sampling_arguments,
     add_search_arguments,
     endpoints_of,
+    non_negative_int,
     positive_int,
     sampling_of,
     strategy_settings_of,
@@ -35,8 +44,17 @@ from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
 from asynctts.eval.data import Fold, load_dataset, select
 from asynctts.eval.plan import NAMES, EvalPlan, Job, plan_jobs
+from asynctts.eval.pooled import seed_run_dir, seed_run_dirs, write_pooled_report
 from asynctts.eval.report import REPORT_PLOT, REPORT_TEXT, write_report
-from asynctts.eval.runner import LOG_NAME, TABLE_INFO, JobOutcome, RunOptions, run_eval
+from asynctts.eval.runner import (
+    JOURNAL_NAME,
+    LOG_NAME,
+    TABLE_INFO,
+    JobOutcome,
+    RunOptions,
+    open_journal,
+    run_eval,
+)
 from asynctts.logs import configure_logging
 
 __all__ = [
@@ -52,6 +70,7 @@ __all__ = [
     "prepare_eval",
     "run_logged",
     "run_options_of",
+    "seed_runs",
     "write_outcomes",
 ]
 
@@ -61,7 +80,8 @@ EVAL_DESCRIPTION = (
     " The best-of-N family (majority, best_of_n, weighted_best_of_n) runs once at"
     " the largest N and reports every smaller n from the same samples. compute_optimal"
     " chooses a strategy per problem by the table of `asynctts calibrate` (--calibration)."
-    " The report gives each accuracy a 95% bootstrap interval and its spend per problem."
+    " The report gives each accuracy a 95% bootstrap interval and its spend per problem;"
+    " with --seeds, one run per request seed and a report pooled over them."
 )
 
 
@@ -101,7 +121,18 @@ def add_eval_arguments(run: argparse.ArgumentParser) -> None:
     )
     add_search_arguments(what)
     add_run_dir_arguments(what)
-    add_data_arguments(run.add_argument_group("data"))
+    data = run.add_argument_group("data")
+    add_data_arguments(data)
+    data.add_argument(
+        "--seeds",
+        nargs="+",
+        type=non_negative_int,
+        metavar="S",
+        help="two or more request seeds: one ordinary, resumable run per seed in"
+        " RUN_DIR/seed-S, all over the same problems (those --seed selects), one after"
+        " another, then RUN_DIR/report.txt, report.json and accuracy.png pooled over every"
+        " seed run in RUN_DIR (default: one run in RUN_DIR, its requests seeded by --seed)",
+    )
     add_sampling_arguments(run.add_argument_group("sampling"))
     add_endpoint_arguments(run)
     add_how_arguments(run.add_argument_group("how"))
@@ -151,7 +182,13 @@ def add_data_arguments(data: argparse._ArgumentGroup) -> None:
         " `eval --fold 2/2` with the same --seed share no problem (default: every problem)",
     )
     data.add_argument("--shuffle", action="store_true", help="shuffle (with --seed) first")
-    data.add_argument("--seed", type=int, default=0, help="shuffle and request seed")
+    data.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the selection (--shuffle, --fold: the same seed, the same problems) and"
+        " the requests' sampling; with `eval --seeds`, the selection only",
+    )
 
 
 def add_how_arguments(how: argparse._ArgumentGroup) -> None:
@@ -190,6 +227,7 @@ def prepare_eval(args: argparse.Namespace) -> Prepared:
     Raises:
         ConfigError: any bad input, named.
     """
+    _check_run_dir(args.out, args.seeds)
     policy, prm = endpoints_of(args)
     jobs = plan_jobs(
         args.strategy,
@@ -209,6 +247,67 @@ def prepare_eval(args: argparse.Namespace) -> Prepared:
             raise ConfigError(f"--calibration {args.calibration}: {err}") from err
         info[TABLE_INFO] = str(args.calibration.resolve())
     return Prepared(plan, policy, prm, args.out, options, info)
+
+
+def _check_run_dir(run_dir: Path, seeds: Sequence[int] | None) -> None:
+    """`--seeds` are distinct, two or more, and name a directory that holds no single run;
+    without them, the directory holds no seed runs.
+
+    Raises:
+        ConfigError: naming the seeds or the directory.
+    """
+    if seeds is None:
+        held = seed_run_dirs(run_dir)
+        if held:
+            raise ConfigError(
+                f"{run_dir} holds runs of request seeds ({', '.join(p.name for p in held)}):"
+                " continue them with --seeds, or choose another output directory"
+            )
+        return
+    given = " ".join(map(str, seeds))
+    if len(seeds) < 2:
+        raise ConfigError(f"--seeds {given}: give two or more seeds (one run's seed is --seed)")
+    twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if twice:
+        raise ConfigError(f"--seeds {given}: seed {twice[0]} is given twice")
+    if (run_dir / JOURNAL_NAME).exists():
+        raise ConfigError(
+            f"{run_dir} holds a single run ({JOURNAL_NAME}): --seeds needs a directory of its"
+            " own, or drop --seeds to continue that run"
+        )
+
+
+def seed_runs(prepared: Prepared, seeds: Sequence[int]) -> list[Prepared]:
+    """`prepared` once per request seed, each in its own run directory RUN_DIR/seed-S (the
+    problems stay those `prepared` selected)."""
+    return [
+        dataclasses.replace(
+            prepared,
+            plan=dataclasses.replace(prepared.plan, seed=seed),
+            run_dir=seed_run_dir(prepared.run_dir, seed),
+        )
+        for seed in seeds
+    ]
+
+
+def _open_journals(runs: Sequence[Prepared]) -> None:
+    """Open and close every seed run's journal before the first request: the existing ones
+    first, so that one that does not fit is refused before anything is created; then the
+    missing ones are created (see the module rules).
+
+    Raises:
+        ConfigError: a journal that does not fit (`open_journal`).
+    """
+    for run in sorted(runs, key=lambda r: not (r.run_dir / JOURNAL_NAME).exists()):
+        with open_journal(
+            run.plan,
+            policy=run.policy,
+            prm=run.prm,
+            run_dir=run.run_dir,
+            options=run.options,
+            info=run.info,
+        ):
+            pass
 
 
 def run_options_of(args: argparse.Namespace) -> RunOptions:
@@ -313,12 +412,12 @@ async def run_logged(prepared: Prepared, log_level: str) -> list[JobOutcome]:
         log_file.close()
 
 
-def write_outcomes(outcomes: Sequence[JobOutcome], out: TextIO) -> None:
-    """One line per job: solved now, from the journal, re-graded, wall time."""
+def write_outcomes(outcomes: Sequence[JobOutcome], out: TextIO, *, prefix: str = "") -> None:
+    """One line per job, after `prefix`: solved now, from the journal, re-graded, wall time."""
     for outcome in outcomes:
         out.write(
-            f"{outcome.key}: {outcome.solved} solved now, {outcome.resumed} from the journal"
-            f" ({outcome.regraded} re-graded), {outcome.wall_s:.1f} s\n"
+            f"{prefix}{outcome.key}: {outcome.solved} solved now, {outcome.resumed} from the"
+            f" journal ({outcome.regraded} re-graded), {outcome.wall_s:.1f} s\n"
         )
 
 
@@ -326,11 +425,32 @@ async def eval_async(args: argparse.Namespace, *, out: TextIO | None = None) -> 
     """`asynctts eval` with parsed arguments (examples fill in endpoints first)."""
     prepared = prepare_eval(args)
     stdout = out or sys.stdout
+    if args.seeds is not None:
+        return await _eval_seeds(prepared, args.seeds, args.log_level, stdout)
     outcomes = await run_logged(prepared, args.log_level)
     _, text = write_report(prepared.run_dir)
     stdout.write(text)
     write_outcomes(outcomes, stdout)
     stdout.write(
         f"report: {prepared.run_dir / REPORT_TEXT}, plot: {prepared.run_dir / REPORT_PLOT}\n"
+    )
+    return 0
+
+
+async def _eval_seeds(
+    prepared: Prepared, seeds: Sequence[int], log_level: str, stdout: TextIO
+) -> int:
+    """One run per request seed, each reported in its directory, then the pooled report."""
+    runs = seed_runs(prepared, seeds)
+    _open_journals(runs)
+    for seed, run in zip(seeds, runs, strict=True):
+        outcomes = await run_logged(run, log_level)
+        write_report(run.run_dir)
+        write_outcomes(outcomes, stdout, prefix=f"seed {seed}: ")
+    _, text = write_pooled_report(prepared.run_dir)
+    stdout.write(text)
+    stdout.write(
+        f"report: {prepared.run_dir / REPORT_TEXT}, plot: {prepared.run_dir / REPORT_PLOT},"
+        f" seed runs: {', '.join(str(run.run_dir) for run in runs)}\n"
     )
     return 0

@@ -9,12 +9,14 @@
 - `journal`: the write-ahead journal that makes runs resumable.
 - `runner`: runs a plan through `solve_many`, grading and journaling each problem.
 - `report`: accuracy curves, per level and subject, costs, wall time; text, JSON and plot.
+- `pooled`: the report pooled over runs that differ only in their request seed.
 """
 
 from asynctts.eval.data import DataSet, Problem, load_dataset, load_problems, select
 from asynctts.eval.grading import Grade, grade_answers, grade_solution
 from asynctts.eval.journal import Journal, read_journal
 from asynctts.eval.plan import EvalPlan, Job, Line, StrategySettings, plan_jobs
+from asynctts.eval.pooled import pool_runs, write_pooled_report
 from asynctts.eval.report import (
     format_comparison,
     format_report,
@@ -45,9 +47,11 @@ __all__ = [
     "load_run",
     "plan_jobs",
     "plot_accuracy",
+    "pool_runs",
     "read_journal",
     "run_eval",
     "select",
     "summarize",
+    "write_pooled_report",
     "write_report",
 ]

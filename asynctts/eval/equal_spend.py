@@ -11,6 +11,8 @@ Rules:
   reading: nothing is extrapolated.
 - The difference (line minus fixed strategy) is the mean of the per-problem differences, with
   the percentile bootstrap interval over problems (asynctts/eval/bootstrap.py).
+- In an eval report, each compute_optimal point is read against every other primary line, in
+  tokens (policy generated + PRM prompt) and in generations per problem (`equal_spend_section`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,18 @@ import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from asynctts.eval.bootstrap import Interval, mean_interval
 
-__all__ = ["Measured", "Reading", "at_spend", "compare_at_spend"]
+__all__ = [
+    "AXES",
+    "Measured",
+    "Reading",
+    "at_spend",
+    "compare_at_spend",
+    "equal_spend_section",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +111,77 @@ def compare_at_spend(
             Reading(label, spend, budgets, accuracy, mean - accuracy, mean_interval(differences))
         )
     return sorted(readings, key=lambda r: (-r.accuracy, r.label))
+
+
+AXES = ("tokens", "generations")  # the spends lines are compared at
+COMPARED = "compute_optimal"  # the strategy whose lines are read against the fixed ones
+
+
+def equal_spend_section(
+    lines: Sequence[Mapping[str, Any]], values: Mapping[tuple[str, int], Mapping[str, float]]
+) -> list[dict[str, Any]]:
+    """A report's comparison at equal spend: each compute_optimal point beside every other
+    primary line, at its mean tokens and at its mean generations per problem.
+
+    Args:
+        lines: the report's lines (label, strategy, primary, points with n and spend).
+        values: (label, n) -> problem id -> value (right or not, or the share of seeds right).
+
+    Only problems every compared point holds count (an unfinished run compares what all its
+    lines have done); a point without spend or problems is left out.
+    """
+    primary = [line for line in lines if line["primary"]]
+    compared = [line for line in primary if line["strategy"] == COMPARED]
+    fixed = [line for line in primary if line["strategy"] != COMPARED]
+    section = []
+    for line in compared:
+        for point in line["points"]:
+            own = values.get((line["label"], point["n"]), {})
+            shared = set(own)
+            for other in fixed:
+                for p in other["points"]:
+                    shared &= set(values.get((other["label"], p["n"]), {}))
+            problems = sorted(shared)
+            if not problems:
+                continue
+            mine = [own[pid] for pid in problems]
+            for axis in AXES:
+                spend = point["spend"].get(axis)
+                if not spend:
+                    continue
+                curves = {
+                    other["label"]: [
+                        Measured(
+                            p["n"],
+                            p["spend"][axis],
+                            tuple(values[(other["label"], p["n"])][pid] for pid in problems),
+                        )
+                        for p in other["points"]
+                        if p["spend"].get(axis)
+                    ]
+                    for other in fixed
+                }
+                readings = compare_at_spend(
+                    mine, spend, {label: c for label, c in curves.items() if c}
+                )
+                section.append(
+                    {
+                        "line": line["label"],
+                        "n": point["n"],
+                        "axis": axis,
+                        "spend": spend,
+                        "problems": len(problems),
+                        "accuracy": math.fsum(mine) / len(mine),
+                        "readings": [
+                            {
+                                "label": r.label,
+                                "between": list(r.budgets),
+                                "accuracy": r.accuracy,
+                                "difference": r.difference,
+                                "interval": [r.interval.low, r.interval.high],
+                            }
+                            for r in readings
+                        ],
+                    }
+                )
+    return section

@@ -26,6 +26,9 @@ Rules:
 - The report names the asynctts and math-verify versions that wrote the results: those of the
   journal's config line, then each allowed change (`--allow-version-change`), in order.
 - Wall time of a job sums its sessions: a killed session counts until its last result.
+- A report pooled over seed runs (asynctts/eval/pooled.py) is written by the same functions:
+  its header names the seeds, and after the spend table come the seed runs (done per job,
+  unfinished ones named) and each line's accuracy per seed.
 - Plots use matplotlib's object API on the Agg canvas (no pyplot, no global backend); it is
   imported only when a plot is drawn.
 """
@@ -42,6 +45,7 @@ from typing import Any
 import orjson
 
 from asynctts.eval.bootstrap import CONFIDENCE, RESAMPLES, SEED, accuracy_interval
+from asynctts.eval.equal_spend import equal_spend_section
 from asynctts.eval.journal import last_per_key, read_journal
 from asynctts.eval.runner import JOURNAL_NAME, TABLE_INFO
 
@@ -50,10 +54,12 @@ __all__ = [
     "REPORT_PLOT",
     "REPORT_TEXT",
     "RunData",
+    "decisions_of",
     "format_comparison",
     "format_report",
     "load_run",
     "plot_accuracy",
+    "save_report",
     "summarize",
     "write_report",
 ]
@@ -188,7 +194,7 @@ def _decided(decisions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _decisions(job: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def decisions_of(job: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """A compute_optimal job's decisions, overall and per difficulty bin (with the accuracy
     and spend of the bin's problems)."""
     (primary,) = (line for line in job["lines"] if line["primary"])
@@ -299,6 +305,7 @@ def summarize(run: RunData) -> dict[str, Any]:
     walls = _sessions(run.events)
     jobs_out: list[dict[str, Any]] = []
     lines: dict[str, dict[str, Any]] = {}
+    values: dict[tuple[str, int], dict[str, float]] = {}  # (line, n) -> problem -> right
     for job in identity.get("jobs", []):
         key = job["key"]
         results = [r for (k, _), r in sorted(run.results.items()) if k == key]
@@ -320,7 +327,7 @@ def summarize(run: RunData) -> dict[str, Any]:
             "per_problem": {f: (v / done if done else None) for f, v in usage_sums.items()},
         }
         if job["strategy"] == COMPUTE_OPTIMAL:
-            job_out["decisions"] = _decisions(job, results)
+            job_out["decisions"] = decisions_of(job, results)
         jobs_out.append(job_out)
         points = job["points"]
         for spec in job["lines"]:
@@ -336,6 +343,12 @@ def summarize(run: RunData) -> dict[str, Any]:
                 },
             )
             for index, n in enumerate(points):
+                values[(spec["label"], n)] = {
+                    str(r["problem_id"]): float(
+                        bool(r["grades"][spec["selection"]][index]["correct"])
+                    )
+                    for r in results
+                }
                 line["points"].append(
                     {
                         "n": n,
@@ -368,6 +381,7 @@ def summarize(run: RunData) -> dict[str, Any]:
         "calibration_table": info.get(TABLE_INFO),
         "jobs": jobs_out,
         "lines": lines_out,
+        "equal_spend": equal_spend_section(lines_out, values),
     }
 
 
@@ -412,9 +426,15 @@ def format_report(summary: Mapping[str, Any]) -> str:
     policy = (endpoints.get("policy") or {}).get("model", "?")
     prm = (endpoints.get("prm") or {}).get("model", "none")
     sha = str(summary["data"].get("sha256") or "")[:12]
+    seeds = summary.get("seeds")  # a report pooled over seed runs (asynctts/eval/pooled.py)
+    seeded = (
+        f"seed {summary['seed']}"
+        if seeds is None
+        else "pooled over request seeds " + ", ".join(str(s["seed"]) for s in seeds)
+    )
     out = [
         f"Run {summary['run_dir']}: {summary['planned_problems']} problems"
-        f" (data {summary['data'].get('source')}, sha256 {sha}), seed {summary['seed']},"
+        f" (data {summary['data'].get('source')}, sha256 {sha}), {seeded},"
         f" policy {policy}, PRM {prm}",
         "Versions: " + "; then ".join(_show_versions(v) for v in summary["versions"]),
         "",
@@ -480,6 +500,10 @@ def format_report(summary: Mapping[str, Any]) -> str:
         rows,
     )
     out += ["", *_spend_table(summary)]
+    if summary.get("equal_spend"):
+        out += ["", *_equal_spend_table(summary["equal_spend"])]
+    if seeds is not None:
+        out += ["", *_seeds_table(summary)]
     for job in summary["jobs"]:
         if "decisions" in job:
             out += ["", *_decision_table(job, summary.get("calibration_table"))]
@@ -529,6 +553,71 @@ def _spend_table(summary: Mapping[str, Any]) -> list[str]:
         " resamples) and spend per problem (means): compare lines at equal spend"
     )
     return [title, *_table(header, rows), SPEND_NOTE]
+
+
+def _equal_spend_table(section: Sequence[Mapping[str, Any]]) -> list[str]:
+    """compute_optimal beside every fixed line read at its spend (asynctts/eval/equal_spend.py)."""
+    rows = []
+    for compared in section:
+        for reading in compared["readings"] or [None]:
+            head = [
+                compared["line"],
+                str(compared["n"]),
+                compared["axis"],
+                _number(compared["spend"], 0 if compared["axis"] == "tokens" else 1),
+                _percent(compared["accuracy"]),
+            ]
+            if reading is None:
+                rows.append([*head, "(no fixed line measured around this spend)", "", "", ""])
+                continue
+            low, high = reading["between"]
+            low_ci, high_ci = (100 * end for end in reading["interval"])
+            difference = f"{100 * reading['difference']:+.1f} [{low_ci:+.1f}, {high_ci:+.1f}]"
+            rows.append(
+                [
+                    *head,
+                    reading["label"],
+                    f"n={low}" if low == high else f"n={low}..{high}",
+                    _percent(reading["accuracy"]),
+                    difference,
+                ]
+            )
+    header = ["line", "n", "spend", "per problem", "acc %", "fixed line", "read at", "acc %"]
+    title = (
+        "At equal spend: each fixed line's accuracy at compute_optimal's mean spend, interpolated"
+        " in log spend between its budgets (none outside them), and the difference with a paired"
+        " 95% bootstrap interval"
+    )
+    return [title, *_table([*header, "difference"], rows, left=3)]
+
+
+def _seeds_table(summary: Mapping[str, Any]) -> list[str]:
+    """A pooled report's seed runs: done per job, then each primary line's accuracy per seed."""
+    seeds = summary["seeds"]
+    rows = [
+        [
+            str(seed["seed"]),
+            seed["run_dir"],
+            ", ".join(f"{key} {done}/{seed['planned']}" for key, done in seed["done"].items()),
+            "finished" if seed["finished"] else "unfinished",
+            f"{seed['wall_s']:.1f}",
+        ]
+        for seed in seeds
+    ]
+    out = [
+        "Seed runs: the accuracy is the mean over seeds and problems; its interval a bootstrap"
+        " over problems of each problem's share of seeds right"
+    ]
+    out += _table(["seed", "run", "done per job", "state", "wall s"], rows, left=4)
+    rows = [
+        [line["label"], str(point["n"])] + [_percent(one["accuracy"]) for one in point["per_seed"]]
+        for line in summary["lines"]
+        if line["primary"]
+        for point in line["points"]
+    ]
+    out += ["", "Accuracy (%) per seed"]
+    out += _table(["line", "n", *(f"seed {seed['seed']}" for seed in seeds)], rows)
+    return out
 
 
 def _decision_table(job: Mapping[str, Any], table_path: str | None) -> list[str]:
@@ -704,10 +793,23 @@ def write_report(run_dir: str | Path, *, plot: bool = True) -> tuple[dict[str, A
     directory = Path(run_dir)
     summary = summarize(load_run(directory))
     text = format_report(summary)
+    save_report(directory, summary, text, plot=plot)
+    return summary, text
+
+
+def save_report(
+    directory: Path,
+    summary: Mapping[str, Any],
+    text: str,
+    *,
+    plot: bool = True,
+    title: str | None = None,
+) -> None:
+    """Write `summary` as report.json, its `text` as report.txt and, with `plot`, its
+    accuracy.png (titled `title`) into `directory`."""
     (directory / REPORT_JSON).write_bytes(
         orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
     )
     (directory / REPORT_TEXT).write_text(text, encoding="utf-8")
     if plot:
-        plot_accuracy([summary], directory / REPORT_PLOT)
-    return summary, text
+        plot_accuracy([summary], directory / REPORT_PLOT, title=title)

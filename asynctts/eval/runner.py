@@ -64,6 +64,7 @@ __all__ = [
     "RunOptions",
     "check_same_tables",
     "headline_correct",
+    "open_journal",
     "package_versions",
     "run_eval",
 ]
@@ -157,15 +158,8 @@ async def run_eval(
     opts = options or RunOptions()
     plan.check(has_prm=prm is not None)
     plan.check_endpoints(policy, prm)
-    config = {**plan.config(policy=policy, prm=prm, info=info), "versions": package_versions()}
-    path = Path(run_dir) / JOURNAL_NAME
-    if opts.resume:
-        check_same_tables(path, config)
-    with Journal.open(
-        path,
-        config,
-        resume=opts.resume,
-        allow_version_change=opts.allow_version_change,
+    with open_journal(
+        plan, policy=policy, prm=prm, run_dir=run_dir, options=opts, info=info
     ) as journal:
         if journal.events:
             log.info("eval.resuming", path=str(journal.path), events=len(journal.events))
@@ -183,6 +177,30 @@ async def run_eval(
             for job in plan.jobs:
                 outcomes.append(await _run_job(job, plan, solver, equivalence, journal, opts))
         return outcomes
+
+
+def open_journal(
+    plan: EvalPlan,
+    *,
+    policy: Endpoint,
+    prm: Endpoint | None,
+    run_dir: str | Path,
+    options: RunOptions,
+    info: Mapping[str, Any] | None = None,
+) -> Journal:
+    """The journal of `plan` in `run_dir`: created, or (`options.resume`) resumed once its
+    identity, calibration tables and versions fit (see the module rules).
+
+    Raises:
+        ConfigError: the journal does not fit, or another process has it open.
+    """
+    config = {**plan.config(policy=policy, prm=prm, info=info), "versions": package_versions()}
+    path = Path(run_dir) / JOURNAL_NAME
+    if options.resume:
+        check_same_tables(path, config)
+    return Journal.open(
+        path, config, resume=options.resume, allow_version_change=options.allow_version_change
+    )
 
 
 async def _run_job(

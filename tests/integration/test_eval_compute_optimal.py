@@ -189,6 +189,19 @@ async def test_compute_optimal_beside_weighted_best_of_n(
     assert point["interval"] == [interval.low, interval.high]
     assert point["spend"]["generations"] == pytest.approx(drawn)
     assert (evaluated / "accuracy.png").read_bytes().startswith(b"\x89PNG")
+    # at equal spend: weighted best-of-N, measured at n=8 alone, is read only at exactly its
+    # own spend, so compute_optimal's other spends find no fixed line around them
+    by_axis = {row["axis"]: row for row in report["equal_spend"]}
+    assert set(by_axis) == {"tokens", "generations"}
+    assert by_axis["tokens"]["spend"] == pytest.approx(policy + prm)
+    assert by_axis["generations"]["spend"] == pytest.approx(drawn)
+    assert by_axis["tokens"]["accuracy"] == pytest.approx(correct / 12)
+    for axis, spent in (("tokens", policy + prm), ("generations", drawn)):
+        (fixed,) = (p for p in report["lines"] if p["label"] == "weighted_best_of_n")
+        at_n8 = fixed["points"][0]["spend"][axis]
+        expected = ["weighted_best_of_n"] if spent == pytest.approx(at_n8) else []
+        assert [r["label"] for r in by_axis[axis]["readings"]] == expected
+    assert "At equal spend: each fixed line's accuracy at compute_optimal's mean spend" in text
 
     # `asynctts report` shows the same
     capsys.readouterr()  # the simulated server's logs

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asynctts.eval.equal_spend import Measured, at_spend, compare_at_spend
+from asynctts.eval.equal_spend import Measured, at_spend, compare_at_spend, equal_spend_section
 
 # a fixed strategy on four problems at n = 4, 8, 16: spends double, accuracy 1/4, 2/4, 3/4
 CURVE = [
@@ -81,3 +81,51 @@ def test_a_reading_lies_between_its_two_measurements(
     values, _ = found
     for value, a, b in zip(values, low.values, high.values, strict=True):
         assert min(a, b) - 1e-12 <= value <= max(a, b) + 1e-12
+
+
+def point(n: int, tokens: float, generations: float) -> dict[str, object]:
+    return {"n": n, "spend": {"tokens": tokens, "generations": generations}}
+
+
+def test_a_report_reads_every_fixed_line_at_compute_optimals_spend() -> None:
+    lines = [
+        {
+            "label": "weighted_best_of_n",
+            "strategy": "weighted_best_of_n",
+            "primary": True,
+            "points": [point(4, 1000.0, 4.0), point(8, 2000.0, 8.0)],
+        },
+        # not primary: never a fixed line
+        {"label": "dvts/best", "strategy": "dvts", "primary": False, "points": [point(8, 1.0, 8)]},
+        {
+            "label": "compute_optimal",
+            "strategy": "compute_optimal",
+            "primary": True,
+            "points": [point(8, 2000.0, 6.0)],
+        },
+    ]
+    values = {
+        ("weighted_best_of_n", 4): {"a": 0.0, "b": 0.0, "c": 1.0},
+        ("weighted_best_of_n", 8): {"a": 1.0, "b": 0.0, "c": 1.0},
+        ("dvts/best", 8): {"a": 1.0},
+        # problem "d" is compute_optimal's alone (its fixed lines have not done it): left out
+        ("compute_optimal", 8): {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.0},
+    }
+    tokens, generations = equal_spend_section(lines, values)
+    assert (tokens["axis"], tokens["spend"], tokens["problems"], tokens["accuracy"]) == (
+        "tokens",
+        2000.0,
+        3,
+        1.0,
+    )
+    [reading] = tokens["readings"]
+    assert reading["label"] == "weighted_best_of_n" and reading["between"] == [8, 8]
+    assert reading["accuracy"] == pytest.approx(2 / 3)
+    assert reading["difference"] == pytest.approx(1 / 3)
+    # 6 generations lie between 4 and 8: log(6/4)/log(2) of the way, problem "a" alone moves
+    [reading] = generations["readings"]
+    weight = math.log(1.5) / math.log(2.0)
+    assert reading["between"] == [4, 8]
+    assert reading["accuracy"] == pytest.approx((weight + 1.0) / 3)
+    # no compute_optimal line: nothing to compare
+    assert equal_spend_section(lines[:2], values) == []

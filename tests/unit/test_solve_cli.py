@@ -195,7 +195,7 @@ def test_every_help_shows_the_defaults_and_no_empty_ones(
             [
                 "'hub' for HuggingFaceH4/MATH-500",
                 "(default: the copy of MATH-500 shipped with asynctts, read with no network)",
-                "shuffle and request seed (default: 0)",
+                "and the requests' sampling; with `eval --seeds`, the selection only (default: 0)",
                 "problems solved at once (default: 64)",
                 "processes grading answers (default: 2)",
                 "RUN_DIR/eval.log (default: INFO)",
