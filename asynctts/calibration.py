@@ -12,6 +12,10 @@ Rules:
   (folds seeded): a problem is scored by the option chosen on the other folds of its bin, so
   it never picks its own strategy. The oracle reading does the same with bins of the true
   pass@1 (Snell et al.'s upper bound), when every record has one.
+- Oracle bins: when every record has a pass@1 the table also stores quantile bins of it (the
+  same edge rules, as many bins asked) and their cells, ranked alike; bin 1 holds the highest
+  pass@1. `choose_oracle` looks a problem up by a known pass@1 (eval's oracle line). The part
+  is optional in the saved table: one without it loads, and has no oracle.
 - A table is valid for one policy/PRM pair and prompt format (`identity`); `check_identity`
   refuses another, naming every field that differs. It answers for budgets >= its smallest
   (a larger N than calibrated uses the largest calibrated cell at or below it).
@@ -151,6 +155,18 @@ class Validation:
 
 
 @dataclass(frozen=True, slots=True)
+class OracleBins:
+    """Bins of the true pass@1 and their cells, ranked as the predicted bins' are."""
+
+    edges: tuple[float, ...]  # ascending cut points of pass@1 (bins - 1 of them)
+    cells: Mapping[tuple[int, int], tuple[Cell, ...]]  # (bin, N) -> options, the chosen first
+
+    @property
+    def bins(self) -> int:
+        return len(self.edges) + 1
+
+
+@dataclass(frozen=True, slots=True)
 class CalibrationTable:
     identity: Mapping[str, str]
     aggregate: AggregateName
@@ -164,6 +180,7 @@ class CalibrationTable:
     problems: int = 0
     notes: tuple[str, ...] = field(default=())
     max_depth: int = DEFAULT_MAX_DEPTH  # the calibrated tree searches' depth cap
+    oracle: OracleBins | None = None  # bins of the true pass@1 (None: records had none)
 
     def strategy_of(self, label: str) -> Strategy | None:
         """The option `label` built with the settings the table was calibrated with."""
@@ -191,6 +208,23 @@ class CalibrationTable:
         """The table's choice for a problem of `predicted` difficulty solved with `budget`."""
         level = self.bin_of(predicted)
         chosen = self.cells[(level, self.budget_for(budget))][0]
+        return Decision(bin=level, label=chosen.option, strategy=self.strategy_of(chosen.option))
+
+    def choose_oracle(self, pass_at_1: float, budget: int) -> Decision:
+        """The oracle's choice for a problem whose true pass@1 is known, solved with `budget`.
+
+        Raises:
+            ConfigError: the table has no oracle bins, or pass@1 is outside [0, 1].
+        """
+        if self.oracle is None:
+            raise ConfigError(
+                "this calibration table has no oracle bins (its records had no pass@1, or an"
+                " older asynctts wrote it): run `asynctts calibrate` again"
+            )
+        if not 0.0 <= pass_at_1 <= 1.0:
+            raise ConfigError(f"pass@1 {pass_at_1} is outside [0, 1]")
+        level = _bin_of(self.oracle.edges, pass_at_1)
+        chosen = self.oracle.cells[(level, self.budget_for(budget))][0]
         return Decision(bin=level, label=chosen.option, strategy=self.strategy_of(chosen.option))
 
     def check_identity(self, identity: Mapping[str, str]) -> None:
@@ -221,6 +255,19 @@ class CalibrationTable:
                 f"  {level:>3}  {n:>4}  {best.option:<24}  {100 * best.accuracy:>6.1f}  "
                 f"{best.tokens:>8.0f}  {best.problems:>8}"
             )
+        if self.oracle is not None:
+            edges = ", ".join(f"{edge:g}" for edge in self.oracle.edges)
+            lines += [
+                "",
+                f"oracle: {self.oracle.bins} bins of the true pass@1 (bin 1 highest), edges"
+                f" [{edges}]; choices:",
+            ]
+            for n in self.budgets:
+                chosen = ", ".join(
+                    f"{level} {self.oracle.cells[(level, n)][0].option}"
+                    for level in range(1, self.oracle.bins + 1)
+                )
+                lines.append(f"  N={n}: {chosen}")
         if self.validation:
             lines += ["", "cross-validated accuracy (%), choosing per bin vs one option for all:"]
             for check in self.validation:
@@ -234,7 +281,7 @@ class CalibrationTable:
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "format": FORMAT,
             "identity": dict(self.identity),
             "aggregate": self.aggregate,
@@ -245,10 +292,7 @@ class CalibrationTable:
             "edges": list(self.edges),
             "budgets": list(self.budgets),
             "problems": self.problems,
-            "cells": [
-                {"bin": level, "n": n, "options": [_cell_dict(c) for c in cells]}
-                for (level, n), cells in sorted(self.cells.items())
-            ],
+            "cells": _cells_list(self.cells),
             "validation": [
                 {
                     "n": v.budget,
@@ -260,6 +304,12 @@ class CalibrationTable:
             ],
             "notes": list(self.notes),
         }
+        if self.oracle is not None:  # absent otherwise, as in tables written before it
+            document["oracle"] = {
+                "edges": list(self.oracle.edges),
+                "cells": _cells_list(self.oracle.cells),
+            }
+        return document
 
     def save(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
@@ -288,10 +338,13 @@ class CalibrationTable:
     def from_dict(cls, document: Mapping[str, Any]) -> CalibrationTable:
         if document.get("format") != FORMAT:
             raise ValueError(f"format {document.get('format')!r}, expected {FORMAT}")
-        cells = {
-            (int(row["bin"]), int(row["n"])): tuple(Cell(**c) for c in row["options"])
-            for row in document["cells"]
-        }
+        cells = _cells_of(document["cells"])
+        oracle = None
+        if document.get("oracle") is not None:
+            oracle = OracleBins(
+                edges=tuple(float(e) for e in document["oracle"]["edges"]),
+                cells=_cells_of(document["oracle"]["cells"]),
+            )
         table = cls(
             identity={str(k): str(v) for k, v in document["identity"].items()},
             aggregate=document["aggregate"],
@@ -308,16 +361,74 @@ class CalibrationTable:
             ),
             problems=int(document["problems"]),
             notes=tuple(document["notes"]),
+            oracle=oracle,
         )
-        missing = [
-            (level, n)
-            for level in range(1, table.bins + 1)
-            for n in table.budgets
-            if not cells.get((level, n))
-        ]
-        if missing:
-            raise ValueError(f"no cell for (bin, N) {missing}")
+        parts: list[tuple[str, int, Mapping[tuple[int, int], tuple[Cell, ...]]]]
+        parts = [("", table.bins, cells)]
+        if oracle is not None:
+            parts.append(("oracle ", oracle.bins, oracle.cells))
+        for name, bins, held in parts:
+            missing = [
+                (level, n)
+                for level in range(1, bins + 1)
+                for n in table.budgets
+                if not held.get((level, n))
+            ]
+            if missing:
+                raise ValueError(f"no {name}cell for (bin, N) {missing}")
         return table
+
+
+@dataclass(frozen=True, slots=True)
+class OracleChoice:
+    """A table as compute_optimal's chooser for one problem whose true pass@1 is known: the
+    choice of the problem's oracle bin, whatever its probe reads (the probe still runs: its
+    samples are candidates and decide the early exit, as on the predicted line).
+
+    Raises:
+        ConfigError: the table has no oracle bins, or pass@1 is outside [0, 1].
+    """
+
+    table: CalibrationTable
+    pass_at_1: float
+
+    def __post_init__(self) -> None:
+        self.table.choose_oracle(self.pass_at_1, self.table.budgets[-1])  # refuses bad input
+
+    @property
+    def aggregate(self) -> AggregateName:
+        return self.table.aggregate
+
+    @property
+    def probe(self) -> int:
+        return self.table.probe
+
+    @property
+    def settle_rule(self) -> SettleRule:
+        return self.table.settle_rule
+
+    @property
+    def confidence(self) -> float:
+        return self.table.confidence
+
+    def budget_for(self, n: int) -> int:
+        return self.table.budget_for(n)
+
+    def choose(self, predicted: float, budget: int) -> Decision:
+        return self.table.choose_oracle(self.pass_at_1, budget)
+
+
+def _cells_list(cells: Mapping[tuple[int, int], tuple[Cell, ...]]) -> list[dict[str, Any]]:
+    return [
+        {"bin": level, "n": n, "options": [_cell_dict(c) for c in ranked]}
+        for (level, n), ranked in sorted(cells.items())
+    ]
+
+
+def _cells_of(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[int, int], tuple[Cell, ...]]:
+    return {
+        (int(row["bin"]), int(row["n"])): tuple(Cell(**c) for c in row["options"]) for row in rows
+    }
 
 
 def _cell_dict(cell: Cell) -> dict[str, Any]:
@@ -387,17 +498,24 @@ def build_table(
     budgets = tuple(sorted(set(budgets)))
     edges = _quantile_edges([r.predicted for r in records], bins)
     by_bin = _group(records, lambda r: _bin_of(edges, r.predicted))
+    oracle_edges: tuple[float, ...] = ()
     oracle_bins = None
     if all(r.pass_at_1 is not None for r in records):
         oracle_edges = _quantile_edges([r.pass_at_1 or 0.0 for r in records], bins)
         oracle_bins = _group(records, lambda r: _bin_of(oracle_edges, r.pass_at_1 or 0.0))
     cells: dict[tuple[int, int], tuple[Cell, ...]] = {}
+    oracle_cells: dict[tuple[int, int], tuple[Cell, ...]] = {}
     validation = []
     notes = []
     if len(edges) + 1 < bins:
         notes.append(
             f"{len(edges) + 1} difficulty bins, not {bins}: calibration problems share "
             "predicted difficulties at the quantiles, and a bin must hold problems"
+        )
+    if oracle_bins is not None and len(oracle_edges) + 1 < bins:
+        notes.append(
+            f"{len(oracle_edges) + 1} oracle bins, not {bins}: calibration problems share "
+            "pass@1 values at the quantiles, and a bin must hold problems"
         )
     for n in budgets:
         options = _complete_options(records, n)
@@ -412,6 +530,8 @@ def build_table(
             cells[(level, n)] = _ranked(members, options, n)
         oracle = None
         if oracle_bins is not None:
+            for level, members in oracle_bins.items():
+                oracle_cells[(level, n)] = _ranked(members, options, n)
             oracle = _cross_validated(oracle_bins, options, n, folds, seed)
         validation.append(
             Validation(
@@ -434,6 +554,7 @@ def build_table(
         validation=tuple(validation),
         problems=len(records),
         notes=tuple(notes),
+        oracle=None if oracle_bins is None else OracleBins(oracle_edges, oracle_cells),
     )
 
 
@@ -522,6 +643,8 @@ __all__ = [
     "CalibrationTable",
     "Cell",
     "Option",
+    "OracleBins",
+    "OracleChoice",
     "Outcome",
     "ProblemRecord",
     "Validation",

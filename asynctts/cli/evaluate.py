@@ -79,7 +79,9 @@ EVAL_DESCRIPTION = (
     " journal every result, then write report.txt, report.json and accuracy.png."
     " The best-of-N family (majority, best_of_n, weighted_best_of_n) runs once at"
     " the largest N and reports every smaller n from the same samples. compute_optimal"
-    " chooses a strategy per problem by the table of `asynctts calibrate` (--calibration)."
+    " chooses a strategy per problem by the table of `asynctts calibrate` (--calibration);"
+    " with the best-of-N family in the run, compute_optimal/oracle also chooses by the"
+    " bins of each problem's true pass@1 (the family's share of right samples)."
     " The report gives each accuracy a 95% bootstrap interval and its spend per problem;"
     " with --seeds, one run per request seed and a report pooled over them."
 )

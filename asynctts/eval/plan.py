@@ -24,6 +24,16 @@ Rules:
   journals stay valid.
 - A job may also grade every candidate's answer (`grade_candidates`): its results then record
   the share of candidates that are right, the oracle pass@1 a calibration bins by.
+- The oracle line (Snell et al.'s upper bound): when compute_optimal's table has oracle bins
+  (bins of the true pass@1) and the best-of-N family is in the run, the family job grades its
+  candidates (so its identity has `grade_candidates` in exactly these runs) and a job
+  "compute_optimal/oracle@N" follows every compute_optimal job at the end of the plan, after
+  the family's. It runs compute_optimal as the predicted job does, but each problem's choice
+  is that of the oracle bin of its pass@1, the share of the family's candidates that are
+  right (`Job.oracle_from` names the family job). Without the family, with a batch token
+  budget (the oracle line is not allotted one), or with a table without oracle bins, there is
+  no oracle job, and `oracle_skipped` says why (recorded in the journal's info as
+  `ORACLE_SKIPPED`, shown by the report).
 - Every (problem, job) pair passes the library's own checks (`make_strategy`,
   `check_request`, `check_budget`) here, so bad input fails before the first request.
 - The run's identity (what decides its results) never holds an endpoint URL, a limit or a
@@ -49,13 +59,15 @@ from asynctts.calibration import CalibrationTable, table_identity
 from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
 from asynctts.eval.data import DataSet, Problem
-from asynctts.search.compute_optimal import ComputeOptimal
+from asynctts.search.compute_optimal import Chooser, ComputeOptimal
 from asynctts.search.strategy import Selection, Strategy
 from asynctts.search.tree_search import TreeSearch
 
 __all__ = [
     "FAMILY",
     "NAMES",
+    "ORACLE",
+    "ORACLE_SKIPPED",
     "EvalPlan",
     "Job",
     "Line",
@@ -64,6 +76,7 @@ __all__ = [
     "calibration_tables",
     "endpoint_identity",
     "endpoint_info",
+    "oracle_skipped",
     "parse_strategy",
     "plan_jobs",
     "table_sha256",
@@ -81,6 +94,8 @@ _FAMILY_LINES: tuple[tuple[str, Selection], ...] = (
 )
 _SPEC = re.compile(r"^(?P<name>[a-z_]+)(?:@(?P<budgets>[0-9]+(?:,[0-9]+)*))?$")
 _FORMAT = 1  # bump when the journal's record layout changes
+ORACLE = "/oracle"  # the oracle job's tag: "compute_optimal/oracle@16"
+ORACLE_SKIPPED = "oracle_skipped"  # info's key for why a compute_optimal run has no oracle line
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +120,7 @@ class Job:
     tag: str = ""  # "[width=8]": a setting of the job's own, named in its key
     grade_candidates: bool = False  # also record the share of candidates that are right
     budget_tokens: float | None = None  # one token budget over the job's problems
+    oracle_from: str | None = None  # the oracle line: the family job giving each pass@1
 
     @property
     def key(self) -> str:
@@ -136,6 +152,8 @@ class Job:
             identity["grade_candidates"] = True
         if self.budget_tokens is not None:  # likewise
             identity["budget_tokens"] = self.budget_tokens
+        if self.oracle_from is not None:
+            identity["oracle_from"] = self.oracle_from
         return identity
 
 
@@ -231,8 +249,18 @@ def plan_jobs(
         )
     jobs: list[Job] = []
     family = {name: ns for name, ns in wanted.items() if name in FAMILY}
-    if family:
-        jobs.append(_family_job(family, knobs))
+    family_job = _family_job(family, knobs) if family else None
+    chooser = tabled.get(ComputeOptimal.name)
+    oracle_from = None  # the family job whose graded candidates give the oracle's pass@1
+    if (
+        family_job is not None
+        and isinstance(chooser, ComputeOptimal)
+        and _no_oracle_because(chooser.table, has_family=True, budget_tokens=budget_tokens) is None
+    ):
+        family_job = dataclasses.replace(family_job, grade_candidates=True)
+        oracle_from = family_job.key
+    if family_job is not None:
+        jobs.append(family_job)
     for name, ns in wanted.items():
         if name in FAMILY:
             continue
@@ -243,7 +271,46 @@ def plan_jobs(
             if isinstance(strategy, ComputeOptimal) and budget_tokens is not None:
                 job = dataclasses.replace(job, budget_tokens=budget_tokens)
             jobs.append(job)
+    if oracle_from is not None and chooser is not None:
+        lines = _tree_lines(chooser, f"{chooser.name}{ORACLE}")
+        jobs += [
+            Job(chooser, n, (n,), lines, all_candidates=True, tag=ORACLE, oracle_from=oracle_from)
+            for n in wanted[ComputeOptimal.name]
+        ]
     return jobs
+
+
+def oracle_skipped(jobs: Sequence[Job]) -> str | None:
+    """Why jobs with compute_optimal have no oracle line (None: they have one, or there is no
+    compute_optimal job)."""
+    if any(job.oracle_from is not None for job in jobs):
+        return None
+    predicted = [
+        (job.strategy.table, job.budget_tokens)
+        for job in jobs
+        if isinstance(job.strategy, ComputeOptimal)
+    ]
+    if not predicted:
+        return None
+    table, budget_tokens = predicted[0]
+    has_family = any(not job.all_candidates for job in jobs)
+    return _no_oracle_because(table, has_family=has_family, budget_tokens=budget_tokens)
+
+
+def _no_oracle_because(
+    table: Chooser, *, has_family: bool, budget_tokens: float | None
+) -> str | None:
+    """Why compute_optimal with `table` gets no oracle line in a plan (None: it gets one)."""
+    if not isinstance(table, CalibrationTable) or table.oracle is None:
+        return (
+            "the calibration table has no oracle bins (its calibration graded no pass@1, or an"
+            " older asynctts wrote it): run `asynctts calibrate` again for the oracle line"
+        )
+    if budget_tokens is not None:
+        return "the oracle line is not run with a batch token budget (--budget-tokens)"
+    if not has_family:
+        return "oracle bins need the best-of-N family in the run: add weighted_best_of_n"
+    return None
 
 
 def tree_job(strategy: Strategy, n: int, *, own_width: bool = False) -> Job:
@@ -261,8 +328,14 @@ def tree_job(strategy: Strategy, n: int, *, own_width: bool = False) -> Job:
         default = {f.name: f.default for f in dataclasses.fields(strategy)}["width"]
         if strategy.width != default:
             tag = f"[width={strategy.width}]"
-    name = f"{strategy.name}{tag}"
-    lines = tuple(
+    lines = _tree_lines(strategy, f"{strategy.name}{tag}")
+    return Job(strategy, n, (n,), lines, all_candidates=True, tag=tag)
+
+
+def _tree_lines(strategy: Strategy, name: str) -> tuple[Line, ...]:
+    """The lines of a run over every candidate: `name` for the strategy's own selection rule,
+    "name/rule" for the other two."""
+    return tuple(
         Line(
             label=name if selection == strategy.selection else f"{name}/{selection}",
             strategy=strategy.name,
@@ -271,7 +344,6 @@ def tree_job(strategy: Strategy, n: int, *, own_width: bool = False) -> Job:
         )
         for selection in SELECTIONS
     )
-    return Job(strategy, n, (n,), lines, all_candidates=True, tag=tag)
 
 
 def _family_job(family: Mapping[str, tuple[int, ...]], knobs: StrategySettings) -> Job:
@@ -472,12 +544,14 @@ class EvalPlan:
             else hashlib.sha256(prompt.encode()).hexdigest(),
             "endpoints": {"policy": endpoint_identity(policy), "prm": endpoint_identity(prm)},
         }
+        skipped = oracle_skipped(self.jobs)
         return {
             "identity": identity,
             "info": {
                 "data_source": self.data.source,
                 "endpoints": {"policy": endpoint_info(policy), "prm": endpoint_info(prm)},
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **({} if skipped is None else {ORACLE_SKIPPED: skipped}),
                 **(info or {}),
             },
         }

@@ -164,6 +164,7 @@ def pool_runs(runs: Sequence[RunData], *, run_dir: str | Path) -> dict[str, Any]
             (s["calibration_table"] for s in summaries if s["calibration_table"] is not None),
             None,
         ),
+        "oracle_skipped": first.get("oracle_skipped"),
         "jobs": [
             _pooled_job(jobs[job["key"]], ordered, seeds, [s["jobs"][i] for s in summaries])
             for i, job in enumerate(first["jobs"])

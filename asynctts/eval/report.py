@@ -19,6 +19,11 @@ Rules:
   chosen for the bin, counted also when the answers settled before it ran or finished). With
   a batch token budget it also reports the budget, the tokens spent against it, the branches
   the budget cut, and per bin the allotments ("option@N'", or "probe") and the tokens spent.
+- The oracle line ("compute_optimal/oracle", asynctts/eval/plan.py) is a compute_optimal line
+  like the predicted one (compared at equal spend, its decisions reported), binned by the
+  true pass@1; its decisions name the family job the pass@1 came from and count the problems
+  solved with the predicted bins (their family run failed). A compute_optimal run without
+  it says why (the journal's info).
 - The plot has two panels: accuracy vs n, and accuracy vs mean tokens per problem (lines
   compared at equal spend), each accuracy with its interval.
 - When a problem was redone (`retry_errors`) or re-graded (a resume decides grades that timed
@@ -47,6 +52,7 @@ import orjson
 from asynctts.eval.bootstrap import CONFIDENCE, RESAMPLES, SEED, accuracy_interval
 from asynctts.eval.equal_spend import equal_spend_section
 from asynctts.eval.journal import last_per_key, read_journal
+from asynctts.eval.plan import ORACLE_SKIPPED
 from asynctts.eval.runner import JOURNAL_NAME, TABLE_INFO
 
 __all__ = [
@@ -223,6 +229,9 @@ def decisions_of(job: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -
         "failed": len(results) - len(decided),
         "by_bin": by_bin,
     }
+    if job.get("oracle_from") is not None:
+        out["oracle_from"] = job["oracle_from"]
+        out["predicted_bins"] = sum(r.get("oracle_pass_at_1") is None for r, _ in decided)
     if job.get("budget_tokens") is None:
         return out
     for level in sorted(bins):
@@ -379,6 +388,7 @@ def summarize(run: RunData) -> dict[str, Any]:
         "wall_s": math.fsum(walls.values()),
         "bootstrap": {"resamples": RESAMPLES, "confidence": CONFIDENCE, "seed": SEED},
         "calibration_table": info.get(TABLE_INFO),
+        "oracle_skipped": info.get(ORACLE_SKIPPED),
         "jobs": jobs_out,
         "lines": lines_out,
         "equal_spend": equal_spend_section(lines_out, values),
@@ -507,6 +517,8 @@ def format_report(summary: Mapping[str, Any]) -> str:
     for job in summary["jobs"]:
         if "decisions" in job:
             out += ["", *_decision_table(job, summary.get("calibration_table"))]
+    if summary.get("oracle_skipped"):
+        out += ["", f"No compute_optimal/oracle line: {summary['oracle_skipped']}"]
     out += ["", f"Total wall time: {summary['wall_s']:.1f} s"]
     if summary.get("torn_last_line"):
         out += ["(the journal's last line is torn: a run was killed mid-write; resume drops it)"]
@@ -559,36 +571,31 @@ def _equal_spend_table(section: Sequence[Mapping[str, Any]]) -> list[str]:
     """compute_optimal beside every fixed line read at its spend (asynctts/eval/equal_spend.py)."""
     rows = []
     for compared in section:
-        for reading in compared["readings"] or [None]:
-            head = [
-                compared["line"],
-                str(compared["n"]),
-                compared["axis"],
-                _number(compared["spend"], 0 if compared["axis"] == "tokens" else 1),
-                _percent(compared["accuracy"]),
-            ]
-            if reading is None:
-                rows.append([*head, "(no fixed line measured around this spend)", "", "", ""])
-                continue
+        digits = 0 if compared["axis"] == "tokens" else 1
+        head = [compared["line"], str(compared["n"]), compared["axis"]]
+        mine = [_number(compared["spend"], digits), _percent(compared["accuracy"])]
+        if not compared["readings"]:
+            rows.append([*head, "(none measured around it)", "", *mine, "", ""])
+        for reading in compared["readings"]:
             low, high = reading["between"]
             low_ci, high_ci = (100 * end for end in reading["interval"])
-            difference = f"{100 * reading['difference']:+.1f} [{low_ci:+.1f}, {high_ci:+.1f}]"
             rows.append(
                 [
                     *head,
                     reading["label"],
                     f"n={low}" if low == high else f"n={low}..{high}",
+                    *mine,
                     _percent(reading["accuracy"]),
-                    difference,
+                    f"{100 * reading['difference']:+.1f} [{low_ci:+.1f}, {high_ci:+.1f}]",
                 ]
             )
-    header = ["line", "n", "spend", "per problem", "acc %", "fixed line", "read at", "acc %"]
+    header = ["line", "n", "spend", "fixed line", "read at", "per problem", "acc %", "fixed %"]
     title = (
         "At equal spend: each fixed line's accuracy at compute_optimal's mean spend, interpolated"
         " in log spend between its budgets (none outside them), and the difference with a paired"
         " 95% bootstrap interval"
     )
-    return [title, *_table([*header, "difference"], rows, left=3)]
+    return [title, *_table([*header, "difference"], rows, left=5)]
 
 
 def _seeds_table(summary: Mapping[str, Any]) -> list[str]:
@@ -633,6 +640,13 @@ def _decision_table(job: Mapping[str, Any], table_path: str | None) -> list[str]
     )
     if decisions["failed"]:
         head += f"; {decisions['failed']} failed as a whole (no decision)"
+    oracle = "oracle_from" in decisions
+    if oracle:
+        head += (
+            f"\nbins of the true pass@1 (the share of {decisions['oracle_from']}'s candidates"
+            f" right); {decisions['predicted_bins']} solved with the predicted bins (their"
+            " family run failed)"
+        )
     budgeted = "budget_tokens" in decisions
     if budgeted:
         budget = decisions["budget_tokens"]
@@ -664,7 +678,8 @@ def _decision_table(job: Mapping[str, Any], table_path: str | None) -> list[str]
     header = ["bin", "choices", "problems", "acc %", "tokens", "generations", "early exits"]
     if budgeted:
         header += ["allotted", "spent"]
-    return [head, *_table(header, rows, left=2), "(bin 1: the easiest predicted difficulty)"]
+    easiest = "the highest pass@1" if oracle else "the easiest predicted difficulty"
+    return [head, *_table(header, rows, left=2), f"(bin 1: {easiest})"]
 
 
 def _level_key(level: str) -> tuple[int, str]:

@@ -26,6 +26,14 @@ Rules:
   did not decide) and `candidate_correct`: the share of the solution's candidates whose
   answer is right (undecided counts as wrong; 0.0 without candidates, as when the problem
   failed as a whole).
+- An oracle job (`Job.oracle_from`, asynctts/eval/plan.py) solves each problem with
+  compute_optimal choosing by the oracle bin of its pass@1: the `candidate_correct` of the
+  family job's journaled result (so a resume needs nothing of the family run but its
+  journal). A problem whose family result failed as a whole has no pass@1: it is solved with
+  the predicted bins. Each result records `oracle_pass_at_1` (null for those). Problems run
+  at most `max_problems_in_flight` at once, each on its own strategy; their request seeds
+  derive from the run's seed and the problem's id alone, so the probe of a problem draws the
+  samples of the predicted job's probe.
 - A problem that fails as a whole is a result with `error` set (graded wrong, reason
   "error"); it never stops the run. Anything else (a bug, Ctrl-C) stops it: what was
   journaled stays, and `resume` continues from there.
@@ -34,11 +42,12 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.metadata
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +56,7 @@ import orjson
 import structlog
 
 from asynctts.api import Solver
+from asynctts.calibration import CalibrationTable, OracleChoice
 from asynctts.endpoint import Endpoint
 from asynctts.equivalence import Equivalence
 from asynctts.errors import ConfigError
@@ -54,6 +64,8 @@ from asynctts.eval.data import Problem
 from asynctts.eval.grading import Grade, grade_answers, grade_solution, regrade_timeouts
 from asynctts.eval.journal import Journal, last_per_key
 from asynctts.eval.plan import EvalPlan, Job
+from asynctts.search.compute_optimal import ComputeOptimal
+from asynctts.search.strategy import Strategy
 from asynctts.solution import Solution
 
 __all__ = [
@@ -174,8 +186,16 @@ async def run_eval(
                 equivalence=equivalence,
             ) as solver,
         ):
+            # the results of this session an oracle job reads (the journal's events are the
+            # part on disk when it was opened)
+            sources = {job.oracle_from for job in plan.jobs if job.oracle_from is not None}
+            fresh: dict[tuple[str, str], Mapping[str, Any]] = {}
             for job in plan.jobs:
-                outcomes.append(await _run_job(job, plan, solver, equivalence, journal, opts))
+                outcomes.append(
+                    await _run_job(
+                        job, plan, solver, equivalence, journal, opts, fresh, job.key in sources
+                    )
+                )
         return outcomes
 
 
@@ -210,10 +230,13 @@ async def _run_job(
     equivalence: Equivalence,
     journal: Journal,
     opts: RunOptions,
+    fresh: dict[tuple[str, str], Mapping[str, Any]],
+    keep: bool,
 ) -> JobOutcome:
-    previous = {
-        pid: record for (key, pid), record in last_per_key(journal.events).items() if key == job.key
-    }
+    """Run `job`'s problems still to do; with `keep`, what an oracle job needs of each new
+    result goes to `fresh` (by job key and problem id)."""
+    journaled = last_per_key(journal.events)
+    previous = {pid: record for (key, pid), record in journaled.items() if key == job.key}
     if opts.retry_errors:
         previous = {pid: r for pid, r in previous.items() if r.get("error") is None}
     selected = {p.id for p in plan.problems}
@@ -250,23 +273,37 @@ async def _run_job(
     by_id = {p.id: p for p in todo}
     solved = 0
 
+    known = _pass_at_1(job, {**journaled, **fresh})
+
     async def record(solution: Solution) -> None:
         nonlocal solved
         result = await _result(job, by_id[solution.problem_id], solution, equivalence)
+        if job.oracle_from is not None:
+            result["oracle_pass_at_1"] = known.get(solution.problem_id)
         await journal.append_async(result)  # durable before it counts
+        if keep:
+            fresh[(job.key, solution.problem_id)] = {
+                "error": result["error"],
+                "candidate_correct": result.get("candidate_correct"),
+            }
         solved += 1
         progress.update(result)
 
+    if job.oracle_from is None:
+        solutions = solver.solve_many(
+            [(p.id, p.problem) for p in todo],
+            strategy=job.strategy,
+            n=job.n,
+            seed=plan.seed,
+            max_problems_in_flight=opts.max_problems_in_flight,
+            budget_tokens=_budget_left(job, kept),
+        )
+    else:
+        own = [(p, _oracle_strategy(job.strategy, known.get(p.id))) for p in todo]
+        solutions = _solve_each(solver, own, job.n, plan.seed, opts.max_problems_in_flight)
     try:
         async with asyncio.TaskGroup() as graders:
-            async for solution in solver.solve_many(
-                [(p.id, p.problem) for p in todo],
-                strategy=job.strategy,
-                n=job.n,
-                seed=plan.seed,
-                max_problems_in_flight=opts.max_problems_in_flight,
-                budget_tokens=_budget_left(job, kept),
-            ):
+            async for solution in solutions:
                 graders.create_task(record(solution))
     finally:
         progress.close()
@@ -276,6 +313,70 @@ async def _run_job(
     )
     log.info("eval.job_finished", job=job.key, solved=solved, wall_s=round(wall_s, 3))
     return JobOutcome(job.key, len(plan.problems), len(kept), solved, len(undecided), wall_s)
+
+
+def _pass_at_1(
+    job: Job, journaled: Mapping[tuple[str, str], Mapping[str, Any]]
+) -> dict[str, float]:
+    """An oracle job's pass@1 per problem: the `candidate_correct` of the family job's
+    results that did not fail as a whole (empty for any other job)."""
+    return {
+        pid: float(result["candidate_correct"])
+        for (key, pid), result in journaled.items()
+        if key == job.oracle_from
+        and result.get("error") is None
+        and result.get("candidate_correct") is not None
+    }
+
+
+def _oracle_strategy(strategy: Strategy, pass_at_1: float | None) -> Strategy:
+    """compute_optimal choosing by the oracle bin of `pass_at_1`; as it is (the predicted
+    bins) without one."""
+    if (
+        pass_at_1 is None
+        or not isinstance(strategy, ComputeOptimal)
+        or not isinstance(strategy.table, CalibrationTable)
+    ):
+        return strategy
+    return dataclasses.replace(strategy, table=OracleChoice(strategy.table, pass_at_1))
+
+
+async def _solve_each(
+    solver: Solver,
+    work: Sequence[tuple[Problem, Strategy]],
+    n: int,
+    seed: int | None,
+    limit: int,
+) -> AsyncIterator[Solution]:
+    """Each problem solved with its own strategy, at most `limit` at once, yielded as it
+    finishes (a failed problem as a `Solution` with `error`, as `solve_many` yields it)."""
+    slots = asyncio.Semaphore(limit)
+
+    async def one(problem: Problem, strategy: Strategy) -> Solution:
+        async with slots:
+            (solution,) = [
+                s
+                async for s in solver.solve_many(
+                    [(problem.id, problem.problem)], strategy=strategy, n=n, seed=seed
+                )
+            ]
+            return solution
+
+    finished: asyncio.Queue[asyncio.Task[Solution]] = asyncio.Queue()
+    pending: set[asyncio.Task[Solution]] = set()
+    try:
+        for problem, strategy in work:
+            task = asyncio.create_task(one(problem, strategy))
+            task.add_done_callback(finished.put_nowait)
+            pending.add(task)
+        while pending:
+            done = await finished.get()
+            pending.discard(done)
+            yield done.result()
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _budget_left(job: Job, kept: Sequence[Mapping[str, Any]]) -> float | None:

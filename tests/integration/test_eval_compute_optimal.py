@@ -2,12 +2,15 @@
 real HTTP against the simulated server: `asynctts calibrate` writes the table, eval runs
 compute_optimal beside weighted best-of-N and reports its accuracy with a bootstrap interval,
 its spend and its decisions per difficulty bin (each figure recomputed here from the journal);
-a table of another setup and a resume with another table are refused before any request."""
+its oracle line chooses by the oracle bin of each problem's pass@1 from the family run (the
+predicted bins where that run failed); a table of another setup and a resume with another
+table are refused before any request."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import socket
 from collections import Counter
 from pathlib import Path
@@ -24,6 +27,8 @@ from asynctts.eval.plan import table_sha256
 from asynctts.testing import SimulatedServer, math500_problem
 
 JOB = "compute_optimal@8"
+ORACLE_JOB = "compute_optimal/oracle@8"
+FAMILY_JOB = "weighted_best_of_n@8"
 
 
 @pytest.fixture
@@ -74,8 +79,8 @@ async def test_compute_optimal_beside_weighted_best_of_n(
         table = CalibrationTable.load(table_path)
         assert (table.bins, table.budgets, table.probe) == (2, (4, 8), 4)
 
-        evaluate = [
-            *sim_argv("eval", server, data, evaluated),
+        assert table.oracle is not None  # the calibration graded every candidate
+        eval_args = [
             "--strategy",
             "weighted_best_of_n",
             "compute_optimal",
@@ -84,6 +89,7 @@ async def test_compute_optimal_beside_weighted_best_of_n(
             "--n",
             "8",
         ]
+        evaluate = [*sim_argv("eval", server, data, evaluated), *eval_args]
         code, stdout, stderr = await run(evaluate)
         assert code == 0, stderr
         sent = requests(server)
@@ -126,7 +132,33 @@ async def test_compute_optimal_beside_weighted_best_of_n(
         code, resumed, stderr = await run([*evaluate, "--resume"])
         assert code == 0, stderr
         assert f"{JOB}: 0 solved now, 12 from the journal" in resumed
+        assert f"{ORACLE_JOB}: 0 solved now, 12 from the journal" in resumed
         assert requests(server) == sent
+
+        # a copy of the run whose family run failed on one problem, its oracle result not yet
+        # there: resumed, that problem is solved with the predicted bins
+        fallback = tmp_path / "fallback"
+        shutil.copytree(evaluated, fallback)
+        events = [
+            orjson.loads(line) for line in (fallback / "journal.jsonl").read_bytes().splitlines()
+        ]
+        failed_id = next(
+            e["problem_id"] for e in events if e.get("type") == "result" and e["job"] == ORACLE_JOB
+        )
+        kept = []
+        for event in events:
+            if event.get("type") == "result" and event["problem_id"] == failed_id:
+                if event["job"] == ORACLE_JOB:
+                    continue
+                if event["job"] == FAMILY_JOB:  # as the runner records a failed problem
+                    event = {**event, "error": "SolveFailed: every branch was lost"}
+            kept.append(orjson.dumps(event) + b"\n")
+        (fallback / "journal.jsonl").write_bytes(b"".join(kept))
+        code, refilled, stderr = await run(
+            [*sim_argv("eval", server, data, fallback), *eval_args, "--resume"]
+        )
+        assert code == 0, stderr
+        assert f"{ORACLE_JOB}: 1 solved now, 11 from the journal" in refilled
 
     text = (evaluated / "report.txt").read_text(encoding="utf-8")
     assert stdout.startswith(text)
@@ -172,7 +204,7 @@ async def test_compute_optimal_beside_weighted_best_of_n(
         f"{JOB} (table sha256 {old}, {table_path}): 12 problems decided, early exit on {exits}"
         f" ({100 * exits / 12:.1f}%), {drawn:.1f} of n=8 generations drawn on average"
     )
-    section = text.split(head)[1]
+    section = text.split(head)[1].split(ORACLE_JOB)[0]  # the oracle's decisions follow
     for level in sorted({d["bin"] for d in decisions}):
         in_bin = [d for d in decisions if d["bin"] == level]
         (row,) = cells(section, str(level))
@@ -191,7 +223,9 @@ async def test_compute_optimal_beside_weighted_best_of_n(
     assert (evaluated / "accuracy.png").read_bytes().startswith(b"\x89PNG")
     # at equal spend: weighted best-of-N, measured at n=8 alone, is read only at exactly its
     # own spend, so compute_optimal's other spends find no fixed line around them
-    by_axis = {row["axis"]: row for row in report["equal_spend"]}
+    by_axis = {
+        row["axis"]: row for row in report["equal_spend"] if row["line"] == "compute_optimal"
+    }
     assert set(by_axis) == {"tokens", "generations"}
     assert by_axis["tokens"]["spend"] == pytest.approx(policy + prm)
     assert by_axis["generations"]["spend"] == pytest.approx(drawn)
@@ -202,6 +236,60 @@ async def test_compute_optimal_beside_weighted_best_of_n(
         expected = ["weighted_best_of_n"] if spent == pytest.approx(at_n8) else []
         assert [r["label"] for r in by_axis[axis]["readings"]] == expected
     assert "At equal spend: each fixed line's accuracy at compute_optimal's mean spend" in text
+
+    # the oracle line: each problem's choice is that of the oracle bin of its family run's
+    # candidate_correct, after the same probe as the predicted line (the same request seeds)
+    family = {r["problem_id"]: r for r in results_of(journal, FAMILY_JOB)}
+    probed = {r["problem_id"]: r["solution"]["decision"] for r in results}
+    oracle_results = results_of(journal, ORACLE_JOB)
+    assert len(oracle_results) == 12 and all(r["error"] is None for r in oracle_results)
+    for result in oracle_results:
+        pass_at_1 = family[result["problem_id"]]["candidate_correct"]
+        assert result["oracle_pass_at_1"] == pass_at_1
+        decision = result["solution"]["decision"]
+        chosen = table.choose_oracle(pass_at_1, 8)
+        assert (decision["bin"], decision["choice"]) == (chosen.bin, chosen.label)
+        assert decision["predicted"] == probed[result["problem_id"]]["predicted"]
+    oracle_correct = sum(r["grades"]["weighted"][0]["correct"] for r in oracle_results)
+    (oracle_line,) = (ln for ln in report["lines"] if ln["label"] == "compute_optimal/oracle")
+    assert oracle_line["strategy"] == "compute_optimal" and oracle_line["primary"]
+    assert oracle_line["points"][0]["correct"] == oracle_correct
+    # compared at equal spend as the predicted line is, never read as a fixed line
+    assert [(row["line"], row["axis"]) for row in report["equal_spend"]] == [
+        ("compute_optimal", "tokens"),
+        ("compute_optimal", "generations"),
+        ("compute_optimal/oracle", "tokens"),
+        ("compute_optimal/oracle", "generations"),
+    ]
+    assert all(
+        reading["label"] == "weighted_best_of_n"
+        for row in report["equal_spend"]
+        for reading in row["readings"]
+    )
+    oracle_row = cells(text.split("compare lines at equal spend")[1], "compute_optimal/oracle")[0]
+    assert oracle_row[:3] == ["compute_optimal/oracle", "8", f"{100 * oracle_correct / 12:.1f}"]
+    oracle_head = text.split(f"{ORACLE_JOB} (table sha256 {old}, {table_path}): 12 problems")[1]
+    assert oracle_head.splitlines()[1] == (
+        f"bins of the true pass@1 (the share of {FAMILY_JOB}'s candidates right); 0 solved"
+        " with the predicted bins (their family run failed)"
+    )
+    assert "(bin 1: the highest pass@1)" in oracle_head
+    assert "No compute_optimal/oracle line" not in text
+
+    # the copy whose family run failed on one problem: that problem's choice is its predicted
+    # bin's, and the report counts it
+    (refilled_result,) = (
+        r
+        for r in results_of(fallback / "journal.jsonl", ORACLE_JOB)
+        if r["problem_id"] == failed_id
+    )
+    assert refilled_result["oracle_pass_at_1"] is None
+    decision = refilled_result["solution"]["decision"]
+    chosen = table.choose(decision["predicted"], 8)
+    assert (decision["bin"], decision["choice"]) == (chosen.bin, chosen.label)
+    assert "; 1 solved with the predicted bins (their family run failed)" in (
+        fallback / "report.txt"
+    ).read_text(encoding="utf-8")
 
     # `asynctts report` shows the same
     capsys.readouterr()  # the simulated server's logs

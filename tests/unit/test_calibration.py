@@ -4,6 +4,7 @@ and the errors that keep a table from answering for the wrong pair or budget."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from asynctts.calibration import (
     CalibrationTable,
     Option,
+    OracleChoice,
     Outcome,
     ProblemRecord,
     build_table,
@@ -163,6 +165,85 @@ def test_ties_merge_bins_instead_of_leaving_one_empty() -> None:
     assert {level for level, _ in table.cells} == {1, 2}
     assert "2 difficulty bins, not 4" in table.summary()
     assert table.bin_of(0.5) == 2 and table.bin_of(0.9) == 1
+
+
+def oracle_records() -> list[ProblemRecord]:
+    """One predicted difficulty for all (one predicted bin), three kinds by the true pass@1:
+    best-of-N alone right on the highest two, beam search alone on the middle two, neither
+    on the lowest two."""
+    kinds = [(0.9, {BON}), (0.8, {BON}), (0.5, {BEAM}), (0.4, {BEAM}), (0.1, set()), (0.0, set())]
+    return [
+        dataclasses.replace(record(i, 0.5, right), pass_at_1=pass_at_1)
+        for i, (pass_at_1, right) in enumerate(kinds)
+    ]
+
+
+def test_oracle_bins_are_quantiles_of_pass_at_1_with_their_own_cells(tmp_path: Path) -> None:
+    table = build_table(oracle_records(), identity=IDENTITY, probe=8, budgets=[16], bins=3)
+    assert table.bins == 1 and table.cells[(1, 16)][0].option == BON  # 2 of 6 each: tokens
+    assert table.oracle is not None
+    assert table.oracle.edges == (0.4, 0.8) and table.oracle.bins == 3
+    ranked = {
+        key: [(c.option, c.accuracy, c.problems) for c in cells]
+        for key, cells in table.oracle.cells.items()
+    }
+    assert ranked == {
+        (1, 16): [(BON, 1.0, 2), (BEAM, 0.0, 2)],
+        (2, 16): [(BEAM, 1.0, 2), (BON, 0.0, 2)],
+        (3, 16): [(BON, 0.0, 2), (BEAM, 0.0, 2)],  # a tie on accuracy: fewer tokens first
+    }
+    # bin 1 holds the highest pass@1; a value on an edge goes to the easier bin
+    assert [table.choose_oracle(p, 16).bin for p in (1.0, 0.8, 0.79, 0.4, 0.39, 0.0)] == [
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+    ]
+    decision = table.choose_oracle(0.45, 64)  # a larger budget: the largest calibrated cell
+    assert (decision.bin, decision.label) == (2, BEAM)
+    assert isinstance(decision.strategy, BeamSearch) and decision.strategy.width == 4
+    # the oracle's chooser answers by the known pass@1 whatever the probe read
+    chooser = OracleChoice(table, 0.45)
+    assert chooser.choose(0.99, 16) == decision
+    assert (chooser.probe, chooser.aggregate, chooser.budget_for(20)) == (8, "last", 16)
+    with pytest.raises(ConfigError, match=r"pass@1 1.5 is outside \[0, 1\]"):
+        OracleChoice(table, 1.5)
+
+    path = tmp_path / "calibration.json"
+    table.save(path)
+    assert CalibrationTable.load(path) == table
+    assert json.loads(path.read_text())["oracle"]["edges"] == [0.4, 0.8]
+    assert (
+        "oracle: 3 bins of the true pass@1 (bin 1 highest), edges [0.4, 0.8]; choices:\n"
+        f"  N=16: 1 {BON}, 2 {BEAM}, 3 {BON}\n"
+    ) in table.summary()
+    document = table.to_dict()
+    document["oracle"]["cells"] = document["oracle"]["cells"][:2]
+    path.write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match=r"no oracle cell for \(bin, N\) \[\(3, 16\)\]"):
+        CalibrationTable.load(path)
+
+
+def test_a_table_without_pass_at_1_has_no_oracle(tmp_path: Path) -> None:
+    records = [dataclasses.replace(r, pass_at_1=None) for r in oracle_records()]
+    table = build_table(records, identity=IDENTITY, probe=8, budgets=[16], bins=3)
+    assert table.oracle is None and table.validation[0].oracle is None
+    assert "oracle" not in table.to_dict() and "oracle:" not in table.summary()
+    # a table saved without the part (as before it existed) loads and has no oracle
+    with_oracle = build_table(oracle_records(), identity=IDENTITY, probe=8, budgets=[16], bins=3)
+    document = with_oracle.to_dict()
+    del document["oracle"]
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(document))
+    loaded = CalibrationTable.load(path)
+    assert loaded == dataclasses.replace(with_oracle, oracle=None)
+    missing = r"this calibration table has no oracle bins .*run `asynctts calibrate` again"
+    with pytest.raises(ConfigError, match=missing):
+        loaded.choose_oracle(0.5, 16)
+    with pytest.raises(ConfigError, match=missing):
+        OracleChoice(loaded, 0.5)
 
 
 def test_identity_names_models_and_prompts_never_urls_or_keys() -> None:

@@ -22,10 +22,12 @@ from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
 from asynctts.eval.data import DataSet, Problem
 from asynctts.eval.plan import (
+    ORACLE_SKIPPED,
     EvalPlan,
     Line,
     StrategySettings,
     calibration_tables,
+    oracle_skipped,
     parse_strategy,
     plan_jobs,
     table_sha256,
@@ -196,15 +198,20 @@ PRM = Endpoint(base_url="http://127.0.0.1:8001/v1", model="prm", prompt_format="
 
 
 def calibration(
-    *, probe: int = 4, budgets: tuple[int, ...] = (8, 16), system_prompt: str = "Be brief."
+    *,
+    probe: int = 4,
+    budgets: tuple[int, ...] = (8, 16),
+    system_prompt: str = "Be brief.",
+    oracle: bool = False,
 ) -> CalibrationTable:
-    """Two bins: weighted best-of-N right on the easy problems, DVTS on the hard ones."""
+    """Two bins: weighted best-of-N right on the easy problems, DVTS on the hard ones (with
+    `oracle`, each problem's pass@1 is its predicted value: oracle bins alike)."""
     records = [
         ProblemRecord(
             problem_id=f"p{i}",
             predicted=value,
             agreement=0.5,
-            pass_at_1=None,
+            pass_at_1=value if oracle else None,
             outcomes={
                 (option, n): Outcome(
                     option == ("weighted_best_of_n" if value > 0.5 else "dvts(width=4)"), 1.0, 1.0
@@ -260,6 +267,73 @@ def test_compute_optimal_runs_once_per_budget_beside_the_others() -> None:
     )
     assert tuned.identity()["settings"]["per_request"] == 4
     assert tuned.strategy.aggregate == table.aggregate == "last"
+
+
+def test_the_oracle_line_follows_the_family_when_the_table_has_oracle_bins() -> None:
+    table = calibration(oracle=True)
+    jobs = plan_jobs(["weighted_best_of_n", "compute_optimal"], [8, 16], calibration=table)
+    assert [j.key for j in jobs] == [
+        "weighted_best_of_n@16",
+        "compute_optimal@8",
+        "compute_optimal@16",
+        "compute_optimal/oracle@8",
+        "compute_optimal/oracle@16",
+    ]
+    family, predicted, oracle = jobs[0], jobs[1], jobs[3]
+    assert family.grade_candidates and family.identity()["grade_candidates"] is True
+    assert oracle.strategy is predicted.strategy  # per problem its chooser is the runner's
+    assert (oracle.n, oracle.points, oracle.oracle_from) == (8, (8,), "weighted_best_of_n@16")
+    assert [(line.label, line.strategy, line.primary) for line in oracle.lines] == [
+        ("compute_optimal/oracle/majority", "compute_optimal", False),
+        ("compute_optimal/oracle/best", "compute_optimal", False),
+        ("compute_optimal/oracle", "compute_optimal", True),
+    ]
+    identity = oracle.identity()
+    assert identity["oracle_from"] == "weighted_best_of_n@16"
+    assert identity["settings"] == predicted.identity()["settings"]
+    assert "oracle_from" not in predicted.identity()
+    assert set(calibration_tables(jobs)) == {j.key for j in jobs[1:]}  # all checked alike
+    assert oracle_skipped(jobs) is None
+
+
+@pytest.mark.parametrize(
+    ("specs", "table", "budget_tokens", "reason"),
+    [
+        (
+            ["dvts", "compute_optimal"],
+            calibration(oracle=True),
+            None,
+            "oracle bins need the best-of-N family in the run: add weighted_best_of_n",
+        ),
+        (
+            ["majority", "compute_optimal"],
+            calibration(oracle=True),
+            1000.0,
+            "the oracle line is not run with a batch token budget (--budget-tokens)",
+        ),
+        (
+            ["majority", "compute_optimal"],
+            calibration(),
+            None,
+            "the calibration table has no oracle bins (its calibration graded no pass@1, or an"
+            " older asynctts wrote it): run `asynctts calibrate` again for the oracle line",
+        ),
+    ],
+)
+def test_without_an_oracle_line_the_plan_says_why(
+    specs: list[str], table: CalibrationTable, budget_tokens: float | None, reason: str
+) -> None:
+    jobs = plan_jobs(specs, [8], calibration=table, budget_tokens=budget_tokens)
+    assert [j.key for j in jobs if j.oracle_from is not None] == []
+    # the family's identity is that of a run without compute_optimal
+    assert all("grade_candidates" not in j.identity() for j in jobs)
+    assert oracle_skipped(jobs) == reason
+    plan = dataclasses.replace(make_plan(["majority"], PROBLEMS), jobs=tuple(jobs))
+    assert plan.config(policy=POLICY, prm=PRM)["info"][ORACLE_SKIPPED] == reason
+    # nothing to say without compute_optimal
+    plain = make_plan(["majority", "dvts"], PROBLEMS)
+    assert oracle_skipped(plain.jobs) is None
+    assert ORACLE_SKIPPED not in plain.config(policy=POLICY, prm=PRM)["info"]
 
 
 def test_a_table_is_read_from_its_path_and_known_by_its_content(tmp_path: Path) -> None:

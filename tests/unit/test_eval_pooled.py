@@ -18,7 +18,7 @@ from asynctts.calibration import CalibrationTable, Outcome, ProblemRecord, build
 from asynctts.errors import ConfigError
 from asynctts.eval.bootstrap import mean_interval
 from asynctts.eval.journal import Journal
-from asynctts.eval.plan import plan_jobs
+from asynctts.eval.plan import ORACLE_SKIPPED, oracle_skipped, plan_jobs
 from asynctts.eval.pooled import (
     is_seeds_dir,
     pool_runs,
@@ -233,13 +233,13 @@ def test_the_text_json_and_plot_of_a_seeds_directory(tmp_path: Path) -> None:
     ]
 
 
-def optimal_table() -> CalibrationTable:
+def optimal_table(*, oracle: bool = False) -> CalibrationTable:
     records = [
         ProblemRecord(
             problem_id=f"c{i}",
             predicted=value,
             agreement=0.5,
-            pass_at_1=None,
+            pass_at_1=value if oracle else None,
             outcomes={
                 (option, 8): Outcome(
                     option == ("weighted_best_of_n" if value > 0.5 else "dvts(width=4)"), 1.0, 1.0
@@ -309,6 +309,82 @@ def test_compute_optimal_decisions_pool_over_seeds(tmp_path: Path) -> None:
     assert decisions["spent"] == 550.0
     assert [decisions["by_bin"][b]["spent"] for b in ("1", "2")] == [100.0, 450.0]
     assert [decisions["by_bin"][b]["early_exits"] for b in ("1", "2")] == [1, 0]
+
+
+def test_the_oracle_line_pools_over_seeds_as_a_compared_line(tmp_path: Path) -> None:
+    jobs = plan_jobs(
+        ["weighted_best_of_n", "compute_optimal"], [8], calibration=optimal_table(oracle=True)
+    )
+    assert [job.key for job in jobs] == [
+        "weighted_best_of_n@8",
+        "compute_optimal@8",
+        "compute_optimal/oracle@8",
+    ]
+    eight = [{"n": 8, "answer": "x", "correct": True, "reason": None}]
+    family = {**family_result("p1", 0, (T, T)), "job": "weighted_best_of_n@8"}
+    family["grades"] = {rule: eight for rule in ("majority", "best", "weighted")}
+    runs = [
+        write_seed_run(
+            seed_run_dir(tmp_path, seed),
+            {"identity": identity(seed, jobs, problems=1), "info": {}},
+            [
+                {  # seed 1's family run failed as a whole on p1
+                    **family,
+                    "candidate_correct": 0.0 if seed else 0.75,
+                    "error": "SolveFailed: every branch was lost" if seed else None,
+                },
+                optimal_result("p1", 100.0, 2, False, "dvts(width=4)"),
+                {
+                    **optimal_result("p1", 50.0 * (seed + 1), 1, True, "weighted_best_of_n"),
+                    "job": "compute_optimal/oracle@8",
+                    "oracle_pass_at_1": None if seed else 0.75,
+                },
+            ],
+        )
+        for seed in (0, 1)
+    ]
+    summary = pool_runs([load_run(run) for run in runs], run_dir=tmp_path)
+    (line,) = (ln for ln in summary["lines"] if ln["label"] == "compute_optimal/oracle")
+    assert (line["strategy"], line["primary"]) == ("compute_optimal", True)
+    (at8,) = line["points"]
+    assert (at8["accuracy"], at8["spend"]["tokens"], at8["spend"]["generations"]) == (
+        1.0,
+        75.0,
+        4.0,
+    )
+    # compared with the fixed lines at equal spend, as the predicted line is
+    assert sorted({row["line"] for row in summary["equal_spend"]}) == [
+        "compute_optimal",
+        "compute_optimal/oracle",
+    ]
+    decisions = summary["jobs"][2]["decisions"]
+    assert decisions["oracle_from"] == "weighted_best_of_n@8"
+    assert decisions["predicted_bins"] == 1  # seed 1's family run had no pass@1 for it
+    assert (decisions["problems"], decisions["by_bin"]["1"]["problems"]) == (2, 2)
+    _, text = write_pooled_report(tmp_path, plot=False)
+    assert (
+        "bins of the true pass@1 (the share of weighted_best_of_n@8's candidates right); 1 solved"
+        " with the predicted bins (their family run failed)\n"
+    ) in text
+    assert text.count("(bin 1: the highest pass@1)") == 1
+    assert "No compute_optimal/oracle line" not in text
+
+
+def test_a_pooled_report_says_why_it_has_no_oracle_line(tmp_path: Path) -> None:
+    jobs = plan_jobs(["dvts", "compute_optimal"], [8], calibration=optimal_table(oracle=True))
+    reason = oracle_skipped(jobs)
+    assert reason == "oracle bins need the best-of-N family in the run: add weighted_best_of_n"
+    runs = [
+        write_seed_run(
+            seed_run_dir(tmp_path, seed),
+            {"identity": identity(seed, jobs, problems=1), "info": {ORACLE_SKIPPED: reason}},
+            [optimal_result("p1", 100.0, 1, True, "weighted_best_of_n")],
+        )
+        for seed in (0, 1)
+    ]
+    assert pool_runs([load_run(run) for run in runs], run_dir=tmp_path)["oracle_skipped"] == reason
+    _, text = write_pooled_report(tmp_path, plot=False)
+    assert f"\nNo compute_optimal/oracle line: {reason}\n" in text
 
 
 def run_data(run_dir: str, config_identity: dict[str, Any]) -> RunData:
