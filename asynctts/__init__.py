@@ -40,6 +40,7 @@ from asynctts.search.best_of_n import BestOfN
 from asynctts.search.compute_optimal import ComputeOptimal
 from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
+from asynctts.search.particle_filter import ParticleFilter, WeightedParticleFilter
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 from asynctts.solution import Candidate, LostBranch, Solution, Votes
 
@@ -69,6 +70,7 @@ __all__ = [
     "LostBranch",
     "MajorityVote",
     "ModelNotFound",
+    "ParticleFilter",
     "Path",
     "PromptTooLong",
     "RateLimited",
@@ -85,6 +87,7 @@ __all__ = [
     "Usage",
     "Votes",
     "WeightedBestOfN",
+    "WeightedParticleFilter",
     "configure_logging",
     "solve",
     "solve_many",

@@ -60,6 +60,7 @@ from asynctts.search.best_of_n import BestOfN
 from asynctts.search.compute_optimal import ComputeOptimal
 from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
+from asynctts.search.particle_filter import ParticleFilter
 from asynctts.search.strategy import Strategy
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 from asynctts.solution import Candidate, Degradation, Solution, collect, pick, votes_of
@@ -69,7 +70,8 @@ from asynctts.transport import Transport, TransportStatistics
 log = structlog.get_logger("asynctts.api")
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (MajorityVote, BestOfN, WeightedBestOfN, BeamSearch, DVTS)
+    cls.name: cls
+    for cls in (MajorityVote, BestOfN, WeightedBestOfN, BeamSearch, DVTS, ParticleFilter)
 }
 
 ScoringClient = PoolingPRM | LogprobPRM

@@ -140,6 +140,7 @@ def test_public_surface() -> None:
         "weighted_best_of_n",
         "beam_search",
         "dvts",
+        "particle_filter",
     }
     for name in asynctts.testing.__all__:
         assert getattr(asynctts.testing, name) is not None, name

@@ -1,6 +1,6 @@
 """The fault suite (issue 6, part 3): faults injected by the simulated server over real HTTP,
 on the policy and the PRM routes, through `Solver.solve_many` with majority, best-of-N, beam
-search and DVTS.
+search, DVTS and particle filtering.
 
 Every test checks, with `check_run`:
 - each problem comes back exactly once;
@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from asynctts import DVTS, BeamSearch, BestOfN, MajorityVote, Solution, Solver
+from asynctts import DVTS, BeamSearch, BestOfN, MajorityVote, ParticleFilter, Solution, Solver
 from asynctts.equivalence import Equivalence
 from asynctts.search.strategy import Strategy
 from asynctts.testing import Fault, SimProblem, SimulatedServer
@@ -46,9 +46,17 @@ STRATEGIES: dict[str, Strategy] = {
     "best_of_n": BestOfN(per_request=1),
     "beam_search": BeamSearch(width=2, max_depth=8),
     "dvts": DVTS(width=2, max_depth=8),
+    "particle_filter": ParticleFilter(max_depth=8),
 }
-# policy requests of a fault-free run of PROBLEMS (one per sample; one per subtree and step)
-POLICY_REQUESTS = {"majority": 24, "best_of_n": 24, "beam_search": 48, "dvts": 48}
+# policy requests of a fault-free run of PROBLEMS (one per sample; one per subtree and step;
+# particle filter: one per distinct path and step, as many as its resampling left)
+POLICY_REQUESTS = {
+    "majority": 24,
+    "best_of_n": 24,
+    "beam_search": 48,
+    "dvts": 48,
+    "particle_filter": 47,
+}
 
 
 class Nth:

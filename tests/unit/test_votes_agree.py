@@ -19,6 +19,7 @@ from asynctts.search.beam_search import BeamSearch
 from asynctts.search.best_of_n import BestOfN
 from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
+from asynctts.search.particle_filter import ParticleFilter, WeightedParticleFilter
 from asynctts.search.strategy import Strategy
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 from asynctts.solution import Solution, pick
@@ -86,6 +87,8 @@ STRATEGIES: list[tuple[Strategy, int]] = [
     (MajorityVote(per_request=3), 1),
     (BestOfN(per_request=2), 1),
     (WeightedBestOfN(per_request=4), 1),
+    (ParticleFilter(max_depth=4), 1),
+    (WeightedParticleFilter(max_depth=4, resample_inactive=False), 1),
 ]
 
 
