@@ -44,6 +44,7 @@ from asynctts.search.compute_optimal import Decision
 from asynctts.search.difficulty import SETTLE_RULES, SettleRule
 from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
+from asynctts.search.particle_filter import ParticleFilter
 from asynctts.search.strategy import Strategy
 from asynctts.search.tree_search import TreeSearch
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
@@ -63,6 +64,13 @@ _SAMPLERS: dict[str, Callable[[AggregateName], Strategy]] = {
 }
 _TREES: dict[str, type[BeamSearch] | type[DVTS]] = {"beam_search": BeamSearch, "dvts": DVTS}
 DEFAULT_MAX_DEPTH = TreeSearch.max_depth
+# searches that step through the solution without a width: built with the aggregate and the
+# depth cap alone
+STEPWISE: dict[str, Callable[[AggregateName, int], Strategy]] = {
+    "particle_filter": lambda aggregate, depth: ParticleFilter(
+        aggregate=aggregate, max_depth=depth
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +82,13 @@ class Option:
     width: int | None = None
 
     def __post_init__(self) -> None:
-        if self.strategy in (*_SAMPLERS, PROBE) and self.width is None:
+        if self.strategy in (*_SAMPLERS, *STEPWISE, PROBE) and self.width is None:
             return
         if self.strategy in _TREES and self.width is not None and self.width >= 1:
             return
         raise ConfigError(
             f"option {self.strategy!r} width={self.width}: choose {PROBE!r}, one of "
-            f"{sorted(_SAMPLERS)}"
+            f"{sorted([*_SAMPLERS, *STEPWISE])}"
             f" (no width) or {sorted(_TREES)} with a width >= 1"
         )
 
@@ -103,6 +111,8 @@ class Option:
         """The strategy to run after the probe; None for "probe" (stop there)."""
         if self.strategy == PROBE:
             return None
+        if self.strategy in STEPWISE:
+            return STEPWISE[self.strategy](aggregate, max_depth)
         if self.width is None:
             return _SAMPLERS[self.strategy](aggregate)
         return _TREES[self.strategy](width=self.width, max_depth=max_depth, aggregate=aggregate)

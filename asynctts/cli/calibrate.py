@@ -55,7 +55,8 @@ __all__ = ["CALIBRATE_DESCRIPTION", "add_calibrate_arguments", "calibrate_async"
 
 CALIBRATE_DESCRIPTION = (
     "Run every strategy at budgets N over a calibration set (the best-of-N family once at the"
-    " largest N; beam search and DVTS at every N with width 4 and round(sqrt(N))), journal"
+    " largest N; beam search and DVTS at every N with width 4 and round(sqrt(N)); particle"
+    " filtering at every N), journal"
     " every result, then write the compute-optimal table: difficulty bin x budget -> the"
     " strategy that did best there, chosen by cross-validation within each bin"
     " (calibration.json, what strategy compute_optimal chooses by), its summary"

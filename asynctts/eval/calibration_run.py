@@ -7,7 +7,9 @@ Rules:
   is read as majority, best-of-N and weighted best-of-N at every budget (its samples are in
   generation order); it grades every candidate's answer too (the oracle pass@1). Beam search
   and DVTS run at every budget N with width 4 and with width round(sqrt(N)), once when the
-  two are equal. A (strategy, width, N) the strategy refuses is left out and listed.
+  two are equal. A (strategy, width, N) the strategy refuses is left out and listed. The
+  searches without a width (`asynctts.calibration.STEPWISE`: particle filtering) run once at
+  every budget.
 - Everything a table needs is in the journal, so the table is rebuilt from the journal alone:
   a finished run resumed with other --probe, --bins, --folds, --settle or --confidence sends
   no request.
@@ -43,6 +45,7 @@ from asynctts.answers import weighted_vote
 from asynctts.calibration import (
     DEFAULT_MAX_DEPTH,
     PROBE,
+    STEPWISE,
     CalibrationTable,
     Option,
     Outcome,
@@ -135,6 +138,9 @@ def plan_grid(budgets: Sequence[int], settings: StrategySettings | None = None) 
                     refused.append(Refusal(Option(name, width).label, n, str(err)))
                     continue
                 jobs.append(tree_job(strategy, n, own_width=True))
+    for name in STEPWISE:
+        for n in sorted(set(budgets)):
+            jobs.append(tree_job(build_strategy(name, knobs), n))
     return Grid(tuple(jobs), tuple(refused))
 
 
@@ -229,7 +235,8 @@ def _outcomes(job: Mapping[str, Any], result: Mapping[str, Any]) -> dict[tuple[s
     grades = result["grades"]
     if job["all_candidates"]:
         (primary,) = (line for line in job["lines"] if line["primary"])
-        option = Option(job["strategy"], int(job["settings"]["width"])).label
+        width = job["settings"].get("width")
+        option = Option(job["strategy"], None if width is None else int(width)).label
         return {
             (option, int(job["n"])): Outcome(
                 correct=bool(grades[primary["selection"]][-1]["correct"]),

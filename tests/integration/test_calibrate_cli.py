@@ -38,6 +38,8 @@ JOBS = (
     "dvts[width=2]@4",
     "dvts@4",
     "dvts@16",
+    "particle_filter@4",
+    "particle_filter@16",
 )
 OPTIONS = {  # at N=4; N=16 has no width 2
     "probe",
@@ -48,6 +50,7 @@ OPTIONS = {  # at N=4; N=16 has no width 2
     "beam_search(width=4)",
     "dvts(width=2)",
     "dvts(width=4)",
+    "particle_filter",
 }
 
 

@@ -23,6 +23,7 @@ from asynctts.endpoint import Endpoint
 from asynctts.errors import ConfigError
 from asynctts.search.beam_search import BeamSearch
 from asynctts.search.dvts import DVTS
+from asynctts.search.particle_filter import ParticleFilter
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 
 IDENTITY = {"policy.model": "p", "prm.model": "r"}
@@ -61,6 +62,12 @@ def test_options_name_themselves_and_build_their_strategy() -> None:
     assert beam.max_depth == 40
     shallow = Option.parse("dvts(width=2)").build("last", max_depth=5)
     assert isinstance(shallow, DVTS) and (shallow.width, shallow.max_depth) == (2, 5)
+    # a search without a width: the aggregate and the depth cap alone
+    filtering = Option.parse("particle_filter").build("min", max_depth=5)
+    assert isinstance(filtering, ParticleFilter)
+    assert (filtering.aggregate, filtering.max_depth) == ("min", 5)
+    with pytest.raises(ConfigError, match=r"option 'particle_filter' width=4"):
+        Option("particle_filter", 4)
     with pytest.raises(ConfigError, match=r"option 'beam_search' width=None"):
         Option("beam_search")
     with pytest.raises(ConfigError, match=r"write NAME or NAME\(width=W\)"):

@@ -92,12 +92,19 @@ def test_the_grid_runs_each_tree_search_at_width_4_and_sqrt_n() -> None:
         "dvts@16",
         "dvts@64",
         "dvts[width=8]@64",
+        # searches without a width, once per budget
+        "particle_filter@4",
+        "particle_filter@16",
+        "particle_filter@64",
     ]
     assert grid.refused == ()
     family = grid.jobs[0]
     assert family.points == (4, 16, 64) and family.grade_candidates
     assert family.identity()["grade_candidates"] is True
-    wide = grid.jobs[-1]
+    filtering = grid.jobs[-1]
+    assert filtering.identity()["settings"]["max_depth"] == 40
+    assert [line.label for line in filtering.lines if line.primary] == ["particle_filter"]
+    wide = grid.jobs[-4]
     assert wide.strategy.width == 8 and wide.n == 64  # type: ignore[attr-defined]
     assert wide.lines == (
         Line("dvts[width=8]/majority", "dvts", "majority", False),
@@ -116,6 +123,8 @@ def test_the_grid_lists_what_a_strategy_refuses_and_runs_the_rest() -> None:
         "beam_search@8",
         "dvts[width=1]@2",
         "dvts@8",
+        "particle_filter@2",
+        "particle_filter@8",
     ]
     assert grid.refused == (
         Refusal("beam_search(width=4)", 2, "n=2 is not a multiple of width=4"),
