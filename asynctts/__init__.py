@@ -41,6 +41,8 @@ from asynctts.search.compute_optimal import ComputeOptimal
 from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
 from asynctts.search.particle_filter import ParticleFilter, WeightedParticleFilter
+from asynctts.search.rebase import Rebase
+from asynctts.search.revise import Revise
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 from asynctts.solution import Candidate, LostBranch, Solution, Votes
 
@@ -74,7 +76,9 @@ __all__ = [
     "Path",
     "PromptTooLong",
     "RateLimited",
+    "Rebase",
     "RequestRejected",
+    "Revise",
     "Sampling",
     "ScoreSteps",
     "ServerError",

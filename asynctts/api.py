@@ -61,6 +61,8 @@ from asynctts.search.compute_optimal import ComputeOptimal
 from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
 from asynctts.search.particle_filter import ParticleFilter
+from asynctts.search.rebase import Rebase
+from asynctts.search.revise import Revise
 from asynctts.search.strategy import Strategy
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 from asynctts.solution import Candidate, Degradation, Solution, collect, pick, votes_of
@@ -71,7 +73,16 @@ log = structlog.get_logger("asynctts.api")
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (MajorityVote, BestOfN, WeightedBestOfN, BeamSearch, DVTS, ParticleFilter)
+    for cls in (
+        MajorityVote,
+        BestOfN,
+        WeightedBestOfN,
+        BeamSearch,
+        DVTS,
+        ParticleFilter,
+        Rebase,
+        Revise,
+    )
 }
 
 ScoringClient = PoolingPRM | LogprobPRM

@@ -45,6 +45,8 @@ from asynctts.search.difficulty import SETTLE_RULES, SettleRule
 from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
 from asynctts.search.particle_filter import ParticleFilter
+from asynctts.search.rebase import Rebase
+from asynctts.search.revise import Revise
 from asynctts.search.strategy import Strategy
 from asynctts.search.tree_search import TreeSearch
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
@@ -64,12 +66,14 @@ _SAMPLERS: dict[str, Callable[[AggregateName], Strategy]] = {
 }
 _TREES: dict[str, type[BeamSearch] | type[DVTS]] = {"beam_search": BeamSearch, "dvts": DVTS}
 DEFAULT_MAX_DEPTH = TreeSearch.max_depth
-# searches that step through the solution without a width: built with the aggregate and the
-# depth cap alone
+# searches without a width: built with the aggregate and the depth cap alone (revise has no
+# depth cap: it revises whole solutions)
 STEPWISE: dict[str, Callable[[AggregateName, int], Strategy]] = {
     "particle_filter": lambda aggregate, depth: ParticleFilter(
         aggregate=aggregate, max_depth=depth
     ),
+    "rebase": lambda aggregate, depth: Rebase(aggregate=aggregate, max_depth=depth),
+    "revise": lambda aggregate, depth: Revise(aggregate=aggregate),
 }
 
 

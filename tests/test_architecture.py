@@ -141,6 +141,8 @@ def test_public_surface() -> None:
         "beam_search",
         "dvts",
         "particle_filter",
+        "rebase",
+        "revise",
     }
     for name in asynctts.testing.__all__:
         assert getattr(asynctts.testing, name) is not None, name

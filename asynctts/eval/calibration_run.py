@@ -8,8 +8,8 @@ Rules:
   generation order); it grades every candidate's answer too (the oracle pass@1). Beam search
   and DVTS run at every budget N with width 4 and with width round(sqrt(N)), once when the
   two are equal. A (strategy, width, N) the strategy refuses is left out and listed. The
-  searches without a width (`asynctts.calibration.STEPWISE`: particle filtering) run once at
-  every budget.
+  searches without a width (`asynctts.calibration.STEPWISE`: particle filtering, REBASE,
+  PRM-guided revision) run once at every budget they accept.
 - Everything a table needs is in the journal, so the table is rebuilt from the journal alone:
   a finished run resumed with other --probe, --bins, --folds, --settle or --confidence sends
   no request.
@@ -140,7 +140,13 @@ def plan_grid(budgets: Sequence[int], settings: StrategySettings | None = None) 
                 jobs.append(tree_job(strategy, n, own_width=True))
     for name in STEPWISE:
         for n in sorted(set(budgets)):
-            jobs.append(tree_job(build_strategy(name, knobs), n))
+            strategy = build_strategy(name, knobs)
+            try:
+                strategy.check_budget(n)
+            except ValueError as err:
+                refused.append(Refusal(Option(name).label, n, str(err)))
+                continue
+            jobs.append(tree_job(strategy, n))
     return Grid(tuple(jobs), tuple(refused))
 
 

@@ -64,8 +64,7 @@ from typing import ClassVar, Literal
 from asynctts.errors import BranchLost
 from asynctts.protocols import GenerateSteps, Path, ScoreSteps
 from asynctts.search.aggregate import AggregateName, check_aggregate, value_of
-from asynctts.search.branches import kept
-from asynctts.search.sampling import score_each
+from asynctts.search.sampling import scored_children
 from asynctts.search.strategy import Selection
 
 Resampling = Literal["multinomial", "systematic"]
@@ -158,7 +157,7 @@ class ParticleFilter:
                 paths.setdefault(particle.key, particle)
         async with asyncio.TaskGroup() as tg:  # every path's children generated and scored
             broods = {
-                key: tg.create_task(self._children(paths[key], k, to_end, generate, score))
+                key: tg.create_task(scored_children(paths[key], k, generate, score, to_end=to_end))
                 for key, k in copies.items()
             }
         children = {key: iter(task.result()) for key, task in broods.items()}
@@ -170,15 +169,6 @@ class ParticleFilter:
             else:
                 stepped.append(child)
         return stepped
-
-    async def _children(
-        self, path: Path, k: int, to_end: bool, generate: GenerateSteps, score: ScoreSteps
-    ) -> list[Path | BranchLost]:
-        """k scored children of `path`, or the `BranchLost` of each that could not be had."""
-        generated = await kept(generate(path, k, to_end=to_end))
-        if isinstance(generated, BranchLost):
-            return [BranchLost((*path.key, j), generated.stage, generated.cause) for j in range(k)]
-        return await score_each(generated, score)
 
     def _resampled(self, pool: list[Path], size: int, steps: int) -> list[Path]:
         """`size` particles drawn from `pool` after `steps` steps (see the module rules), or

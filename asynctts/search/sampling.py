@@ -50,3 +50,15 @@ async def score_each(
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(kept(one(r))) if isinstance(r, Path) else None for r in results]
     return [r if task is None else task.result() for r, task in zip(results, tasks, strict=True)]
+
+
+async def scored_children(
+    path: Path, k: int, generate: GenerateSteps, score: ScoreSteps, *, to_end: bool = False
+) -> list[Path | BranchLost]:
+    """`k` children of `path` from one request, each scored on its own (a failed scoring
+    loses that child alone); when the request fails for good, one `BranchLost` for each
+    child it would have had."""
+    generated = await kept(generate(path, k, to_end=to_end))
+    if isinstance(generated, BranchLost):
+        return [BranchLost((*path.key, j), generated.stage, generated.cause) for j in range(k)]
+    return await score_each(generated, score)

@@ -40,6 +40,9 @@ JOBS = (
     "dvts@16",
     "particle_filter@4",
     "particle_filter@16",
+    "rebase@4",
+    "rebase@16",
+    "revise@16",  # revise refuses N=4 (it needs 5)
 )
 OPTIONS = {  # at N=4; N=16 has no width 2
     "probe",
@@ -51,6 +54,7 @@ OPTIONS = {  # at N=4; N=16 has no width 2
     "dvts(width=2)",
     "dvts(width=4)",
     "particle_filter",
+    "rebase",
 }
 
 
@@ -97,7 +101,7 @@ async def test_calibrate_end_to_end_then_resumed_without_a_request(
         assert (table.bins, table.budgets, table.probe, table.problems) == (2, (4, 16), 4, 12)
         assert set(table.cells) == {(1, 4), (1, 16), (2, 4), (2, 16)}
         for (_, n), cells in table.cells.items():
-            at_16 = OPTIONS - {"beam_search(width=2)", "dvts(width=2)"}
+            at_16 = (OPTIONS | {"revise"}) - {"beam_search(width=2)", "dvts(width=2)"}
             assert {cell.option for cell in cells} == (OPTIONS if n == 4 else at_16)
             assert all(cell.problems > 0 for cell in cells)
             assert all(0.0 <= cell.accuracy <= 1.0 for cell in cells)
@@ -113,10 +117,15 @@ async def test_calibrate_end_to_end_then_resumed_without_a_request(
         for (level, n), cells in table.cells.items():  # one row per bin and budget
             row = rf"^ +{level} +{n} +{re.escape(cells[0].option)} "
             assert len(re.findall(row, text, re.MULTILINE)) == 1, (row, text)
-            assert Option.parse(cells[0].option).label in OPTIONS
+            assert Option.parse(cells[0].option).label in OPTIONS | {"revise"}
         assert f"problems: 12 from {data}" in text
         assert "the best-of-N family ran once at the largest N" in text
-        assert "refused" not in text  # every width divides its budget here
+        # every width divides its budget here; revision alone cannot pay for itself at N=4
+        refusals = [line for line in text.splitlines() if line.startswith("refused")]
+        assert refusals == [
+            "refused: revise at N=4: n=4: one solution and its revisions take up to 1 +"
+            " continuations * rounds = 1 + 2 * 2 = 5 generations"
+        ]
         assert stdout.startswith(text)
         assert (out / "calibration.png").read_bytes().startswith(b"\x89PNG")
         assert (out / "accuracy.png").read_bytes().startswith(b"\x89PNG")

@@ -29,7 +29,17 @@ from typing import Any
 
 import pytest
 
-from asynctts import DVTS, BeamSearch, BestOfN, MajorityVote, ParticleFilter, Solution, Solver
+from asynctts import (
+    DVTS,
+    BeamSearch,
+    BestOfN,
+    MajorityVote,
+    ParticleFilter,
+    Rebase,
+    Revise,
+    Solution,
+    Solver,
+)
 from asynctts.equivalence import Equivalence
 from asynctts.search.strategy import Strategy
 from asynctts.testing import Fault, SimProblem, SimulatedServer
@@ -47,15 +57,20 @@ STRATEGIES: dict[str, Strategy] = {
     "beam_search": BeamSearch(width=2, max_depth=8),
     "dvts": DVTS(width=2, max_depth=8),
     "particle_filter": ParticleFilter(max_depth=8),
+    "rebase": Rebase(max_depth=8),
+    "revise": Revise(continuations=1, rounds=1, per_request=1),
 }
 # policy requests of a fault-free run of PROBLEMS (one per sample; one per subtree and step;
-# particle filter: one per distinct path and step, as many as its resampling left)
+# particle filter: one per distinct path and step, as many as its resampling left; rebase:
+# one per node given a share; revise: one per original and one per revision, 12 and 9)
 POLICY_REQUESTS = {
     "majority": 24,
     "best_of_n": 24,
     "beam_search": 48,
     "dvts": 48,
     "particle_filter": 47,
+    "rebase": 39,
+    "revise": 21,
 }
 
 

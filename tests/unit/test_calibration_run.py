@@ -96,15 +96,28 @@ def test_the_grid_runs_each_tree_search_at_width_4_and_sqrt_n() -> None:
         "particle_filter@4",
         "particle_filter@16",
         "particle_filter@64",
+        "rebase@4",
+        "rebase@16",
+        "rebase@64",
+        "revise@16",
+        "revise@64",
     ]
-    assert grid.refused == ()
+    # revision needs 1 + 2 x 2 generations for one solution and its revisions
+    assert grid.refused == (
+        Refusal(
+            "revise",
+            4,
+            "n=4: one solution and its revisions take up to 1 + continuations * rounds"
+            " = 1 + 2 * 2 = 5 generations",
+        ),
+    )
     family = grid.jobs[0]
     assert family.points == (4, 16, 64) and family.grade_candidates
     assert family.identity()["grade_candidates"] is True
-    filtering = grid.jobs[-1]
+    filtering = grid.jobs[-6]
     assert filtering.identity()["settings"]["max_depth"] == 40
     assert [line.label for line in filtering.lines if line.primary] == ["particle_filter"]
-    wide = grid.jobs[-4]
+    wide = grid.jobs[-9]
     assert wide.strategy.width == 8 and wide.n == 64  # type: ignore[attr-defined]
     assert wide.lines == (
         Line("dvts[width=8]/majority", "dvts", "majority", False),
@@ -125,12 +138,21 @@ def test_the_grid_lists_what_a_strategy_refuses_and_runs_the_rest() -> None:
         "dvts@8",
         "particle_filter@2",
         "particle_filter@8",
+        "rebase@2",
+        "rebase@8",
+        "revise@8",
     ]
     assert grid.refused == (
         Refusal("beam_search(width=4)", 2, "n=2 is not a multiple of width=4"),
         Refusal("beam_search(width=3)", 8, "n=8 is not a multiple of width=3"),
         Refusal("dvts(width=4)", 2, "n=2 is not a multiple of width=4"),
         Refusal("dvts(width=3)", 8, "n=8 is not a multiple of width=3"),
+        Refusal(
+            "revise",
+            2,
+            "n=2: one solution and its revisions take up to 1 + continuations * rounds"
+            " = 1 + 2 * 2 = 5 generations",
+        ),
     )
     assert str(grid.refused[1]) == "beam_search(width=3) at N=8: n=8 is not a multiple of width=3"
     assert {job.strategy.aggregate for job in grid.jobs} == {"min"}

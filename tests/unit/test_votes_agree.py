@@ -20,6 +20,8 @@ from asynctts.search.best_of_n import BestOfN
 from asynctts.search.dvts import DVTS
 from asynctts.search.majority_vote import MajorityVote
 from asynctts.search.particle_filter import ParticleFilter, WeightedParticleFilter
+from asynctts.search.rebase import Rebase
+from asynctts.search.revise import Revise
 from asynctts.search.strategy import Strategy
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 from asynctts.solution import Solution, pick
@@ -89,6 +91,10 @@ STRATEGIES: list[tuple[Strategy, int]] = [
     (WeightedBestOfN(per_request=4), 1),
     (ParticleFilter(max_depth=4), 1),
     (WeightedParticleFilter(max_depth=4, resample_inactive=False), 1),
+    (Rebase(max_depth=4), 1),
+    (Rebase(temperature=1.0, max_depth=3, aggregate="min"), 1),
+    (Revise(continuations=2, rounds=1, per_request=2), 3),
+    (Revise(threshold=0.7, cut="largest_drop", continuations=1, rounds=3), 4),
 ]
 
 

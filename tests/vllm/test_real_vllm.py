@@ -242,7 +242,7 @@ async def test_every_strategy_returns_a_boxed_answer_of_the_model(
 ) -> None:
     """Default sampling (max_tokens 2048) against --max-model-len 2048: vLLM 0.32 clamps
     max_tokens to what the context leaves, so a normal solve works."""
-    n = 8 if strategy in ("beam_search", "dvts") else 4
+    n = 8 if strategy in ("beam_search", "dvts", "revise") else 4
     sol = await asyncio.wait_for(
         solve(PROBLEM, strategy=strategy, n=n, policy=policy, prm=prm, seed=0), SOLVE_TIMEOUT_S
     )
