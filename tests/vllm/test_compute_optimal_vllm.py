@@ -47,14 +47,17 @@ def test_calibrate_then_eval_compute_optimal(
     )
     table = CalibrationTable.load(calibration / "calibration.json")
     assert (table.budgets, table.probe, table.max_depth, table.problems) == ((2,), 1, 3, 4)
-    # the grid at N=2: the best-of-N family, beam search and DVTS of width 1 (4 cannot split 2)
+    # the grid at N=2: the best-of-N family, beam search and DVTS of width 1 (4 cannot split
+    # 2), particle filtering and REBASE (revision needs 5 generations: refused)
     results = [e for e in journal(calibration) if e["type"] == "result"]
     assert sorted({str(r["job"]) for r in results}) == [
         "beam_search[width=1]@2",
         "dvts[width=1]@2",
+        "particle_filter@2",
+        "rebase@2",
         "weighted_best_of_n@2",
     ]
-    assert len(results) == 3 * len(PROBLEMS)
+    assert len(results) == 5 * len(PROBLEMS)
     for name in ("calibration.txt", "calibration.png", "report.txt"):
         assert (calibration / name).is_file()
 
