@@ -41,6 +41,9 @@ class Node:
     result: bool = False
     lost: str | None = None
     lookahead: bool = False  # part of a greedy rollout: scored, never kept
+    # a fork that keeps only the first steps of its parent (a revision's prefix): `steps`
+    # holds those steps, the whole text of the node
+    cut: bool = False
 
     @property
     def state(self) -> str:
@@ -66,6 +69,7 @@ class Node:
             "scored_s": self.scored_s,
             "state": self.state,
             "lost": self.lost,
+            "cut": self.cut,
         }
 
 
@@ -155,8 +159,19 @@ class Trace:
         if node is None:  # a fork of a known node: a DVTS subtree's or a sample group's root
             parent = self._node(Path(key=path.key[:-1]))
             node = Node(key=path.key, parent=parent.key, depth=self.widths.depth(path.key))
+            if path.steps != self._steps_of(parent.key):  # a revision's cut of its parent
+                node.steps, node.cut = path.steps, True
             self.nodes[path.key] = node
         return node
+
+    def _steps_of(self, key: Key) -> tuple[str, ...]:
+        """The steps of the path at `key`: its ancestors' (from the nearest cut), then its own."""
+        parts: list[tuple[str, ...]] = []
+        node: Node | None = self.nodes.get(key)
+        while node is not None:
+            parts.append(node.steps)
+            node = None if node.cut or node.parent is None else self.nodes.get(node.parent)
+        return tuple(step for steps in reversed(parts) for step in steps)
 
     def wrap(self, generate: GenerateSteps, score: ScoreSteps) -> tuple[GenerateSteps, ScoreSteps]:
         async def traced_generate(
@@ -230,13 +245,9 @@ class Trace:
         return self.widths.iteration_widths()
 
     def text_of(self, key: Key) -> str:
-        """The whole text of the path at `key`: its ancestors' steps, then its own."""
-        parts: list[tuple[str, ...]] = []
-        node: Node | None = self.nodes.get(key)
-        while node is not None:
-            parts.append(node.steps)
-            node = None if node.parent is None else self.nodes.get(node.parent)
-        return "".join(step for steps in reversed(parts) for step in steps)
+        """The whole text of the path at `key`: its ancestors' steps (from the nearest cut),
+        then its own."""
+        return "".join(self._steps_of(key))
 
     def answers(self) -> dict[Key, str | None]:
         """The answer of every finished node, normalised as a candidate's (None: no

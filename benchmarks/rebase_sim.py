@@ -83,7 +83,7 @@ async def main() -> None:
         return
     budgets = sorted(args.n)
     lines = {"rebase": Rebase()} | {
-        f"rebase[temperature={t}]": Rebase(temperature=t) for t in args.temperatures
+        f"rebase[temperature={t}]": Rebase(weight_temperature=t) for t in args.temperatures
     }
     data = random.Random(0).sample(load_dataset().problems, args.problems)
     sim = SimModel({p.problem: math500_problem(p.problem, p.answer, p.level) for p in data})

@@ -21,14 +21,19 @@ from asynctts.config import load_endpoints
 from asynctts.endpoint import DEFAULT_API_KEY_ENV, Endpoint
 from asynctts.errors import ConfigError
 from asynctts.eval.plan import StrategySettings
+from asynctts.search.particle_filter import ParticleFilter
+from asynctts.search.rebase import Rebase
+from asynctts.search.revise import Revise
 from asynctts.search.tree_search import TreeSearch
 
 __all__ = [
     "SEARCH_SETTINGS",
+    "STEPWISE_SETTINGS",
     "HelpFormatter",
     "add_endpoint_arguments",
     "add_sampling_arguments",
     "add_search_arguments",
+    "add_stepwise_arguments",
     "endpoints_of",
     "escapes",
     "non_negative_int",
@@ -41,6 +46,9 @@ __all__ = [
 _SAMPLING = Sampling()
 _ENDPOINT = {f.name: f.default for f in dataclasses.fields(Endpoint)}
 _TREE = TreeSearch()
+_FILTER = ParticleFilter()
+_REBASE = Rebase()
+_REVISE = Revise()
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -85,6 +93,18 @@ def escapes(text: str) -> str:
 
 
 SEARCH_SETTINGS = ("width", "max_depth", "aggregate", "lookahead")
+# the options of particle filtering, REBASE and revision (StrategySettings fields)
+STEPWISE_SETTINGS = (
+    "weight_temperature",
+    "resampling",
+    "ess_threshold",
+    "resample_inactive",
+    "anneal_below",
+    "threshold",
+    "cut",
+    "continuations",
+    "rounds",
+)
 
 
 def add_search_arguments(
@@ -120,10 +140,68 @@ def add_search_arguments(
         )
 
 
+def add_stepwise_arguments(group: argparse._ArgumentGroup) -> None:
+    """The options of particle_filter, rebase and revise (STEPWISE_SETTINGS): passed to every
+    strategy that has the setting, checked by the strategy before any request."""
+    group.add_argument(
+        "--weight-temperature",
+        type=float,
+        help="T of the search's weights: softmax(logit(r) / T) for particle_filter (default:"
+        f" {_FILTER.weight_temperature}), softmax(value / T) for rebase (default:"
+        f" {_REBASE.weight_temperature})",
+    )
+    group.add_argument(
+        "--resampling",
+        choices=("multinomial", "systematic"),
+        help=f"how particle_filter draws its pool (default: {_FILTER.resampling})",
+    )
+    group.add_argument(
+        "--ess-threshold",
+        type=float,
+        help="particle_filter resamples after a step only when the effective sample size over"
+        f" the pool size is <= this, in [0, 1] (default: {_FILTER.ess_threshold}: every step)",
+    )
+    group.add_argument(
+        "--resample-inactive",
+        action=argparse.BooleanOptionalAction,
+        help="finished particles stay in particle_filter's resampling pool (default:"
+        f" {'yes' if _FILTER.resample_inactive else 'no'})",
+    )
+    group.add_argument(
+        "--anneal-below",
+        type=float,
+        help="particle_filter's entropic annealing: flatten the weights when ESS / pool size"
+        f" falls below this, in [0, 1] (default: {_FILTER.anneal_below}: off)",
+    )
+    group.add_argument(
+        "--threshold",
+        type=float,
+        help="revise cuts a solution at its first step scored below this, in [0, 1]"
+        f" (default: {_REVISE.threshold})",
+    )
+    group.add_argument(
+        "--cut",
+        choices=("first_below", "largest_drop"),
+        help=f"where revise cuts a solution (default: {_REVISE.cut})",
+    )
+    group.add_argument(
+        "--continuations",
+        type=positive_int,
+        help="samples revise draws from a kept prefix per round (default:"
+        f" {_REVISE.continuations})",
+    )
+    group.add_argument(
+        "--rounds",
+        type=non_negative_int,
+        help=f"revisions at most per solution (revise; default: {_REVISE.rounds})",
+    )
+
+
 def strategy_settings_of(args: argparse.Namespace) -> StrategySettings:
     """The strategy knobs given on the command line (None: the strategy's default, or a
     setting the command does not offer)."""
-    return StrategySettings(**{name: getattr(args, name, None) for name in SEARCH_SETTINGS})
+    names = (*SEARCH_SETTINGS, *STEPWISE_SETTINGS)
+    return StrategySettings(**{name: getattr(args, name, None) for name in names})
 
 
 def add_sampling_arguments(group: argparse._ArgumentGroup) -> None:

@@ -33,6 +33,7 @@ from asynctts.cli.arguments import (
     add_endpoint_arguments,
     add_sampling_arguments,
     add_search_arguments,
+    add_stepwise_arguments,
     endpoints_of,
     non_negative_int,
     positive_int,
@@ -122,6 +123,7 @@ def add_eval_arguments(run: argparse.ArgumentParser) -> None:
         " the problems the table predicts gain most per token (only with compute_optimal)",
     )
     add_search_arguments(what)
+    add_stepwise_arguments(what)
     add_run_dir_arguments(what)
     data = run.add_argument_group("data")
     add_data_arguments(data)

@@ -25,6 +25,7 @@ from asynctts.cli.arguments import (
     add_endpoint_arguments,
     add_sampling_arguments,
     add_search_arguments,
+    add_stepwise_arguments,
     endpoints_of,
     non_negative_int,
     positive_int,
@@ -79,6 +80,7 @@ def add_solve_arguments(parser: argparse.ArgumentParser) -> None:
         help="the budget: samples (best-of-N family), beams or subtree leaves (tree searches)",
     )
     add_search_arguments(what)
+    add_stepwise_arguments(what)
     what.add_argument("--seed", type=int, default=0, help="request seed: same seed, same result")
     add_sampling_arguments(parser.add_argument_group("sampling"))
     add_endpoint_arguments(parser)

@@ -166,6 +166,15 @@ class StrategySettings:
     aggregate: str | None = None
     per_request: int | None = None
     lookahead: int | None = None
+    weight_temperature: float | None = None
+    resampling: str | None = None
+    ess_threshold: float | None = None
+    resample_inactive: bool | None = None
+    anneal_below: float | None = None
+    threshold: float | None = None
+    cut: str | None = None
+    continuations: int | None = None
+    rounds: int | None = None
 
 
 def parse_strategy(spec: str) -> tuple[str, tuple[int, ...] | None]:

@@ -13,7 +13,9 @@ Rules:
   its largest n, so at a smaller n its tokens are scaled by n / that n (its samples are drawn
   alike), and majority counts no PRM tokens (it needs no scores); every other job spent what
   its ledgers say. Generations are n, except for compute_optimal: the samples and paths it drew (its
-  decision's `samples`; n for a problem that failed as a whole, which has no decision).
+  decision's `samples`; n for a problem that failed as a whole, which has no decision), and
+  for revise: its candidates and lost branches, one generation each (it draws at most n:
+  what solutions that need no revision leave is not spent).
 - A compute_optimal job also reports its decisions: problems per difficulty bin (1 easiest),
   with their accuracy, spend, samples drawn, early exits and the table's choices (the option
   chosen for the bin, counted also when the answers settled before it ran or finished). With
@@ -74,6 +76,8 @@ REPORT_JSON = "report.json"
 REPORT_TEXT = "report.txt"
 REPORT_PLOT = "accuracy.png"
 COMPUTE_OPTIMAL = "compute_optimal"
+# Strategies whose every result (candidate or lost branch) is one generation drawn.
+ONE_GENERATION_PER_RESULT = frozenset({"revise"})
 BUDGET_CUT = "batch budget exhausted"  # the reason of a branch the batch budget cut
 SPEND_NOTE = (
     "tokens: policy generated + PRM prompt tokens per problem; the best-of-N family runs once"
@@ -173,6 +177,9 @@ def _spend(
             float(decision["samples"]) if (decision := _decision(r)) is not None else float(n)
             for r in results
         ]
+        generations = math.fsum(drawn) / len(drawn)
+    elif job["strategy"] in ONE_GENERATION_PER_RESULT:
+        drawn = [float(r.get("candidates", 0) + r.get("lost", 0)) for r in results]
         generations = math.fsum(drawn) / len(drawn)
     return {
         "policy_tokens": policy,

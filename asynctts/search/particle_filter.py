@@ -8,8 +8,9 @@ Rules:
   samples them over one cached prefix; the children have distinct keys, hence distinct seeds.
 - Each child's whole prefix is scored by the PRM; its reward r is its value under
   `aggregate` ("last": the score of its last step). Weights over the pool are
-  softmax(logit(r) / temperature), r clipped to [REWARD_CLIP, 1 - REWARD_CLIP] so the logit
-  is finite; at temperature 1 a particle is drawn in proportion to the PRM's odds r / (1 - r).
+  softmax(logit(r) / weight_temperature), r clipped to [REWARD_CLIP, 1 - REWARD_CLIP] so the
+  logit is finite; at weight_temperature 1 a particle is drawn in proportion to the PRM's odds
+  r / (1 - r).
   A weight is the particle's current reward alone: the PRM values the whole prefix, so
   nothing carries over from earlier steps, whether or not they resampled.
 - Resampling draws the pool's size anew from the pool with replacement, "multinomial"
@@ -28,7 +29,7 @@ Rules:
   once more there.
 - Entropic annealing (Giannone et al. 2025, arXiv 2510.05825), off by default: when the
   weights collapse, ESS / m < `anneal_below`, the resampling temperature of the step after
-  t steps (t = 1, 2, ...) rises to temperature * max(1, (m / ESS) * (1 - t / max_depth)),
+  t steps (t = 1, 2, ...) rises to weight_temperature * max(1, (m / ESS) * (1 - t / max_depth)),
   flattening the draw most early on and fading out towards the depth cap. The gate above
   reads the ESS of the untempered weights.
 - Results: the finished particles set aside (without `resample_inactive`), then the final
@@ -80,7 +81,7 @@ class ParticleFilter:
     """Args:
     max_depth: steps at most; the last one generates to the end.
     aggregate: how a path's step scores become its reward: "last", "min" or "prod".
-    temperature: of the resampling weights softmax(logit(r) / temperature); > 0.
+    weight_temperature: of the resampling weights softmax(logit(r) / weight_temperature); > 0.
     resampling: "multinomial" or "systematic".
     ess_threshold: resample after a step when ESS / pool size <= this, in [0, 1].
     resample_inactive: finished particles stay in the pool and can be drawn again.
@@ -92,7 +93,7 @@ class ParticleFilter:
     selection: ClassVar[Selection] = "best"
     max_depth: int = 40
     aggregate: AggregateName = "last"
-    temperature: float = 1.0
+    weight_temperature: float = 1.0
     resampling: Resampling = "multinomial"
     ess_threshold: float = 1.0
     resample_inactive: bool = True
@@ -102,8 +103,8 @@ class ParticleFilter:
         check_aggregate(self.aggregate)
         if self.max_depth < 1:
             raise ValueError(f"max_depth={self.max_depth}: need >= 1")
-        if not self.temperature > 0:  # also refuses NaN
-            raise ValueError(f"temperature={self.temperature}: need > 0")
+        if not self.weight_temperature > 0:  # also refuses NaN
+            raise ValueError(f"weight_temperature={self.weight_temperature}: need > 0")
         if self.resampling not in RESAMPLINGS:
             raise ValueError(f"resampling={self.resampling!r}: choose one of {list(RESAMPLINGS)}")
         for knob, value in (
@@ -183,11 +184,11 @@ class ParticleFilter:
     def draw_weights(self, rewards: Sequence[float], steps: int) -> tuple[list[float], float]:
         """The weights a resampling after `steps` steps draws with (annealed when
         `anneal_below` says so), and ESS / m of the untempered weights."""
-        weights = weights_of(rewards, self.temperature)
+        weights = weights_of(rewards, self.weight_temperature)
         share = effective_size(weights) / len(weights)
         if share < self.anneal_below:
             stretch = (1 - steps / self.max_depth) / share
-            weights = weights_of(rewards, self.temperature * max(1.0, stretch))
+            weights = weights_of(rewards, self.weight_temperature * max(1.0, stretch))
         return weights, share
 
 

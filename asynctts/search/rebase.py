@@ -1,13 +1,13 @@
 """REBASE, reward balanced search (Wu et al. 2024, "Inference Scaling Laws", arXiv
 2408.00724), over the two protocols: a tree grown one depth at a time, whose budget goes to
-the nodes the PRM likes in proportion to softmax(value / temperature).
+the nodes the PRM likes in proportion to softmax(value / weight_temperature).
 
 Rules:
 - The budget n counts solutions. At each depth the budget left is B = n minus the solutions
   finished so far, and the frontier is the previous depth's unfinished scored children. At
   depth 0 the frontier is the root alone, which gets all n children.
 - B is split over the frontier by the sequential ceil rule: with weights w = softmax(value /
-  temperature) (value: the node's score under `aggregate`, "last" by default), nodes in
+  weight_temperature) (value: the node's score under `aggregate`, "last" by default), nodes in
   descending value each get min(ceil(B * w_i), what B has left). The shares sum to exactly
   B, never grow down the order, and the best node always gets at least one child; nodes
   reached after B is spent get none. Ties keep generation order: of equal values the earlier
@@ -51,8 +51,8 @@ from asynctts.search.strategy import Selection
 @dataclass(frozen=True, kw_only=True)
 class Rebase:
     """Args:
-    temperature: of the balance weights softmax(value / temperature); > 0. Values lie in
-        [0, 1]: at 0.1 a node scored 0.1 above another weighs e times as much.
+    weight_temperature: of the balance weights softmax(value / weight_temperature); > 0.
+        Values lie in [0, 1]: at 0.1 a node scored 0.1 above another weighs e times as much.
     max_depth: depths at most; the last one generates to the end.
     aggregate: how step scores become a node's value: "last", "min" or "prod".
     """
@@ -60,14 +60,14 @@ class Rebase:
     name: ClassVar[str] = "rebase"
     needs_prm: ClassVar[bool] = True
     selection: ClassVar[Selection] = "weighted"
-    temperature: float = 0.1
+    weight_temperature: float = 0.1
     max_depth: int = 40
     aggregate: AggregateName = "last"
 
     def __post_init__(self) -> None:
         check_aggregate(self.aggregate)
-        if not self.temperature > 0:  # also refuses NaN
-            raise ValueError(f"temperature={self.temperature}: need > 0")
+        if not self.weight_temperature > 0:  # also refuses NaN
+            raise ValueError(f"weight_temperature={self.weight_temperature}: need > 0")
         if self.max_depth < 1:
             raise ValueError(f"max_depth={self.max_depth}: need >= 1")
 
@@ -88,7 +88,7 @@ class Rebase:
         frontier = [root]
         for depth in range(self.max_depth):
             shares = balanced_shares(
-                [self.value(node) for node in frontier], n - len(solutions), self.temperature
+                [self.value(node) for node in frontier], n - len(solutions), self.weight_temperature
             )
             to_end = depth == self.max_depth - 1
             async with asyncio.TaskGroup() as tg:  # the depth's nodes never wait for each other

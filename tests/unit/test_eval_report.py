@@ -441,3 +441,42 @@ def test_the_report_of_a_compute_optimal_job(tmp_path: Path) -> None:
         orjson.loads(orjson.dumps(optimal["decisions"]))
     )
     assert (tmp_path / "accuracy.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_revise_counts_the_generations_it_drew(tmp_path: Path) -> None:
+    # revise@9 (2 continuations x 2 rounds: 9 // 5 = 1 original, up to 5 generations): its
+    # candidates and lost branches are what it drew, not the nominal n
+    (job,) = plan_jobs(["revise@9"], None)
+    config = {
+        "identity": {
+            "jobs": [job.identity()],
+            "selection": {"problems": 2},
+            "data": {"sha256": "ff" * 32},
+            "seed": 0,
+            "endpoints": {"policy": {"model": "pol"}, "prm": {"model": "prm"}},
+        },
+        "info": {"data_source": "math500.jsonl"},
+    }
+    usage = {"completion_tokens": 40.0, "prm_tokens": 10.0, "requests": 3, "wall_s": 1.0}
+    with Journal.open(tmp_path / "journal.jsonl", config, resume=False) as journal:
+        journal.append({"type": "session_start", "job": job.key, "t": 1.0})
+        for pid, candidates, lost in (("p1", 1, 0), ("p2", 4, 1)):
+            journal.append(
+                {
+                    "type": "result",
+                    "job": job.key,
+                    "problem_id": pid,
+                    "level": 1,
+                    "subject": "Algebra",
+                    "error": None,
+                    "grades": {r: grades([9], [True]) for r in ("majority", "best", "weighted")},
+                    "usage": usage,
+                    "candidates": candidates,
+                    "lost": lost,
+                    "t": 2.0,
+                }
+            )
+    summary = summarize(load_run(tmp_path))
+    line = next(line for line in summary["lines"] if line["label"] == "revise")
+    # p1's solution needed no revision (1 generation), p2 drew 5: (1 + 5) / 2
+    assert [p["spend"]["generations"] for p in line["points"]] == [3.0]

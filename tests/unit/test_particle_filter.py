@@ -334,9 +334,9 @@ async def test_exactly_n_finished_paths_and_each_path_expanded_once_per_step(
 @pytest.mark.parametrize(
     ("settings_", "message"),
     [
-        ({"temperature": 0.0}, "temperature=0.0: need > 0"),
-        ({"temperature": -1.0}, "temperature=-1.0: need > 0"),
-        ({"temperature": math.nan}, "temperature=nan: need > 0"),
+        ({"weight_temperature": 0.0}, "weight_temperature=0.0: need > 0"),
+        ({"weight_temperature": -1.0}, "weight_temperature=-1.0: need > 0"),
+        ({"weight_temperature": math.nan}, "weight_temperature=nan: need > 0"),
         ({"ess_threshold": 1.5}, "ess_threshold=1.5: need a value in [0, 1]"),
         ({"ess_threshold": -0.1}, "ess_threshold=-0.1: need a value in [0, 1]"),
         ({"anneal_below": 2.0}, "anneal_below=2.0: need a value in [0, 1]"),

@@ -107,7 +107,7 @@ async def test_the_root_gets_n_children_and_each_node_one_request_for_its_share(
     request each for (0,) and (1,); at depth 2 every child finishes: 4 solutions in all."""
     scores: dict[Key, float] = {(0,): 0.9, (1,): 0.5, (2,): 0.5, (3,): 0.8}
     policy, prm = scripted(scores, ends={(3,): Finish.EOS}, final_depth=2)
-    results = await Rebase(temperature=1.0).run(Path(), 4, policy, prm)
+    results = await Rebase(weight_temperature=1.0).run(Path(), 4, policy, prm)
     assert policy.meter.log[0] == ((), 4, False)
     assert sorted(policy.meter.log[1:]) == [((0,), 2, False), ((1,), 1, False)]
     assert keys(results) == [(3,), (0, 0), (0, 1), (1, 0)]
@@ -138,7 +138,7 @@ async def test_the_budget_of_a_failed_expansion_is_spent_again_at_the_next_depth
     children finish. Four solutions, then the two lost children."""
     scores: dict[Key, float] = {(0,): 0.9, (1,): 0.5, (2,): 0.5}
     policy, prm = scripted(scores, ends={(3,): Finish.EOS}, final_depth=3, fail_generating=(0,))
-    results = await Rebase(temperature=1.0).run(Path(), 4, policy, prm)
+    results = await Rebase(weight_temperature=1.0).run(Path(), 4, policy, prm)
     assert policy.meter.log[-1] == ((1, 0), 3, False)
     assert keys(results) == [(3,), (1, 0, 0), (1, 0, 1), (1, 0, 2), (0, 0), (0, 1)]
     lost = results[4:]
@@ -179,7 +179,7 @@ async def test_exactly_n_solutions_and_each_depth_spends_the_budget_left(
         return random.Random(repr((seed, path.key[: i + 1]))).random()
 
     policy = FakePolicy(step, seed=seed)
-    strategy = Rebase(max_depth=max_depth, temperature=temperature)
+    strategy = Rebase(max_depth=max_depth, weight_temperature=temperature)
     results = await strategy.run(Path(), n, policy, FakePRM(score, seed=seed))
     assert len(results) == n
     assert all(isinstance(r, Path) and r.done and r.scored for r in results)
@@ -201,9 +201,9 @@ async def test_exactly_n_solutions_and_each_depth_spends_the_budget_left(
 @pytest.mark.parametrize(
     ("settings_", "message"),
     [
-        ({"temperature": 0.0}, "temperature=0.0: need > 0"),
-        ({"temperature": -1.0}, "temperature=-1.0: need > 0"),
-        ({"temperature": math.nan}, "temperature=nan: need > 0"),
+        ({"weight_temperature": 0.0}, "weight_temperature=0.0: need > 0"),
+        ({"weight_temperature": -1.0}, "weight_temperature=-1.0: need > 0"),
+        ({"weight_temperature": math.nan}, "weight_temperature=nan: need > 0"),
         ({"max_depth": 0}, "max_depth=0: need >= 1"),
         ({"aggregate": "mean"}, "aggregate='mean': choose one of"),
     ],

@@ -44,6 +44,27 @@ def endpoints(listener: socket.socket, tmp_path: Path) -> Path:
             "Sampling temperature=-1.0: need a finite value >= 0",
         ),
         (
+            ["--strategy", "revise", "--n", "5", "--threshold", "1.5"],
+            "strategy 'revise' with {'threshold': 1.5}: threshold=1.5: need a value in [0, 1]",
+        ),
+        (
+            ["--strategy", "particle_filter", "--n", "4", "--weight-temperature", "0"],
+            "strategy 'particle_filter' with {'weight_temperature': 0.0}: weight_temperature=0.0:"
+            " need > 0",
+        ),
+        (
+            ["--strategy", "rebase", "--n", "4", "--weight-temperature", "-1"],
+            "weight_temperature=-1.0: need > 0",
+        ),
+        (
+            ["--strategy", "particle_filter", "--n", "4", "--ess-threshold", "2"],
+            "ess_threshold=2.0: need a value in [0, 1]",
+        ),
+        (
+            ["--strategy", "revise", "--n", "4"],
+            "n=4: one solution and its revisions take up to 1 + continuations * rounds",
+        ),
+        (
             ["--strategy", "majority", "--n", "4", "--trace", "tree.txt"],
             "--trace tree.txt: name a .json file (the tree) or a .png, .svg, .pdf file",
         ),
@@ -128,6 +149,65 @@ def test_lookahead_reaches_beam_search(endpoints: Path) -> None:
     request = prepare_solve(args, io.StringIO())
     assert getattr(request.strategy, "lookahead", None) == 2
     assert "lookahead=2" in request.settings_line()
+
+
+@pytest.mark.parametrize(
+    ("flags", "strategy", "settings"),
+    [
+        (
+            [
+                "--weight-temperature",
+                "0.5",
+                "--resampling",
+                "systematic",
+                "--ess-threshold",
+                "0.5",
+                "--no-resample-inactive",
+                "--anneal-below",
+                "0.25",
+            ],
+            "particle_filter",
+            {
+                "weight_temperature": 0.5,
+                "resampling": "systematic",
+                "ess_threshold": 0.5,
+                "resample_inactive": False,
+                "anneal_below": 0.25,
+            },
+        ),
+        (["--weight-temperature", "1"], "rebase", {"weight_temperature": 1.0}),
+        (
+            [
+                "--threshold",
+                "0.3",
+                "--cut",
+                "largest_drop",
+                "--continuations",
+                "3",
+                "--rounds",
+                "1",
+            ],
+            "revise",
+            {"threshold": 0.3, "cut": "largest_drop", "continuations": 3, "rounds": 1},
+        ),
+        # a strategy without the option keeps its own settings (as --width for majority)
+        (["--threshold", "0.3", "--weight-temperature", "2"], "dvts", {"width": 4}),
+    ],
+)
+def test_stepwise_options_reach_their_strategy(
+    endpoints: Path, flags: list[str], strategy: str, settings: dict[str, object]
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_solve_arguments(parser)
+    argv = ["What is $1+1$?", "--strategy", strategy, "--n", "8", *flags]
+    request = prepare_solve(
+        parser.parse_args([*argv, "--endpoints", str(endpoints)]), io.StringIO()
+    )
+    assert request.strategy.name == strategy
+    for name, value in settings.items():
+        assert getattr(request.strategy, name) == value
+    line = request.settings_line()
+    assert all(f"{name}={value}" in line for name, value in settings.items())
 
 
 def help_of(add: Callable[[argparse.ArgumentParser], None]) -> tuple[argparse.ArgumentParser, str]:

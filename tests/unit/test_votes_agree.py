@@ -92,7 +92,7 @@ STRATEGIES: list[tuple[Strategy, int]] = [
     (ParticleFilter(max_depth=4), 1),
     (WeightedParticleFilter(max_depth=4, resample_inactive=False), 1),
     (Rebase(max_depth=4), 1),
-    (Rebase(temperature=1.0, max_depth=3, aggregate="min"), 1),
+    (Rebase(weight_temperature=1.0, max_depth=3, aggregate="min"), 1),
     (Revise(continuations=2, rounds=1, per_request=2), 3),
     (Revise(threshold=0.7, cut="largest_drop", continuations=1, rounds=3), 4),
 ]
