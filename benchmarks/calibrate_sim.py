@@ -36,9 +36,10 @@ from asynctts.protocols import STEP_DELIMITER, Path
 from asynctts.search.beam_search import BeamSearch
 from asynctts.search.best_of_n import BestOfN
 from asynctts.search.dvts import DVTS
+from asynctts.search.particle_filter import ParticleFilter
 from asynctts.search.strategy import Strategy
 from asynctts.solution import answer_of
-from asynctts.testing.cli import add_prm_arguments, prm_settings
+from asynctts.testing.cli import add_sim_arguments, sim_settings
 from asynctts.testing.sim_model import (
     CRUX,
     PRM_SKILL_SPREAD,
@@ -55,6 +56,7 @@ PUBLISHED: dict[tuple[str, int], float] = {
     ("best_of_n", 64): 46.6,
     ("weighted_best_of_n", 64): 47.8,
     ("dvts", 64): 52.8,
+    ("particle_filter", 64): 59.6,
 }
 
 
@@ -121,12 +123,15 @@ async def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--tree-n", type=int, nargs="*", default=[4, 16, 64])
     parser.add_argument(
-        "--tree", nargs="*", choices=("beam_search", "dvts"), default=["beam_search", "dvts"]
+        "--tree",
+        nargs="*",
+        choices=("beam_search", "dvts", "particle_filter"),
+        default=["beam_search", "dvts", "particle_filter"],
     )
     parser.add_argument(
         "--tree-problems", type=int, default=500, help="seeded subsample for the tree searches"
     )
-    add_prm_arguments(parser)
+    add_sim_arguments(parser)
     parser.add_argument("--crux", type=float, default=CRUX)
     parser.add_argument("--prm-skill-spread", type=float, default=PRM_SKILL_SPREAD)
     args = parser.parse_args()
@@ -140,7 +145,7 @@ async def main() -> None:
     }
     sim = SimModel(
         problems,
-        **prm_settings(args),
+        **sim_settings(args),
     )
     gold = {p.problem: normalize(p.answer) for p in data}
     started = time.perf_counter()
@@ -154,7 +159,11 @@ async def main() -> None:
     family_s = time.perf_counter() - started
 
     subset = random.Random(0).sample(data, min(args.tree_problems, len(data)))
-    trees: dict[str, Strategy] = {"beam_search": BeamSearch(width=4), "dvts": DVTS(width=4)}
+    trees: dict[str, Strategy] = {
+        "beam_search": BeamSearch(width=4),
+        "dvts": DVTS(width=4),
+        "particle_filter": ParticleFilter(),
+    }
     for name in args.tree:
         strategy = trees[name]
         for n in args.tree_n:
@@ -167,7 +176,7 @@ async def main() -> None:
     print(
         f"MATH-500, {len(data)} problems ({len(subset)} for the tree searches); "
         f"prm_discrimination={args.prm_discrimination}, prm_fooled_rate={args.prm_fooled_rate}, "
-        f"prm_persistence={args.prm_persistence}, "
+        f"prm_persistence={args.prm_persistence}, step_correlation={args.step_correlation}, "
         f"crux={args.crux}, prm_skill_spread={args.prm_skill_spread}; "
         f"{family_s:.0f} s best-of-N family, {elapsed:.0f} s in all\n"
     )

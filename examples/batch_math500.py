@@ -57,7 +57,7 @@ from asynctts.cli import (
 from asynctts.errors import ConfigError
 from asynctts.eval.data import Problem, load_dataset
 from asynctts.testing import LatencyModel, SimProblem, SimulatedServer, math500_problem
-from asynctts.testing.cli import add_prm_arguments, prm_settings
+from asynctts.testing.cli import add_sim_arguments, sim_settings
 from asynctts.testing.sim_model import LEVELS
 
 POLICY_FORMAT = "{system}\n\nProblem: {problem}\n\nSolution:\n"
@@ -91,7 +91,7 @@ async def run(args: argparse.Namespace) -> int:
         prm_model="sim-prm",
         problems=problems,
         latency=latency,
-        **prm_settings(args, "sim-"),
+        **sim_settings(args, "sim-"),
         keep_records=False,
     ) as server:
         args.policy_url, args.policy_model = server.base_url, "sim-policy"
@@ -116,7 +116,7 @@ def main() -> int:
     sim.add_argument("--simulate", action="store_true", help="serve a simulated model here")
     sim.add_argument("--sim-latency", choices=("zero", "h200_1b"), default="zero")
     sim.add_argument("--sim-time-scale", type=float, default=1.0)
-    add_prm_arguments(sim, "sim-")
+    add_sim_arguments(sim, "sim-")
     args = parser.parse_args()
     configure_logging()  # warnings only until `eval` sends the logs to RUN_DIR/eval.log
 

@@ -100,6 +100,7 @@ STEPWISE_SETTINGS = (
     "ess_threshold",
     "resample_inactive",
     "anneal_below",
+    "anneal_until",
     "threshold",
     "cut",
     "continuations",
@@ -172,6 +173,12 @@ def add_stepwise_arguments(group: argparse._ArgumentGroup) -> None:
         type=float,
         help="particle_filter's entropic annealing: flatten the weights when ESS / pool size"
         f" falls below this, in [0, 1] (default: {_FILTER.anneal_below}: off)",
+    )
+    group.add_argument(
+        "--anneal-until",
+        type=float,
+        help="particle_filter anneals only while steps / max depth is below this, in [0, 1]"
+        f" (default: {_FILTER.anneal_until})",
     )
     group.add_argument(
         "--threshold",

@@ -171,6 +171,7 @@ class StrategySettings:
     ess_threshold: float | None = None
     resample_inactive: bool | None = None
     anneal_below: float | None = None
+    anneal_until: float | None = None
     threshold: float | None = None
     cut: str | None = None
     continuations: int | None = None

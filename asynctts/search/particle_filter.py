@@ -28,10 +28,13 @@ Rules:
   it could only drop particles before the answer is picked. The reference's loop resamples
   once more there.
 - Entropic annealing (Giannone et al. 2025, arXiv 2510.05825), off by default: when the
-  weights collapse, ESS / m < `anneal_below`, the resampling temperature of the step after
-  t steps (t = 1, 2, ...) rises to weight_temperature * max(1, (m / ESS) * (1 - t / max_depth)),
-  flattening the draw most early on and fading out towards the depth cap. The gate above
-  reads the ESS of the untempered weights.
+  weights collapse, ESS / m < `anneal_below`, in the early phase, t / max_depth <
+  `anneal_until`, the resampling temperature of the step after t steps (t = 1, 2, ...) rises
+  to weight_temperature * max(1, (m / ESS) * (1 - t / max_depth)), flattening the draw most
+  early on. The gate reads the ESS of the untempered weights. This is the ESS schedule of
+  the authors' implementation (its_hub's EntropicParticleFiltering, which also defaults to
+  systematic resampling, a gate of 0.5 and an early phase of 0.5); `max_depth` plays the part
+  of its step cap.
 - Results: the finished particles set aside (without `resample_inactive`), then the final
   pool in order, copies included (each copy is a particle and votes), at most n paths; then
   every lost branch. A failed expansion loses all copies of its path, a failed scoring the
@@ -86,6 +89,7 @@ class ParticleFilter:
     ess_threshold: resample after a step when ESS / pool size <= this, in [0, 1].
     resample_inactive: finished particles stay in the pool and can be drawn again.
     anneal_below: entropic annealing when ESS / pool size < this, in [0, 1] (0: off).
+    anneal_until: entropic annealing only while steps / max_depth < this, in [0, 1].
     """
 
     name: ClassVar[str] = "particle_filter"
@@ -98,6 +102,7 @@ class ParticleFilter:
     ess_threshold: float = 1.0
     resample_inactive: bool = True
     anneal_below: float = 0.0
+    anneal_until: float = 0.5
 
     def __post_init__(self) -> None:
         check_aggregate(self.aggregate)
@@ -110,6 +115,7 @@ class ParticleFilter:
         for knob, value in (
             ("ess_threshold", self.ess_threshold),
             ("anneal_below", self.anneal_below),
+            ("anneal_until", self.anneal_until),
         ):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{knob}={value}: need a value in [0, 1]")
@@ -183,10 +189,10 @@ class ParticleFilter:
 
     def draw_weights(self, rewards: Sequence[float], steps: int) -> tuple[list[float], float]:
         """The weights a resampling after `steps` steps draws with (annealed when
-        `anneal_below` says so), and ESS / m of the untempered weights."""
+        `anneal_below` and `anneal_until` say so), and ESS / m of the untempered weights."""
         weights = weights_of(rewards, self.weight_temperature)
         share = effective_size(weights) / len(weights)
-        if share < self.anneal_below:
+        if share < self.anneal_below and steps / self.max_depth < self.anneal_until:
             stretch = (1 - steps / self.max_depth) / share
             weights = weights_of(rewards, self.weight_temperature * max(1.0, stretch))
         return weights, share

@@ -24,6 +24,7 @@ from asynctts.testing.sim_model import (
     PRM_DISCRIMINATION,
     PRM_FOOLED_RATE,
     PRM_PERSISTENCE,
+    STEP_CORRELATION,
     SimProblem,
 )
 from asynctts.testing.wire import is_number
@@ -34,16 +35,18 @@ if TYPE_CHECKING:
 log = structlog.get_logger("asynctts.testing.server")  # it logs as the server it runs
 
 
-class PrmSettings(TypedDict):
-    """The simulated PRM's settings: keyword arguments of `SimModel` and `SimulatedServer`."""
+class SimSettings(TypedDict):
+    """The simulated model's fitted traits: keyword arguments of `SimModel` and
+    `SimulatedServer`."""
 
     prm_discrimination: float
     prm_fooled_rate: float
     prm_persistence: float
+    step_correlation: float
 
 
-def add_prm_arguments(parser: argparse._ActionsContainer, prefix: str = "") -> None:
-    """The simulated PRM's flags (`--{prefix}prm-discrimination`, ...), defaults the fit's."""
+def add_sim_arguments(parser: argparse._ActionsContainer, prefix: str = "") -> None:
+    """The simulated model's flags (`--{prefix}prm-discrimination`, ...), defaults the fit's."""
     parser.add_argument(
         f"--{prefix}prm-discrimination",
         type=float,
@@ -62,15 +65,22 @@ def add_prm_arguments(parser: argparse._ActionsContainer, prefix: str = "") -> N
         default=PRM_PERSISTENCE,
         help="share of the PRM's noise a path carries from step to step",
     )
+    parser.add_argument(
+        f"--{prefix}step-correlation",
+        type=float,
+        default=STEP_CORRELATION,
+        help="share of the steps sampled after one prefix that take its modal outcome",
+    )
 
 
-def prm_settings(args: argparse.Namespace, prefix: str = "") -> PrmSettings:
-    """The settings `add_prm_arguments` parsed into `args`."""
+def sim_settings(args: argparse.Namespace, prefix: str = "") -> SimSettings:
+    """The settings `add_sim_arguments` parsed into `args`."""
     dest = prefix.replace("-", "_")
-    return PrmSettings(
+    return SimSettings(
         prm_discrimination=getattr(args, f"{dest}prm_discrimination"),
         prm_fooled_rate=getattr(args, f"{dest}prm_fooled_rate"),
         prm_persistence=getattr(args, f"{dest}prm_persistence"),
+        step_correlation=getattr(args, f"{dest}step_correlation"),
     )
 
 
@@ -137,7 +147,7 @@ def run(server_class: type[SimulatedServer], argv: Sequence[str] | None = None) 
     parser.add_argument("--time-scale", type=float, default=1.0, help="latency multiplier")
     parser.add_argument("--max-model-len", type=int, default=4096, help="context length")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="sequences run at once")
-    add_prm_arguments(parser)
+    add_sim_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated model")
     args = parser.parse_args(argv)
     problems = load_problems(args.problems) if args.problems else {}
@@ -154,7 +164,7 @@ def run(server_class: type[SimulatedServer], argv: Sequence[str] | None = None) 
         latency=latency,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
-        **prm_settings(args),
+        **sim_settings(args),
         seed=args.seed,
         host=args.host,
         port=args.port,
@@ -164,10 +174,10 @@ def run(server_class: type[SimulatedServer], argv: Sequence[str] | None = None) 
 
 
 __all__ = [
-    "PrmSettings",
-    "add_prm_arguments",
+    "SimSettings",
+    "add_sim_arguments",
     "load_problems",
-    "prm_settings",
     "run",
     "serve_until_signalled",
+    "sim_settings",
 ]

@@ -44,6 +44,7 @@ from asynctts.testing.sim_model import (
     PRM_DISCRIMINATION,
     PRM_FOOLED_RATE,
     PRM_PERSISTENCE,
+    STEP_CORRELATION,
     Reading,
     Sample,
     SimModel,
@@ -123,6 +124,8 @@ class SimulatedServer:
         prm_fooled_rate: how often a wrong path fools the PRM (see `SimModel`).
         prm_persistence: share of the PRM's noise a path inherits step to step (see
             `SimModel`).
+        step_correlation: share of the steps sampled after one prefix that take its modal
+            outcome (see `SimModel`).
         seed: seeds the RNG for requests without a seed, and the latency jitter.
         host, port: where to bind (port 0: an ephemeral port, kept across restarts).
         keep_records: keep one `RequestRecord` per request in `stats.records` (turn off for
@@ -150,6 +153,7 @@ class SimulatedServer:
         prm_discrimination: float = PRM_DISCRIMINATION,
         prm_fooled_rate: float = PRM_FOOLED_RATE,
         prm_persistence: float = PRM_PERSISTENCE,
+        step_correlation: float = STEP_CORRELATION,
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -190,6 +194,7 @@ class SimulatedServer:
             prm_discrimination=prm_discrimination,
             prm_fooled_rate=prm_fooled_rate,
             prm_persistence=prm_persistence,
+            step_correlation=step_correlation,
         )
         self._rng = random.Random(seed)
         self._jitter_rng = random.Random(f"jitter:{seed}")

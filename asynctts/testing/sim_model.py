@@ -15,6 +15,12 @@ Rules:
   (`SimProblem.slip_rates`: `slip_rate`, or with `crux` > 0 most of the difficulty in one
   step); nothing in the text says so. A path is right until its first slip and wrong from
   there on (no recovery).
+- Siblings are not independent tries: a `step_correlation` share of the steps written after
+  one prefix take that prefix's modal outcome (one slip-or-not draw per prefix and step), the
+  rest draw their own; which share a step is in is hashed from its own signature. First
+  steps (after the problem alone) always draw their own: openings vary more than the moves
+  after them. Every step keeps its slip rate; what changes is how often sampling k steps
+  from one prefix and keeping the best (beam search, DVTS) finds a right one.
 - The final answer is the problem's answer iff no step slipped. A wrong path's answer is drawn
   by a hash of its signature up to its first slip from the problem's own wrong answers: the
   most common one takes `wrong_top` of the wrong paths, the others a geometric tail. Paths that
@@ -48,6 +54,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Literal
 
+TAG_LENGTH = 6  # hex digits of a step's tag
 STEP_PATTERN = r"Step (?P<index>\d+): [a-z ]+ \((?P<tag>[0-9a-f]{6})\)\."
 CONCLUSION_PATTERN = (
     r"Therefore, the final answer is: \$\\boxed\{(?P<answer>.*?)\}\$\. I hope it is correct\."
@@ -67,11 +74,16 @@ _VOCAB = (
 # The fit of asynctts/testing/README.md (Llama-3.2-1B-Instruct on MATH-500, judged by
 # Qwen2.5-Math-PRM-7B): the PRM's discrimination and how often a wrong path fools it.
 PRM_DISCRIMINATION = 2.5
-PRM_FOOLED_RATE = 0.4
+PRM_FOOLED_RATE = 0.3
 # Share of the PRM's noise a path carries from step to step (its "taste" for a line of
 # reasoning) rather than drawing afresh at each step: what makes a wide beam over-optimise the
 # PRM where independent subtrees (DVTS) and votes do not.
 PRM_PERSISTENCE = 0.25
+# Share of the steps sampled after one prefix that take its modal outcome (right or slip)
+# instead of drawing their own: a model's samples from one prefix tend to make the same move,
+# which is what limits picking among siblings (beam search, DVTS) more than resampling a
+# whole pool of different prefixes (particle filtering).
+STEP_CORRELATION = 0.65
 # How much less often a path to a rare wrong answer fools the PRM than one to the most common.
 TAIL_FOOLED_SHARE = 0.25
 # Geometric ratio of the wrong answers after the most common one: rank r+1 is this much as
@@ -242,8 +254,15 @@ def conclusion(answer: str) -> str:
     return f"Therefore, the final answer is: $\\boxed{{{answer}}}$. I hope it is correct."
 
 
-def slipped(signature: str, slip_rate: float) -> bool:
-    """Whether the step that ends `signature` (the tags of a path's steps so far) is a slip."""
+def slipped(signature: str, slip_rate: float, correlation: float) -> bool:
+    """Whether the step that ends `signature` (the tags of a path's steps so far) is a slip:
+    with chance `correlation` (hashed from the signature) the modal outcome of the steps
+    after its prefix, else its own draw. A first step (its prefix is the problem alone,
+    `signature_start`) always draws its own."""
+    prefix = signature[:-TAG_LENGTH]
+    first = prefix.endswith("|")
+    if correlation and not first and _unit(_digest("follows", signature)) < correlation:
+        return _unit(_digest("slip-mode", prefix)) < slip_rate
     return _unit(_digest("slip", signature)) < slip_rate
 
 
@@ -254,14 +273,17 @@ def signature_start(problem_key: str | None) -> str:
 
 
 def first_slip(
-    tags: Sequence[str], slip_rates: Sequence[float], problem_key: str | None
+    tags: Sequence[str],
+    slip_rates: Sequence[float],
+    problem_key: str | None,
+    correlation: float,
 ) -> str | None:
     """The signature up to a path's first slip; None for a path without one. Steps past
-    `slip_rates` (more than the problem has) never slip."""
+    `slip_rates` (more than the problem has) never slip; `correlation` as in `slipped`."""
     signature = signature_start(problem_key)
     for tag, rate in zip(tags, slip_rates, strict=False):
         signature += tag
-        if slipped(signature, rate):
+        if slipped(signature, rate, correlation):
             return signature
     return None
 
@@ -302,6 +324,8 @@ class SimModel:
         prm_fooled_rate: share of wrong paths the PRM scores like right ones, or better.
         prm_persistence: share (0-1) of the PRM's noise a path inherits along its steps
             instead of drawing it afresh per step.
+        step_correlation: share (0-1) of the steps sampled after one prefix that take its
+            modal outcome instead of their own (0: every sample an independent try).
     """
 
     def __init__(
@@ -312,6 +336,7 @@ class SimModel:
         prm_discrimination: float = PRM_DISCRIMINATION,
         prm_fooled_rate: float = PRM_FOOLED_RATE,
         prm_persistence: float = PRM_PERSISTENCE,
+        step_correlation: float = STEP_CORRELATION,
     ) -> None:
         if not step_tag:
             raise ValueError("SimModel step_tag is empty")
@@ -323,6 +348,8 @@ class SimModel:
             raise ValueError(f"SimModel prm_fooled_rate={prm_fooled_rate}: need 0 <= rate <= 1")
         if not 0.0 <= prm_persistence <= 1.0:
             raise ValueError(f"SimModel prm_persistence={prm_persistence}: need 0 <= share <= 1")
+        if not 0.0 <= step_correlation <= 1.0:
+            raise ValueError(f"SimModel step_correlation={step_correlation}: need 0 <= share <= 1")
         for key in problems:
             if not key:
                 raise ValueError("SimModel problems: a problem text is empty")
@@ -331,6 +358,7 @@ class SimModel:
         self.prm_discrimination = prm_discrimination
         self.prm_fooled_rate = prm_fooled_rate
         self.prm_persistence = prm_persistence
+        self.step_correlation = step_correlation
         # Longest first, so a problem whose text contains another's text wins.
         self._keys = sorted(self.problems, key=len, reverse=True)
         # Requests of one problem share the text before the first step (template + problem),
@@ -382,14 +410,14 @@ class SimModel:
         rates = problem.slip_rates(reading.identity)
         tags = [s.tag for s in reading.steps]
         signature = signature_start(reading.key) + "".join(tags)
-        wrong_path = first_slip(tags, rates, reading.key)
+        wrong_path = first_slip(tags, rates, reading.key, self.step_correlation)
         for index in range(len(reading.steps) + 1, problem.n_steps + 1):
             d = _digest("step", reading.identity, index, signature, sample_seed)
             tag = d[8:11].hex()
             words = " ".join(_VOCAB[b % len(_VOCAB)] for b in d[12 : 12 + 3 + d[11] % 6])
             yield f"Step {index}: {words} ({tag}).\n\n"
             signature += tag
-            if wrong_path is None and slipped(signature, rates[index - 1]):
+            if wrong_path is None and slipped(signature, rates[index - 1], self.step_correlation):
                 wrong_path = signature
         if wrong_path is None:
             yield conclusion(problem.answer)
@@ -468,7 +496,7 @@ class SimModel:
                 signature += mark["tag"]
                 steps += 1
                 rate = rates[steps - 1] if steps <= len(rates) else 0.0
-                if wrong_path is None and slipped(signature, rate):
+                if wrong_path is None and slipped(signature, rate, self.step_correlation):
                     wrong_path = signature
                 judged = signature
                 drift += _normal(_digest("prm-drift", signature))
@@ -491,6 +519,7 @@ __all__ = [
     "PRM_FOOLED_RATE",
     "PRM_PERSISTENCE",
     "PRM_SKILL_SPREAD",
+    "STEP_CORRELATION",
     "STEP_PATTERN",
     "Reading",
     "Sample",

@@ -98,11 +98,12 @@ async def test_solve_prints_the_answer_candidates_ledger_and_draws_the_tree(
 
 
 async def test_solve_json_and_text_agree_at_n64(tmp_path: Path) -> None:
-    # slips and the simulated PRM's misjudgements make several answers; the same seed makes
-    # both runs the same solve
+    # slips and a weak simulated PRM's misjudgements make several answers; the same seed
+    # makes both runs the same solve
     problems = {PROBLEM: SimProblem(answer="2", n_steps=3, slip_rate=0.4)}
     tree = tmp_path / "tree.json"
-    async with SimulatedServer(prm_model="sim-prm", problems=problems) as server:
+    weak = {"prm_discrimination": 1.0, "step_correlation": 0.0}
+    async with SimulatedServer(prm_model="sim-prm", problems=problems, **weak) as server:
         endpoints = endpoints_file(tmp_path / "endpoints.json", server.base_url)
         argv = ["solve", PROBLEM, "--strategy", "beam_search", "--n", "64"]
         argv += ["--endpoints", endpoints]

@@ -134,6 +134,13 @@ def test_entropic_annealing_flattens_collapsed_weights_less_as_the_depth_cap_nea
     # above the threshold nothing changes
     calm, _ = ParticleFilter(anneal_below=0.5).draw_weights(rewards, 1)
     assert calm == pytest.approx([0.1, 0.9])
+    # only in the early phase: after 10 of 40 steps (1/4) it anneals, unless the phase ends
+    # at 1/5
+    early, _ = ParticleFilter(anneal_below=0.7).draw_weights(rewards, 10)
+    odds = 9 ** (share / (30 / 40))
+    assert early == pytest.approx([1 / (1 + odds), odds / (1 + odds)])
+    over, _ = ParticleFilter(anneal_below=0.7, anneal_until=0.2).draw_weights(rewards, 10)
+    assert over == pytest.approx([0.1, 0.9])
 
 
 def test_draw_seed_follows_the_pool_keys_and_texts_and_the_step() -> None:
@@ -340,6 +347,7 @@ async def test_exactly_n_finished_paths_and_each_path_expanded_once_per_step(
         ({"ess_threshold": 1.5}, "ess_threshold=1.5: need a value in [0, 1]"),
         ({"ess_threshold": -0.1}, "ess_threshold=-0.1: need a value in [0, 1]"),
         ({"anneal_below": 2.0}, "anneal_below=2.0: need a value in [0, 1]"),
+        ({"anneal_until": -0.5}, "anneal_until=-0.5: need a value in [0, 1]"),
         ({"max_depth": 0}, "max_depth=0: need >= 1"),
         ({"resampling": "stratified"}, "resampling='stratified': choose one of"),
         ({"aggregate": "mean"}, "aggregate='mean': choose one of"),

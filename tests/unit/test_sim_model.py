@@ -17,11 +17,14 @@ from asynctts.protocols import STEP_DELIMITER
 from asynctts.testing.sim_model import (
     CONCLUSION_PATTERN,
     LEVELS,
+    STEP_CORRELATION,
     STEP_PATTERN,
     SimModel,
     SimProblem,
     first_slip,
     math500_problem,
+    signature_start,
+    slipped,
     wrong_rank,
 )
 
@@ -98,7 +101,7 @@ def test_paths_to_the_common_wrong_answer_fool_the_prm_more() -> None:
     for seed in range(600):
         text = solution(model, PROBLEM, seed)
         tags = [m["tag"] for m in STEP_RE.finditer(text)]
-        wrong_path = first_slip(tags, problem.slip_rates(PROBLEM), PROBLEM)
+        wrong_path = first_slip(tags, problem.slip_rates(PROBLEM), PROBLEM, STEP_CORRELATION)
         if wrong_path is None:
             continue
         score = final_score(model, PROBLEM, text)
@@ -106,6 +109,50 @@ def test_paths_to_the_common_wrong_answer_fool_the_prm_more() -> None:
         unfooled.append(final_score(honest, PROBLEM, text))
     # every common-answer path is raised by d'/2 to d'; a quarter of the rare ones are
     assert fmean(common) > fmean(rare) + 0.15 > fmean(unfooled) + 0.15
+
+
+@pytest.mark.parametrize("correlation", [0.0, 0.5, 0.8, 1.0])
+def test_siblings_share_the_modal_outcome_at_the_set_share(correlation: float) -> None:
+    # 40 prefixes, 50 sibling steps (tags) after each, slip rate 0.3
+    agreement, slips = [], 0
+    for i in range(40):
+        prefix = f"Problem {i}?|{i:06x}"
+        siblings = [slipped(prefix + f"{j:06x}", 0.3, correlation) for j in range(50)]
+        slips += sum(siblings)
+        agreement.append(max(sum(siblings), 50 - sum(siblings)) / 50)
+    # every step keeps its slip rate (the 40 modal draws weigh `correlation` each, so a
+    # correlated run strays further from 0.3)
+    assert slips / 2000 == pytest.approx(0.3, abs=0.03 + 0.15 * correlation)
+    if correlation == 1.0:
+        assert agreement == [1.0] * 40  # one outcome per prefix
+    elif correlation == 0.0:
+        assert fmean(agreement) == pytest.approx(0.7, abs=0.06)  # independent draws
+    else:  # the followers agree: the majority holds at least their share
+        assert fmean(agreement) >= correlation
+
+
+def test_first_steps_draw_their_own_outcome_whatever_the_correlation() -> None:
+    # after the problem alone (its signature start) 200 first steps at slip rate 0.5
+    firsts = [slipped(signature_start(PROBLEM) + f"{j:06x}", 0.5, 1.0) for j in range(200)]
+    assert 80 <= sum(firsts) <= 120
+
+
+def test_the_model_writes_correlated_siblings() -> None:
+    # at correlation 1 the 30 second steps after one first step all slip or none does; at 0
+    # (slip rate 0.5) both outcomes occur
+    problem = SimProblem("42", n_steps=3, slip_rate=0.5)
+    for share, outcomes in ((1.0, 1), (0.0, 2)):
+        model = SimModel({PROBLEM: problem}, step_correlation=share)
+        first = next(model.continuation(model.read(PROBLEM), 0))
+        reading = model.read(PROBLEM + STEP_DELIMITER + first)
+        rates = problem.slip_rates(PROBLEM)
+        ends = set()
+        for seed in range(30):
+            second = next(model.continuation(reading, seed))
+            tags = [reading.steps[0].tag, STEP_RE.search(second)["tag"]]  # type: ignore[index]
+            signature = signature_start(PROBLEM) + "".join(tags)
+            ends.add(slipped(signature, rates[1], share))
+        assert len(ends) == outcomes
 
 
 @pytest.mark.parametrize("persistence", [0.0, 0.25, 1.0])
@@ -192,5 +239,7 @@ def test_bad_settings_are_rejected() -> None:
         SimModel({}, prm_fooled_rate=1.5)
     with pytest.raises(ValueError, match=r"prm_persistence=1\.2"):
         SimModel({}, prm_persistence=1.2)
+    with pytest.raises(ValueError, match=r"step_correlation=-0\.1: need 0 <= share <= 1"):
+        SimModel({}, step_correlation=-0.1)
     with pytest.raises(ValueError, match=r"prm_discrimination=-1"):
         SimModel({}, prm_discrimination=-1)

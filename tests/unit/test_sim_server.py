@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asynctts.testing.cli import add_prm_arguments, prm_settings
+from asynctts.testing.cli import add_sim_arguments, sim_settings
 from asynctts.testing.prefix_cache import PrefixCache
 from asynctts.testing.server import (
     H200_1B_ITERATION_S,
@@ -37,6 +37,7 @@ from asynctts.testing.sim_model import (
     PRM_DISCRIMINATION,
     PRM_FOOLED_RATE,
     PRM_PERSISTENCE,
+    STEP_CORRELATION,
     STEP_PATTERN,
     SimModel,
     SimProblem,
@@ -145,7 +146,9 @@ async def test_walk_with_slips_reaches_a_wrong_answer(
     assert len(steps) == 4
     problem = SimProblem(answer="7", n_steps=3, slip_rate=1.0)
     tags = [STEP_RE.match(s)["tag"] for s in steps[:-1]]  # type: ignore[index]
-    wrong_path = first_slip(tags, problem.slip_rates("Always wrong?"), "Always wrong?")
+    wrong_path = first_slip(
+        tags, problem.slip_rates("Always wrong?"), "Always wrong?", STEP_CORRELATION
+    )
     assert wrong_path is not None and wrong_path.endswith(tags[0])  # step 1 slipped
     assert final_answer(steps) == wrong_answer(problem, "Always wrong?", wrong_path) != "7"
 
@@ -773,7 +776,7 @@ def test_stepwise_and_one_shot_generation_agree(seed: int, slip_rate: float) -> 
     assert stepwise == one_shot
     problem = model.problems[PROBLEM]
     tags = [m["tag"] for m in STEP_RE.finditer(one_shot)]
-    wrong_path = first_slip(tags, problem.slip_rates(PROBLEM), PROBLEM)
+    wrong_path = first_slip(tags, problem.slip_rates(PROBLEM), PROBLEM, STEP_CORRELATION)
     expected = ANSWER if wrong_path is None else wrong_answer(problem, PROBLEM, wrong_path)
     assert one_shot.endswith(conclusion(expected))
     assert len(STEP_RE.findall(one_shot)) == 5
@@ -818,18 +821,23 @@ def test_load_problems_names_the_bad_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("prefix", ["", "sim-"])
-def test_the_prm_flags_reach_the_model_and_default_to_the_fit(prefix: str) -> None:
+def test_the_sim_flags_reach_the_model_and_default_to_the_fit(prefix: str) -> None:
     parser = argparse.ArgumentParser()
-    add_prm_arguments(parser, prefix)
-    defaults = prm_settings(parser.parse_args([]), prefix)
+    add_sim_arguments(parser, prefix)
+    defaults = sim_settings(parser.parse_args([]), prefix)
     assert defaults == {
         "prm_discrimination": PRM_DISCRIMINATION,
         "prm_fooled_rate": PRM_FOOLED_RATE,
         "prm_persistence": PRM_PERSISTENCE,
+        "step_correlation": STEP_CORRELATION,
     }
-    flags = [f"--{prefix}prm-discrimination", "1.5", f"--{prefix}prm-persistence", "0.5"]
-    server = SimulatedServer(**prm_settings(parser.parse_args(flags), prefix))
-    assert (server.sim.prm_discrimination, server.sim.prm_persistence) == (1.5, 0.5)
+    flags = [
+        *(f"--{prefix}prm-discrimination", "1.5", f"--{prefix}prm-persistence", "0.5"),
+        *(f"--{prefix}step-correlation", "0.25"),
+    ]
+    server = SimulatedServer(**sim_settings(parser.parse_args(flags), prefix))
+    sim = server.sim
+    assert (sim.prm_discrimination, sim.prm_persistence, sim.step_correlation) == (1.5, 0.5, 0.25)
     assert server.sim.prm_fooled_rate == PRM_FOOLED_RATE
 
 
