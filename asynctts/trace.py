@@ -4,6 +4,9 @@ fills in scores. Kept nodes are the expanded ones and the results; the rest were
 Greedy calls (lookahead rollouts, generated to score a candidate and then dropped) add
 "lookahead" nodes under a fork of their candidate and count in no iteration's width.
 
+A node's text is its ancestors' steps then its own, except for a fork that keeps only the
+first steps of its parent (a revision's prefix, `cut_from_parent`): it holds its whole text.
+
 Every solve counts the paths expanded per iteration (`Widths`: they feed the Solution's
 record of what degraded). The tree itself is built only when asked for (`trace=True`): a beam
 search at n=256 makes ~10,000 nodes, and an untraced solve is kept to one int per generated
@@ -43,7 +46,7 @@ class Node:
     lookahead: bool = False  # part of a greedy rollout: scored, never kept
     # a fork that keeps only the first steps of its parent (a revision's prefix): `steps`
     # holds those steps, the whole text of the node
-    cut: bool = False
+    cut_from_parent: bool = False
 
     @property
     def state(self) -> str:
@@ -69,7 +72,7 @@ class Node:
             "scored_s": self.scored_s,
             "state": self.state,
             "lost": self.lost,
-            "cut": self.cut,
+            "cut_from_parent": self.cut_from_parent,
         }
 
 
@@ -160,7 +163,7 @@ class Trace:
             parent = self._node(Path(key=path.key[:-1]))
             node = Node(key=path.key, parent=parent.key, depth=self.widths.depth(path.key))
             if path.steps != self._steps_of(parent.key):  # a revision's cut of its parent
-                node.steps, node.cut = path.steps, True
+                node.steps, node.cut_from_parent = path.steps, True
             self.nodes[path.key] = node
         return node
 
@@ -170,7 +173,9 @@ class Trace:
         node: Node | None = self.nodes.get(key)
         while node is not None:
             parts.append(node.steps)
-            node = None if node.cut or node.parent is None else self.nodes.get(node.parent)
+            node = (
+                None if node.cut_from_parent or node.parent is None else self.nodes.get(node.parent)
+            )
         return tuple(step for steps in reversed(parts) for step in steps)
 
     def wrap(self, generate: GenerateSteps, score: ScoreSteps) -> tuple[GenerateSteps, ScoreSteps]:

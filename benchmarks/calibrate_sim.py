@@ -5,7 +5,8 @@ Every MATH-500 problem becomes `math500_problem(text, answer, level)`; the strat
 `run()` goes over two in-process adapters of the protocols on one `SimModel` (no HTTP: the
 same text the simulated server would send, without the wire). The best-of-N family shares one
 run of max(N) samples per problem (its first n samples are exactly a run of n, as in the eval
-harness); beam search and DVTS (width 4) run once per N. Answers are grouped and graded by
+harness); beam search and DVTS (width 4) and particle filtering (its defaults) run once per
+N. Answers are grouped and graded by
 their normalised string: a simulated path boxes the gold verbatim or one of its problem's
 wrong answers, which never equal the gold.
 
@@ -13,9 +14,9 @@ wrong answers, which never equal the gold.
 "pass" is pass@N (some sample right).
 
     python benchmarks/calibrate_sim.py [--n 1 4 16 64] [--tree-n 4 16 64] [--tree-problems 500]
-        [--tree beam_search dvts]
-        [--prm-discrimination D] [--prm-fooled-rate R] [--prm-persistence P] [--crux C]
-        [--prm-skill-spread S]
+        [--tree beam_search dvts particle_filter]
+        [--prm-discrimination D] [--prm-fooled-rate R] [--prm-persistence P]
+        [--step-correlation S] [--crux C] [--prm-skill-spread S]
 
 Prints a markdown table beside the published numbers, then accuracy by MATH level
 (asynctts/testing/README.md holds the current fit).

@@ -3,14 +3,14 @@ particle filtering: its curve at N = 4, 16, 64 and what it does not win.
 
 The same problems, seeds and simulator as benchmarks/particle_filter_sim.py (its helpers,
 imported): in process, all 500 MATH-500 problems, each seed, REBASE at every N with its
-default balance temperature and each of --temperatures. The other lines are read from
+default balance temperature and each of --weight-temperatures. The other lines are read from
 particle_filter_sim.py's results file: the runs are deterministic, so they pair problem by
 problem (the file must hold the same problems and seeds). Accuracy is each problem's share of
 seeds right; 95% intervals come from a bootstrap over problems, differences are paired per
 problem. Tokens are generated words plus PRM-read words, as the simulator counts.
 
     python benchmarks/rebase_sim.py [--n 4 16 64] [--seeds 0 1 2] [--problems 500]
-        [--temperatures 0.05 1.0] [--show]
+        [--weight-temperatures 0.05 1.0] [--show]
 """
 
 from __future__ import annotations
@@ -64,7 +64,11 @@ async def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--problems", type=int, default=500)
     parser.add_argument(
-        "--temperatures", type=float, nargs="*", default=[], help="also these balance temperatures"
+        "--weight-temperatures",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also these balance temperatures",
     )
     parser.add_argument("--results", type=pathlib.Path, default=RESULTS / "rebase_sim.json")
     parser.add_argument(
@@ -83,7 +87,8 @@ async def main() -> None:
         return
     budgets = sorted(args.n)
     lines = {"rebase": Rebase()} | {
-        f"rebase[temperature={t}]": Rebase(weight_temperature=t) for t in args.temperatures
+        f"rebase[weight_temperature={t}]": Rebase(weight_temperature=t)
+        for t in args.weight_temperatures
     }
     data = random.Random(0).sample(load_dataset().problems, args.problems)
     sim = SimModel({p.problem: math500_problem(p.problem, p.answer, p.level) for p in data})

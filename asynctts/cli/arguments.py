@@ -149,7 +149,8 @@ def add_stepwise_arguments(group: argparse._ArgumentGroup) -> None:
         type=float,
         help="T of the search's weights: softmax(logit(r) / T) for particle_filter (default:"
         f" {_FILTER.weight_temperature}), softmax(value / T) for rebase (default:"
-        f" {_REBASE.weight_temperature})",
+        f" {_REBASE.weight_temperature}); the two scales differ, so one run of both with one"
+        " T sets both",
     )
     group.add_argument(
         "--resampling",
@@ -183,7 +184,7 @@ def add_stepwise_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--threshold",
         type=float,
-        help="revise cuts a solution at its first step scored below this, in [0, 1]"
+        help="revise revises a solution with a step scored below this, in [0, 1]"
         f" (default: {_REVISE.threshold})",
     )
     group.add_argument(

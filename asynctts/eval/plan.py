@@ -211,8 +211,9 @@ def plan_jobs(
     Args:
         specs: "NAME" or "NAME@N1,N2,..." per strategy.
         budgets: the budgets of strategies given without their own (`--n`).
-        settings: strategy knobs (width, max_depth, aggregate, per_request); compute_optimal
-            takes per_request alone (its options' settings and aggregate are its table's).
+        settings: strategy knobs (`StrategySettings`: each reaches the strategies that have
+            it); compute_optimal takes per_request alone (its options' settings and aggregate
+            are its table's).
         calibration: compute_optimal's table (a `CalibrationTable` or the path of the
             calibration.json `asynctts calibrate` writes); only with compute_optimal.
         budget_tokens: one token budget each compute_optimal job spends over its problems;

@@ -15,7 +15,8 @@ Rules:
   its ledgers say. Generations are n, except for compute_optimal: the samples and paths it drew (its
   decision's `samples`; n for a problem that failed as a whole, which has no decision), and
   for revise: its candidates and lost branches, one generation each (it draws at most n:
-  what solutions that need no revision leave is not spent).
+  what solutions that need no revision leave is not spent; n for a problem that failed as a
+  whole with nothing recorded).
 - A compute_optimal job also reports its decisions: problems per difficulty bin (1 easiest),
   with their accuracy, spend, samples drawn, early exits and the table's choices (the option
   chosen for the bin, counted also when the answers settled before it ran or finished). With
@@ -179,7 +180,10 @@ def _spend(
         ]
         generations = math.fsum(drawn) / len(drawn)
     elif job["strategy"] in ONE_GENERATION_PER_RESULT:
-        drawn = [float(r.get("candidates", 0) + r.get("lost", 0)) for r in results]
+        drawn = [
+            float(count) if (count := r.get("candidates", 0) + r.get("lost", 0)) else float(n)
+            for r in results
+        ]
         generations = math.fsum(drawn) / len(drawn)
     return {
         "policy_tokens": policy,

@@ -56,10 +56,11 @@ class DVTS(TreeSearch):
         expansion fails for good (or none of its children could be scored) the walk falls
         back to the next-best sibling (at the subtree's root: to a fresh fork of it, with its
         own seed), `width - 1` times at most per level, so one failed request does not end
-        the subtree."""
+        the subtree. The forks are numbered past the root's children (width, width + 1, ...),
+        so no fork shares a key, and so a seed or a branch id, with a child."""
         lost: list[BranchLost] = []
         best = start
-        fallbacks = [start.fork(j) for j in range(1, self.width)]
+        fallbacks = [start.fork(self.width + j) for j in range(self.width - 1)]
         children: list[Path] = []
         depth = 0
         while depth < self.max_depth and not best.done:

@@ -450,7 +450,7 @@ def test_revise_counts_the_generations_it_drew(tmp_path: Path) -> None:
     config = {
         "identity": {
             "jobs": [job.identity()],
-            "selection": {"problems": 2},
+            "selection": {"problems": 3},
             "data": {"sha256": "ff" * 32},
             "seed": 0,
             "endpoints": {"policy": {"model": "pol"}, "prm": {"model": "prm"}},
@@ -460,7 +460,11 @@ def test_revise_counts_the_generations_it_drew(tmp_path: Path) -> None:
     usage = {"completion_tokens": 40.0, "prm_tokens": 10.0, "requests": 3, "wall_s": 1.0}
     with Journal.open(tmp_path / "journal.jsonl", config, resume=False) as journal:
         journal.append({"type": "session_start", "job": job.key, "t": 1.0})
-        for pid, candidates, lost in (("p1", 1, 0), ("p2", 4, 1)):
+        for pid, candidates, lost, error in (
+            ("p1", 1, 0, None),
+            ("p2", 4, 1, None),
+            ("p3", 0, 0, "EndpointError: down"),
+        ):
             journal.append(
                 {
                     "type": "result",
@@ -468,7 +472,7 @@ def test_revise_counts_the_generations_it_drew(tmp_path: Path) -> None:
                     "problem_id": pid,
                     "level": 1,
                     "subject": "Algebra",
-                    "error": None,
+                    "error": error,
                     "grades": {r: grades([9], [True]) for r in ("majority", "best", "weighted")},
                     "usage": usage,
                     "candidates": candidates,
@@ -478,5 +482,6 @@ def test_revise_counts_the_generations_it_drew(tmp_path: Path) -> None:
             )
     summary = summarize(load_run(tmp_path))
     line = next(line for line in summary["lines"] if line["label"] == "revise")
-    # p1's solution needed no revision (1 generation), p2 drew 5: (1 + 5) / 2
-    assert [p["spend"]["generations"] for p in line["points"]] == [3.0]
+    # p1's solution needed no revision (1 generation), p2 drew 5, p3 failed as a whole with
+    # nothing recorded and counts its budget: (1 + 5 + 9) / 3
+    assert [p["spend"]["generations"] for p in line["points"]] == [5.0]

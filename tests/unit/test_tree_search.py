@@ -159,8 +159,9 @@ async def test_dvts_lost_subtree_does_not_sink_the_others() -> None:
     policy.fail = lambda path: path.key[:1] == (1,)
     results = await DVTS(width=2, max_depth=5).run(Path(), 6, policy, prm)
     lost = [r for r in results if isinstance(r, BranchLost)]
-    # subtree 1 failed, then so did its one fallback (a fresh fork with its own seed)
-    assert [b.key for b in lost] == [(1,), (1, 1)]
+    # subtree 1 failed, then so did its one fallback (a fresh fork with its own seed,
+    # numbered past the subtree root's 2 children)
+    assert [b.key for b in lost] == [(1,), (1, 2)]
     assert {r.key[0] for r in results if isinstance(r, Path)} == {0, 2}
 
 
@@ -179,7 +180,8 @@ async def test_dvts_falls_back_to_a_fresh_fork_at_the_subtree_root() -> None:
     policy.fail = lambda path: path.key == (0,)
     results = await DVTS(width=2, max_depth=10).run(Path(), 2, policy, prm)
     assert [r.key for r in results if isinstance(r, BranchLost)] == [(0,)]
-    assert {r.key[:2] for r in results if isinstance(r, Path)} == {(0, 1)}
+    # the fork is numbered past the root's 2 children: no key shared with a child
+    assert {r.key[:2] for r in results if isinstance(r, Path)} == {(0, 2)}
 
 
 async def test_beam_search_stands_in_the_next_best_path_for_a_lost_one() -> None:
