@@ -159,12 +159,18 @@ class Trace:
 
     def _node(self, path: Path) -> Node:
         node = self.nodes.get(path.key)
-        if node is None:  # a fork of a known node: a DVTS subtree's or a sample group's root
-            parent = self._node(Path(key=path.key[:-1]))
-            node = Node(key=path.key, parent=parent.key, depth=self.widths.depth(path.key))
-            if path.steps != self._steps_of(parent.key):  # a revision's cut of its parent
+        if node is None:
+            node = self._fork(path.key)
+            if path.steps != self._steps_of(path.key[:-1]):  # a revision's cut of its parent
                 node.steps, node.cut_from_parent = path.steps, True
-            self.nodes[path.key] = node
+        return node
+
+    def _fork(self, key: Key) -> Node:
+        """A new node forked from the node at key[:-1] (a DVTS subtree's or a sample group's
+        root), with the forks above it that are not known yet."""
+        parent = self.nodes.get(key[:-1]) or self._fork(key[:-1])
+        node = Node(key=key, parent=parent.key, depth=self.widths.depth(key))
+        self.nodes[key] = node
         return node
 
     def _steps_of(self, key: Key) -> tuple[str, ...]:

@@ -21,14 +21,13 @@ from asynctts.config import load_endpoints
 from asynctts.endpoint import DEFAULT_API_KEY_ENV, Endpoint
 from asynctts.errors import ConfigError
 from asynctts.eval.plan import StrategySettings
-from asynctts.search.particle_filter import ParticleFilter
+from asynctts.search.particle_filter import RESAMPLINGS, ParticleFilter
 from asynctts.search.rebase import Rebase
-from asynctts.search.revise import Revise
+from asynctts.search.revise import CUTS, Revise
 from asynctts.search.tree_search import TreeSearch
 
 __all__ = [
     "SEARCH_SETTINGS",
-    "STEPWISE_SETTINGS",
     "HelpFormatter",
     "add_endpoint_arguments",
     "add_sampling_arguments",
@@ -93,19 +92,6 @@ def escapes(text: str) -> str:
 
 
 SEARCH_SETTINGS = ("width", "max_depth", "aggregate", "lookahead")
-# the options of particle filtering, REBASE and revision (StrategySettings fields)
-STEPWISE_SETTINGS = (
-    "weight_temperature",
-    "resampling",
-    "ess_threshold",
-    "resample_inactive",
-    "anneal_below",
-    "anneal_until",
-    "threshold",
-    "cut",
-    "continuations",
-    "rounds",
-)
 
 
 def add_search_arguments(
@@ -142,8 +128,8 @@ def add_search_arguments(
 
 
 def add_stepwise_arguments(group: argparse._ArgumentGroup) -> None:
-    """The options of particle_filter, rebase and revise (STEPWISE_SETTINGS): passed to every
-    strategy that has the setting, checked by the strategy before any request."""
+    """The options of particle_filter, rebase and revise (`StrategySettings` fields): passed to
+    every strategy that has the setting, checked by the strategy before any request."""
     group.add_argument(
         "--weight-temperature",
         type=float,
@@ -154,7 +140,7 @@ def add_stepwise_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--resampling",
-        choices=("multinomial", "systematic"),
+        choices=RESAMPLINGS,
         help=f"how particle_filter draws its pool (default: {_FILTER.resampling})",
     )
     group.add_argument(
@@ -189,7 +175,7 @@ def add_stepwise_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--cut",
-        choices=("first_below", "largest_drop"),
+        choices=CUTS,
         help=f"where revise cuts a solution (default: {_REVISE.cut})",
     )
     group.add_argument(
@@ -208,7 +194,7 @@ def add_stepwise_arguments(group: argparse._ArgumentGroup) -> None:
 def strategy_settings_of(args: argparse.Namespace) -> StrategySettings:
     """The strategy knobs given on the command line (None: the strategy's default, or a
     setting the command does not offer)."""
-    names = (*SEARCH_SETTINGS, *STEPWISE_SETTINGS)
+    names = [field.name for field in dataclasses.fields(StrategySettings)]
     return StrategySettings(**{name: getattr(args, name, None) for name in names})
 
 

@@ -172,25 +172,23 @@ def _spend(
         share = n / job["n"]
         policy *= share
         prm = 0.0 if selection == "majority" else prm * share
-    generations: float = n
-    if job["strategy"] == COMPUTE_OPTIMAL:
-        drawn = [
-            float(decision["samples"]) if (decision := _decision(r)) is not None else float(n)
-            for r in results
-        ]
-        generations = math.fsum(drawn) / len(drawn)
-    elif job["strategy"] in ONE_GENERATION_PER_RESULT:
-        drawn = [
-            float(count) if (count := r.get("candidates", 0) + r.get("lost", 0)) else float(n)
-            for r in results
-        ]
-        generations = math.fsum(drawn) / len(drawn)
+    drawn = [_generations_drawn(job["strategy"], r, n) for r in results]
     return {
         "policy_tokens": policy,
         "prm_tokens": prm,
         "tokens": policy + prm,
-        "generations": generations,
+        "generations": math.fsum(drawn) / len(drawn),
     }
+
+
+def _generations_drawn(strategy: str, result: Mapping[str, Any], n: int) -> float:
+    """Generations one problem drew at budget n (see the module rules)."""
+    if strategy == COMPUTE_OPTIMAL and (decision := _decision(result)) is not None:
+        return float(decision["samples"])
+    drawn = result.get("candidates", 0) + result.get("lost", 0)
+    if strategy in ONE_GENERATION_PER_RESULT and drawn:
+        return float(drawn)
+    return float(n)
 
 
 def _choices(decisions: Iterable[Mapping[str, Any]]) -> dict[str, int]:
