@@ -29,7 +29,7 @@ from asynctts.backends.context import (
     ProblemContext,
     Sampling,
 )
-from asynctts.backends.policy import PolicyClient
+from asynctts.backends.policy import PolicyClient, check_turns
 from asynctts.backends.prm import LogprobPRM, PoolingPRM
 from asynctts.backends.templates import Rendering
 from asynctts.batch_budget import BatchBudget, check_batch_budget
@@ -149,6 +149,17 @@ def check_request(
         strategy.check_budget(n)
     except ValueError as err:
         raise ConfigError(f"strategy {strategy.name!r}: {err}") from err
+
+
+def check_turns_rendered(strategy: Strategy, policy: Endpoint) -> None:
+    """Refuses a strategy that sends earlier turns (prompted revision) to a policy that cannot
+    render them (a plain `prompt_format`), before any request.
+
+    Raises:
+        ConfigError: naming the strategy, the endpoint and its prompt_format.
+    """
+    if isinstance(strategy, Revise) and strategy.needs_turns:
+        check_turns(policy, f"strategy {strategy.name!r} with revision='prompted'")
 
 
 def problem_key(problem: str) -> str:
@@ -414,9 +425,11 @@ class Solver:
         return await self._solve(problem, chosen, n, seed, pid, Ledger(), trace)
 
     def _checked(self, strategy: Strategy) -> Strategy:
-        """`strategy`, once a compute-optimal table is known to fit these endpoints."""
+        """`strategy`, once a compute-optimal table is known to fit these endpoints and a
+        strategy that sends earlier turns (prompted revision) a policy that renders them."""
         if isinstance(strategy, ComputeOptimal) and isinstance(strategy.table, CalibrationTable):
             strategy.table.check_identity(table_identity(self.policy, self.prm, self.system_prompt))
+        check_turns_rendered(strategy, self.policy)
         return strategy
 
     async def _solve(

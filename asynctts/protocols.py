@@ -27,12 +27,19 @@ class Finish(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class Path:
     """A partial or finished solution: its steps, one PRM score per scored step, its place in
-    the search tree (`key`, from which the request seed derives) and why it stopped."""
+    the search tree (`key`, from which the request seed derives) and why it stopped.
+
+    `turns` are the conversation's earlier turns before the path's own assistant turn,
+    alternating assistant and user contents (an earlier solution, then a request to revise
+    it). The policy renders them before the path's steps; the PRM never reads them (it scores
+    the steps as a solution of the problem). `fork` and `extend` keep them.
+    """
 
     steps: tuple[str, ...] = ()
     scores: tuple[float, ...] = ()
     finish: Finish = Finish.STEP
     key: tuple[int, ...] = ()
+    turns: tuple[str, ...] = ()
 
     @property
     def done(self) -> bool:
@@ -58,6 +65,7 @@ class Path:
             scores=self.scores,
             finish=finish,
             key=(*self.key, index),
+            turns=self.turns,
         )
 
     def with_scores(self, scores: Sequence[float]) -> Path:

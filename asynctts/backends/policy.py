@@ -33,6 +33,9 @@ Rules:
   already ends with it, so the steps read as in completions mode. Costs: the model cannot
   end (EOS) within those first tokens, and `usage` counts the delimiter it wrote again.
   Templates that keep the delimiter get requests and decoding exactly as before.
+- A path's earlier turns (`Path.turns`) go into the conversation before its own assistant
+  turn (templates.py); a completions endpoint with a plain `prompt_format` cannot write them,
+  and a solve whose strategy sends turns is refused before any request (`check_turns`).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from asynctts.backends.context import (
     in_index_order,
     type_name,
 )
-from asynctts.backends.templates import PolicyPrompt, chat_fields
+from asynctts.backends.templates import PolicyPrompt, chat_fields, turns_refusal
 from asynctts.endpoint import Endpoint
 from asynctts.errors import (
     AsyncttsError,
@@ -132,18 +135,35 @@ def encode_chat(
     to_end: bool = False,
     seed: int | None = None,
     trimmed: bool = False,
+    turns: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The body of POST /v1/chat/completions (vLLM reads the extra fields at top level).
     `trimmed`: the server's template drops the partial's trailing delimiter, so a step must
-    not stop on the delimiter the model writes first (`trim_min_tokens`)."""
+    not stop on the delimiter the model writes first (`trim_min_tokens`). `turns`: the
+    earlier turns before the partial's own (see `chat_fields`)."""
     min_tokens = trim_min_tokens(sampling, delimiter) if trimmed and partial and not to_end else 0
     return {
         "model": model,
-        **chat_fields(problem, system, partial),
+        **chat_fields(problem, system, partial, turns),
         **sampling_fields(
             sampling, n=n, delimiter=delimiter, to_end=to_end, seed=seed, min_tokens=min_tokens
         ),
     }
+
+
+def check_turns(endpoint: Endpoint, asker: str) -> None:
+    """Refuses, before any request, a policy endpoint that cannot render the earlier turns
+    (`Path.turns`) `asker` will send: completions mode with a plain `prompt_format` (chat mode
+    and chat templates render them).
+
+    Raises:
+        ConfigError: names the endpoint, `asker` and the prompt_format.
+    """
+    if endpoint.mode == "completions" and endpoint.prompt_format is not None:
+        raise ConfigError(
+            f"{asker} sends earlier turns to policy endpoint {endpoint.base_url}, but "
+            + turns_refusal(endpoint.prompt_format)
+        )
 
 
 def trim_min_tokens(sampling: Sampling, delimiter: str) -> int:
@@ -484,11 +504,11 @@ class PolicyClient:
         }
         partial = path.text
         if self._prompt is not None:
-            ids = self._prompt.token_ids(ctx.problem, ctx.system_prompt, path.steps)
+            ids = self._prompt.token_ids(ctx.problem, ctx.system_prompt, path.steps, path.turns)
             if ids is not None:  # the step boundaries the model wrote: see templates.py
                 body = encode_completions(model=self._endpoint.model, prompt=ids, **common)
                 return COMPLETIONS_ROUTE, body, 4 * len(ids)
-            prompt = self._prompt.render(ctx.problem, ctx.system_prompt, partial)
+            prompt = self._prompt.render(ctx.problem, ctx.system_prompt, partial, path.turns)
             body = encode_completions(model=self._endpoint.model, prompt=prompt, **common)
             return COMPLETIONS_ROUTE, body, len(prompt)
         body = encode_chat(
@@ -497,7 +517,9 @@ class PolicyClient:
             system=ctx.system_prompt,
             partial=partial,
             trimmed=trimmed,
+            turns=path.turns,
             **common,
         )
         chars = len(ctx.problem) + len(ctx.system_prompt or "") + len(partial)
+        chars += sum(map(len, path.turns))
         return CHAT_ROUTE, body, chars

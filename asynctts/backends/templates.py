@@ -17,6 +17,11 @@ Rules:
   as two "\\n" tokens, and the model wrote the two; fed the merged one as a text prompt, real
   SmolLM2 on vLLM continued in a different style and a small trained model derailed (".\\n\\n."
   steps). Token ids give the model back the boundary it generated.
+- Earlier turns (`Path.turns`: an earlier solution, then a request to revise it) are rendered
+  as assistant and user messages between the problem and the path's own assistant turn, in
+  chat mode and through a chat template alike; the completions prefix is cached per (problem,
+  system prompt, turns). A `prompt_format` has no place for them: asking it to render turns
+  is a `ConfigError` naming `prompt_format`. The PRM inputs never contain turns.
 - Nothing here mutates a tokenizer (search-and-learn rewrote the shared tokenizer's template).
 - Text that would make a PRM input ambiguous (a step containing the step tag) raises
   `PromptRenderError` rather than being scored wrongly.
@@ -181,9 +186,19 @@ def _check_format(pattern: str, fields: Mapping[str, str], what: str) -> None:
         ) from exc
 
 
+def turns_refusal(prompt_format: str) -> str:
+    """Why earlier turns cannot be asked of a plain `prompt_format` policy prompt."""
+    return (
+        f"the policy's prompt_format {prompt_format!r} renders one problem and one answer, not"
+        " a conversation with earlier turns (a solution, then a request to revise it): use chat"
+        " mode, or completions mode with a tokenizer's chat template (no prompt_format)"
+    )
+
+
 class PolicyPrompt:
     """The completions-mode prompt: the chat template rendered up to the start of the assistant
-    turn (the prefix, cached per problem and system prompt), then the partial solution raw."""
+    turn (the prefix, cached per problem, system prompt and earlier turns), then the partial
+    solution raw."""
 
     def __init__(
         self,
@@ -212,39 +227,61 @@ class PolicyPrompt:
             return cls(prompt_format=endpoint.prompt_format)
         return cls(tokenizer=load_tokenizer(endpoint.tokenizer_name))
 
-    def prefix(self, problem: str, system: str | None) -> str:
-        return self._cached_prefix(problem, system)
+    @property
+    def renders_turns(self) -> bool:
+        """Whether earlier turns can be rendered: a chat template can, a `prompt_format` not."""
+        return self._renderer is not None
 
-    def render(self, problem: str, system: str | None, partial: str) -> str:
-        """The prompt that continues `partial` (the concatenated steps so far)."""
-        return self.prefix(problem, system) + partial
+    def prefix(self, problem: str, system: str | None, turns: tuple[str, ...] = ()) -> str:
+        """Raises:
+        ConfigError: `turns` asked of a `prompt_format`.
+        PromptRenderError: `turns` that do not pair an assistant turn with a user turn."""
+        return self._cached_prefix(problem, system, turns)
 
-    def token_ids(self, problem: str, system: str | None, steps: Sequence[str]) -> list[int] | None:
+    def render(
+        self, problem: str, system: str | None, partial: str, turns: tuple[str, ...] = ()
+    ) -> str:
+        """The prompt that continues `partial` (the concatenated steps so far) after `turns`."""
+        return self.prefix(problem, system, turns) + partial
+
+    def token_ids(
+        self,
+        problem: str,
+        system: str | None,
+        steps: Sequence[str],
+        turns: tuple[str, ...] = (),
+    ) -> list[int] | None:
         """The prompt that continues `steps`, as the token ids the model saw and wrote (see the
         module rules); None without a tokenizer (`prompt_format`): send `render`'s text then."""
         if self._renderer is None:
             return None
-        ids = list(self._cached_prefix_ids(problem, system))
+        ids = list(self._cached_prefix_ids(problem, system, turns))
         for step in steps:
             ids.extend(self._cached_step_ids(step))
         return ids
 
-    def _prefix_ids(self, problem: str, system: str | None) -> tuple[int, ...]:
+    def _prefix_ids(
+        self, problem: str, system: str | None, turns: tuple[str, ...]
+    ) -> tuple[int, ...]:
         assert self._renderer is not None
         # as vLLM encodes a text prompt: special tokens (BOS) added, the doubled one already gone
-        encoded = self._renderer.tokenizer(self.prefix(problem, system), add_special_tokens=True)
+        prefix = self.prefix(problem, system, turns)
+        encoded = self._renderer.tokenizer(prefix, add_special_tokens=True)
         return tuple(encoded["input_ids"])
 
     def _step_ids(self, step: str) -> tuple[int, ...]:
         assert self._renderer is not None
         return continued_ids(self._renderer.tokenizer, step)
 
-    def _render_prefix(self, problem: str, system: str | None) -> str:
+    def _render_prefix(self, problem: str, system: str | None, turns: tuple[str, ...]) -> str:
         if self._format is not None:
+            if turns:
+                raise ConfigError(turns_refusal(self._format))
             return self._format.format(system=system or "", problem=problem)
         assert self._renderer is not None
-        messages = [*_system_messages(system), {"role": "user", "content": problem}]
-        return self._renderer.render(messages, add_generation_prompt=True)
+        return self._renderer.render(
+            conversation(problem, system, turns), add_generation_prompt=True
+        )
 
 
 # Appended after a step to learn how its end is encoded when text follows: a letter starts a
@@ -275,11 +312,34 @@ def _system_messages(system: str | None) -> list[Message]:
     return [{"role": "system", "content": system}] if system else []
 
 
-def chat_fields(problem: str, system: str | None, partial: str) -> dict[str, Any]:
-    """The chat-mode request fields: the conversation, continuing the partial solution as the
-    final assistant message (vLLM keeps its trailing whitespace). At the root there is no
-    assistant message yet, so the server opens one instead."""
-    messages = [*_system_messages(system), {"role": "user", "content": problem}]
+def conversation(problem: str, system: str | None, turns: Sequence[str] = ()) -> list[Message]:
+    """The messages before the path's own assistant turn: the system prompt, the problem, then
+    the earlier turns as assistant and user messages in turn.
+
+    Raises:
+        PromptRenderError: an odd number of turns (the last would be a second assistant
+            message in a row, before the path's own).
+    """
+    if len(turns) % 2:
+        raise PromptRenderError(
+            f"{len(turns)} earlier turns: they alternate assistant and user and end with the"
+            " user's, so their number is even"
+        )
+    roles = ("assistant", "user")
+    return [
+        *_system_messages(system),
+        {"role": "user", "content": problem},
+        *({"role": roles[i % 2], "content": turn} for i, turn in enumerate(turns)),
+    ]
+
+
+def chat_fields(
+    problem: str, system: str | None, partial: str, turns: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The chat-mode request fields: the conversation (earlier turns included), continuing the
+    partial solution as the final assistant message (vLLM keeps its trailing whitespace). At
+    the start of the path's turn there is no assistant message yet, so the server opens one."""
+    messages = conversation(problem, system, turns)
     if partial:
         messages.append({"role": "assistant", "content": partial})
     return {

@@ -23,7 +23,7 @@ from asynctts.errors import ConfigError
 from asynctts.eval.plan import StrategySettings
 from asynctts.search.particle_filter import RESAMPLINGS, ParticleFilter
 from asynctts.search.rebase import Rebase
-from asynctts.search.revise import CUTS, Revise
+from asynctts.search.revise import CUTS, REVISIONS, Revise
 from asynctts.search.tree_search import TreeSearch
 
 __all__ = [
@@ -181,13 +181,26 @@ def add_stepwise_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--continuations",
         type=positive_int,
-        help="samples revise draws from a kept prefix per round (default:"
+        help="samples revise draws per round, from the kept prefix or prompted (default:"
         f" {_REVISE.continuations})",
     )
     group.add_argument(
         "--rounds",
         type=non_negative_int,
         help=f"revisions at most per solution (revise; default: {_REVISE.rounds})",
+    )
+    group.add_argument(
+        "--revision",
+        choices=REVISIONS,
+        help="how revise revises: 'guided' cuts where the PRM says the solution went wrong and"
+        " resamples the rest; 'prompted' shows the model its solution and --critique and"
+        " samples new solutions (needs chat mode or a chat template, not --prompt-format;"
+        f" default: {_REVISE.revision})",
+    )
+    group.add_argument(
+        "--critique",
+        help="the request after the solution in prompted revision (default: a request to find"
+        " the first mistake and write a corrected solution ending in \\boxed{})",
     )
 
 

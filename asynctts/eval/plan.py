@@ -52,7 +52,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from asynctts.api import STRATEGIES, Calibration, check_request, make_strategy
+from asynctts.api import (
+    STRATEGIES,
+    Calibration,
+    check_request,
+    check_turns_rendered,
+    make_strategy,
+)
 from asynctts.backends.context import Sampling
 from asynctts.batch_budget import check_batch_budget
 from asynctts.calibration import CalibrationTable, table_identity
@@ -176,6 +182,8 @@ class StrategySettings:
     cut: str | None = None
     continuations: int | None = None
     rounds: int | None = None
+    revision: str | None = None
+    critique: str | None = None
 
 
 def parse_strategy(spec: str) -> tuple[str, tuple[int, ...] | None]:
@@ -517,11 +525,18 @@ class EvalPlan:
 
     def check_endpoints(self, policy: Endpoint, prm: Endpoint | None) -> None:
         """Every compute_optimal job's table was made for these endpoints and this system
-        prompt (`CalibrationTable.check_identity`).
+        prompt (`CalibrationTable.check_identity`), and a job that sends earlier turns
+        (prompted revision) has a policy that renders them.
 
         Raises:
-            ConfigError: naming the job and every field where table and run differ.
+            ConfigError: naming the job and every field where table and run differ, or the
+                policy's prompt_format.
         """
+        for job in self.jobs:
+            try:
+                check_turns_rendered(job.strategy, policy)
+            except ConfigError as err:
+                raise ConfigError(f"{job.key}: {err}") from err
         identity = table_identity(policy, prm, self.system_prompt)
         for key, table in calibration_tables(self.jobs).items():
             try:

@@ -8,6 +8,12 @@ Rules:
   conclusion ``"Therefore, the final answer is: $\\boxed{ANSWER}$. I hope it is correct."``
   followed by EOS. Steps already in the prompt (found by regex wherever they sit, so any chat
   template may surround them) decide which step comes next.
+- Earlier turns: the current turn starts after the last conclusion that more text follows (an
+  earlier solution, then a request to revise it); steps before it belong to earlier turns
+  and are not the path being continued. A revision is a fresh sample of the problem under
+  its own seed: the model does not learn from its earlier solution, unless `refine_gain` > 0,
+  the chance that a revision of a wrong solution is drawn right (each of its steps redrawn
+  until it does not slip, at most `_FIX_ATTEMPTS` times).
 - Step i of a sample depends only on (problem, the steps before it, the sample seed): the same
   seed continues a prefix the same way whether it is asked for one step or to the end.
 - Hidden truth: a path's signature is its registered problem and the tags of its steps. Step
@@ -106,6 +112,7 @@ CRUX = 0.5
 # A MATH problem's `prm_skill` is uniform in 1 +- this.
 PRM_SKILL_SPREAD = 1.2
 
+_FIX_ATTEMPTS = 64  # redraws of a step a right-drawn revision makes before it keeps a slip
 _P_UNKNOWN = 0.5  # text the simulated PRM does not recognise as a step
 _P_EPS = 1e-4
 _HEAD_CACHE_SIZE = 8192
@@ -210,6 +217,8 @@ class Reading:
     problem: SimProblem
     steps: tuple[StepMark, ...]  # steps already written, in order
     concluded: bool  # the conclusion is already written: only EOS remains
+    # the steps of the earlier solution the current turn revises; None when it revises none
+    revised: tuple[StepMark, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +257,17 @@ def _cut_words(text: str, limit: int) -> str:
         if seen == limit:
             return text[: match.end()]
     return text
+
+
+def _step(
+    identity: str, index: int, signature: str, sample_seed: int, attempt: int
+) -> tuple[str, str]:
+    """The tag and words of step `index` after `signature`; attempts past the first are the
+    redraws of a revision drawn right."""
+    parts: tuple[object, ...] = ("step", identity, index, signature, sample_seed)
+    d = _digest(*parts, attempt) if attempt else _digest(*parts)
+    words = " ".join(_VOCAB[b % len(_VOCAB)] for b in d[12 : 12 + 3 + d[11] % 6])
+    return d[8:11].hex(), words
 
 
 def conclusion(answer: str) -> str:
@@ -326,6 +346,8 @@ class SimModel:
             instead of drawing it afresh per step.
         step_correlation: share (0-1) of the steps sampled after one prefix that take its
             modal outcome instead of their own (0: every sample an independent try).
+        refine_gain: chance (0-1) that a revision of a wrong earlier solution is drawn from
+            the solutions that stay right (0: revising by prompt fixes nothing).
     """
 
     def __init__(
@@ -337,6 +359,7 @@ class SimModel:
         prm_fooled_rate: float = PRM_FOOLED_RATE,
         prm_persistence: float = PRM_PERSISTENCE,
         step_correlation: float = STEP_CORRELATION,
+        refine_gain: float = 0.0,
     ) -> None:
         if not step_tag:
             raise ValueError("SimModel step_tag is empty")
@@ -350,6 +373,8 @@ class SimModel:
             raise ValueError(f"SimModel prm_persistence={prm_persistence}: need 0 <= share <= 1")
         if not 0.0 <= step_correlation <= 1.0:
             raise ValueError(f"SimModel step_correlation={step_correlation}: need 0 <= share <= 1")
+        if not 0.0 <= refine_gain <= 1.0:
+            raise ValueError(f"SimModel refine_gain={refine_gain}: need 0 <= chance <= 1")
         for key in problems:
             if not key:
                 raise ValueError("SimModel problems: a problem text is empty")
@@ -359,6 +384,7 @@ class SimModel:
         self.prm_fooled_rate = prm_fooled_rate
         self.prm_persistence = prm_persistence
         self.step_correlation = step_correlation
+        self.refine_gain = refine_gain
         # Longest first, so a problem whose text contains another's text wins.
         self._keys = sorted(self.problems, key=len, reverse=True)
         # Requests of one problem share the text before the first step (template + problem),
@@ -379,12 +405,26 @@ class SimModel:
             identity = key
             problem = self.problems[key]
             body_start = prompt.find(key) + len(key)
-        steps = tuple(
-            StepMark(index=int(m["index"]), tag=m["tag"]) for m in marks if m.start() >= body_start
+        # Turn boundaries: the ends of conclusions that more text follows. Searched only past
+        # the problem: system prompts often quote the conclusion's wording.
+        ends = [
+            c.end()
+            for c in _CONCLUSION_RE.finditer(prompt, body_start)
+            if prompt[c.end() :].strip()
+        ]
+        starts = [body_start, *ends]
+        revised = None
+        if ends:
+            revised = self._marks(marks, starts[-2], starts[-1])
+        steps = self._marks(marks, starts[-1], len(prompt))
+        concluded = _CONCLUSION_RE.search(prompt, starts[-1]) is not None
+        return Reading(key, identity, problem, steps, concluded, revised)
+
+    @staticmethod
+    def _marks(marks: Sequence[re.Match[str]], start: int, end: int) -> tuple[StepMark, ...]:
+        return tuple(
+            StepMark(index=int(m["index"]), tag=m["tag"]) for m in marks if start <= m.start() < end
         )
-        # Search only past the problem: system prompts often quote the conclusion's wording.
-        concluded = _CONCLUSION_RE.search(prompt, body_start) is not None
-        return Reading(key, identity, problem, steps, concluded)
 
     def locate(self, text: str) -> str | None:
         """The registered problem whose text occurs in `text` before its first step."""
@@ -411,18 +451,33 @@ class SimModel:
         tags = [s.tag for s in reading.steps]
         signature = signature_start(reading.key) + "".join(tags)
         wrong_path = first_slip(tags, rates, reading.key, self.step_correlation)
+        attempts = _FIX_ATTEMPTS if self._fixes(reading, rates, sample_seed) else 1
         for index in range(len(reading.steps) + 1, problem.n_steps + 1):
-            d = _digest("step", reading.identity, index, signature, sample_seed)
-            tag = d[8:11].hex()
-            words = " ".join(_VOCAB[b % len(_VOCAB)] for b in d[12 : 12 + 3 + d[11] % 6])
+            rate = rates[index - 1]
+            for attempt in range(attempts):
+                tag, words = _step(reading.identity, index, signature, sample_seed, attempt)
+                if wrong_path is not None or not slipped(
+                    signature + tag, rate, self.step_correlation
+                ):
+                    break
             yield f"Step {index}: {words} ({tag}).\n\n"
             signature += tag
-            if wrong_path is None and slipped(signature, rates[index - 1], self.step_correlation):
+            if wrong_path is None and slipped(signature, rate, self.step_correlation):
                 wrong_path = signature
         if wrong_path is None:
             yield conclusion(problem.answer)
         else:
             yield conclusion(wrong_answer(problem, reading.identity, wrong_path))
+
+    def _fixes(self, reading: Reading, rates: Sequence[float], sample_seed: int) -> bool:
+        """Whether this sample revises a wrong earlier solution into a right one
+        (`refine_gain`)."""
+        if not self.refine_gain or reading.revised is None:
+            return False
+        tags = [s.tag for s in reading.revised]
+        if first_slip(tags, rates, reading.key, self.step_correlation) is None:
+            return False
+        return _unit(_digest("refine", reading.identity, *tags, sample_seed)) < self.refine_gain
 
     def sample(
         self,

@@ -2,13 +2,15 @@
 without HTTP, for fast statistical runs of whole strategies (tests, calibration).
 
 Rules:
-- The prompt is the problem text, the step delimiter, then the path's steps; child i of a
-  path samples with a seed hashed from (seed, the child's key), so a child's text depends
-  only on its place in the tree.
+- The prompt is the problem text, the step delimiter, each earlier turn (`Path.turns`) and
+  the delimiter, then the path's steps (as the simulated server joins chat messages); child i
+  of a path samples with a seed hashed from (seed, the child's key), so a child's text
+  depends only on its place in the tree.
 - A one-step child ends at the delimiter (kept, Finish.STEP) or at EOS; `to_end` splits the
   rest of the solution into steps at the delimiter (Finish.EOS). `greedy` children all take
   seed 0, the continuation the simulated server returns at temperature 0.
-- The PRM input is the problem, the delimiter, then every step followed by the step tag.
+- The PRM input is the problem, the delimiter, then every step followed by the step tag (never
+  the earlier turns).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class SimPolicy:
     async def __call__(
         self, path: Path, k: int, *, to_end: bool = False, greedy: bool = False
     ) -> list[Path]:
-        reading = self.sim.read(self.problem + STEP_DELIMITER + path.text)
+        turns = "".join(turn + STEP_DELIMITER for turn in path.turns)
+        reading = self.sim.read(self.problem + STEP_DELIMITER + turns + path.text)
         children = []
         for i in range(k):
             seed = 0 if greedy else child_seed(self.seed, (*path.key, i))

@@ -24,6 +24,7 @@ from asynctts.backends.policy import (
     CHAT_ROUTE,
     COMPLETIONS_ROUTE,
     PolicyClient,
+    check_turns,
     decode_choices,
     decode_trim_probe,
     encode_chat,
@@ -704,3 +705,71 @@ async def test_completions_with_a_tokenizer_sends_token_ids(tmp_path: pathlib.Pa
     assert call.body["prompt"] == prompt.token_ids("Q?", "S", parent.steps)
     assert tokenizer.decode(call.body["prompt"]) == prompt.render("Q?", "S", parent.text)
     assert call.tokens_hint == len(call.body["prompt"]) + 2 * SAMPLING.max_tokens  # 4 chars/token
+
+
+# --- earlier turns (prompted revision) ---------------------------------------------------------
+
+TURNS = ("Step 1.\n\nThe answer is 3.", "Check your solution.")
+
+
+async def test_chat_mode_sends_earlier_turns_before_the_new_turn() -> None:
+    transport = ScriptedTransport(TemplateServer(trims=False))
+    client = PolicyClient(endpoint(mode="chat", prompt_format=None), transport, sampling=SAMPLING)
+    start = Path(key=(0, 0, 1), turns=TURNS)
+    (child,) = await client.generate(context(seed=None), start, 1)
+    (call,) = transport.calls  # a new turn continues no message: no probe
+    assert call.body["messages"] == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Q?"},
+        {"role": "assistant", "content": TURNS[0]},
+        {"role": "user", "content": TURNS[1]},
+    ]
+    assert call.body["add_generation_prompt"] is True
+    assert child == Path(steps=("Step 1.\n\n",), key=(0, 0, 1, 0), turns=TURNS)
+    (grandchild,) = await client.generate(context(seed=None), child, 1)
+    assert transport.calls[-1].body["messages"][-1] == {
+        "role": "assistant",
+        "content": "Step 1.\n\n",
+    }
+    assert transport.calls[-1].body["messages"][2:4] == call.body["messages"][2:4]
+    assert grandchild.turns == TURNS
+
+
+async def test_completions_with_a_chat_template_sends_earlier_turns(tmp_path: pathlib.Path) -> None:
+    tokenizer = build_tokenizer(tmp_path, template=CHATML_TEMPLATE, adds_bos=False, name="t")
+    transport = ScriptedTransport(echo_steps)
+    policy = endpoint(prompt_format=None, tokenizer=tokenizer.name_or_path)
+    client = PolicyClient(policy, transport, sampling=SAMPLING)
+    await client.generate(context(), Path(key=(0, 0, 1), turns=TURNS), 1)
+    (call,) = transport.calls
+    prompt = PolicyPrompt(tokenizer=tokenizer)
+    assert call.body["prompt"] == prompt.token_ids("Q?", "S", (), TURNS)
+    assert tokenizer.decode(call.body["prompt"]) == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ?<|im_end|>\n"
+        f"<|im_start|>assistant\n{TURNS[0]}<|im_end|>\n<|im_start|>user\n{TURNS[1]}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+async def test_a_prompt_format_cannot_send_earlier_turns() -> None:
+    transport = ScriptedTransport(echo_steps)
+    client = PolicyClient(endpoint(), transport, sampling=SAMPLING)
+    with pytest.raises(
+        ConfigError, match=r"^the policy's prompt_format '\{system\}\|\{problem\}\|'"
+    ):
+        await client.generate(context(), Path(key=(0,), turns=TURNS), 1)
+    assert transport.calls == []
+
+
+def test_check_turns_refuses_only_a_completions_prompt_format() -> None:
+    with pytest.raises(ConfigError) as err:
+        check_turns(endpoint(), "strategy 'revise' with revision='prompted'")
+    assert str(err.value) == (
+        "strategy 'revise' with revision='prompted' sends earlier turns to policy endpoint"
+        " http://127.0.0.1:9/v1, but the policy's prompt_format '{system}|{problem}|' renders"
+        " one problem and one answer, not a conversation with earlier turns (a solution, then a"
+        " request to revise it): use chat mode, or completions mode with a tokenizer's chat"
+        " template (no prompt_format)"
+    )
+    check_turns(endpoint(mode="chat"), "chat mode ignores the format")
+    check_turns(endpoint(prompt_format=None, tokenizer="some/model"), "a chat template")

@@ -428,6 +428,21 @@ async def test_a_scored_prefix_keeps_its_scores_and_takes_the_new_ones() -> None
     await prm.aclose()
 
 
+async def test_the_prm_never_reads_earlier_turns() -> None:
+    """A prompted revision is scored as a solution of the problem: its own steps only, the
+    earlier solution and the critique request nowhere in the input."""
+    transport = ScriptedTransport(pooled)
+    prm = PoolingPRM(pooling_endpoint(), transport, window_s=0)
+    turns = ("old\n\nwrong", "Check your solution.")
+    revision = Path(steps=("a\n\n", "b"), key=(0, 0, 1, 0), turns=turns)
+    (scored,) = await prm.score(ctx("1", Ledger()), [revision])
+    (call,) = transport.calls
+    assert call.body["input"] == ["Q1|a<t>b<t>"]
+    assert scored.scores == pytest.approx((0.1, 0.2))
+    assert (scored.steps, scored.key, scored.turns) == (revision.steps, revision.key, turns)
+    await prm.aclose()
+
+
 async def test_identical_prompts_are_sent_once() -> None:
     transport = ScriptedTransport(pooled)
     prm = PoolingPRM(pooling_endpoint(), transport, max_batch=4, window_s=LONG_WINDOW_S)

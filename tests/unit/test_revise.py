@@ -1,7 +1,7 @@
-"""PRM-guided revision against scripted in-memory fakes: where it cuts (first step below the
-threshold, largest drop), which solution it revises next, its requests (one per revision,
-`continuations` children each, from the kept prefix), its budget (never above n), lost
-branches, and its errors."""
+"""Revision against scripted in-memory fakes: where it cuts (first step below the threshold,
+largest drop), which solution it revises next, its requests (one per revision,
+`continuations` children each, from the kept prefix, or prompted: a new turn after the
+solution and the critique), its budget (never above n), lost branches, and its errors."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from asynctts.errors import BranchLost
 from asynctts.protocols import Finish, Path
-from asynctts.search.revise import Revise
+from asynctts.search.revise import DEFAULT_CRITIQUE, REVISIONS, Revise
 from asynctts.testing.fakes import FakePolicy, FakePRM
 
 Key = tuple[int, ...]
@@ -33,17 +33,25 @@ def scripted(
     *,
     fail_generating: Key | None = None,
     fail_scoring: Key | None = None,
+    turns_seen: dict[Key, tuple[str, ...]] | None = None,
+    steps_scored: list[tuple[str, ...]] | None = None,
 ) -> tuple[FakePolicy, FakePRM]:
     """Node `key`'s step i reads label(key, i) (its conclusion boxes key[-1]) and scores
-    scores[label] (0.9 otherwise); a solution ends after STEPS steps, whatever its prefix."""
+    scores[label] (0.9 otherwise); a solution ends after STEPS steps, whatever its prefix.
+    `turns_seen` collects the earlier turns of each generated child by key, `steps_scored`
+    the steps of every path the PRM scores."""
 
     def step(path: Path, rng: random.Random) -> tuple[str, Finish]:
+        if turns_seen is not None:
+            turns_seen[path.key] = path.turns
         index = len(path.steps)
         if index == STEPS - 1:
             return f"{label(path.key, index)} $\\boxed{{{path.key[-1]}}}$", Finish.EOS
         return f"{label(path.key, index)}\n\n", Finish.STEP
 
     def score(path: Path, i: int) -> float:
+        if steps_scored is not None and i == 0:
+            steps_scored.append(path.steps)
         return scores.get(path.steps[i].split()[0].strip(), 0.9)
 
     policy = FakePolicy(step, fail=lambda path: path.key == fail_generating)
@@ -175,6 +183,68 @@ async def test_rounds_zero_is_weighted_best_of_n() -> None:
     assert keys(results) == [(0, 0), (0, 1), (1, 0)]
 
 
+# --- prompted self-refinement --------------------------------------------------------------------
+
+
+def names(path: Path | BranchLost) -> list[str]:
+    assert isinstance(path, Path)
+    return [s.split()[0].strip() for s in path.steps]
+
+
+async def test_prompted_revisions_are_whole_solutions_after_the_solution_and_critique() -> None:
+    """n=5: the original (0, 0) has step 2 below the threshold. Round 1 is one request of 2
+    for the empty start (0, 0, 1) whose earlier turns are the original's text and the
+    critique; its continuations are whole solutions of their own, and the PRM scores only
+    their steps. (0, 0, 1, 1) beats the original (0.9 against 0.6): final."""
+    turns_seen: dict[Key, tuple[str, ...]] = {}
+    steps_scored: list[tuple[str, ...]] = []
+    policy, prm = scripted(
+        {"0.0/2": 0.2, "0.0/3": 0.6, "0.0.1.0/3": 0.3},
+        turns_seen=turns_seen,
+        steps_scored=steps_scored,
+    )
+    results = await Revise(revision="prompted").run(Path(), 5, policy, prm)
+    assert policy.meter.log == [((0,), 1, True), ((0, 0, 1), 2, True)]
+    assert keys(results) == [(0, 0), (0, 0, 1, 0), (0, 0, 1, 1)]
+    original, first, better = results
+    assert isinstance(original, Path) and isinstance(first, Path) and isinstance(better, Path)
+    assert turns_seen[(0, 0)] == ()
+    assert turns_seen[(0, 0, 1, 0)] == turns_seen[(0, 0, 1, 1)] == (original.text, DEFAULT_CRITIQUE)
+    assert better.turns == (original.text, DEFAULT_CRITIQUE)
+    assert names(first) == ["0.0.1.0/0", "0.0.1.0/1", "0.0.1.0/2", "0.0.1.0/3"]
+    assert names(better) == ["0.0.1.1/0", "0.0.1.1/1", "0.0.1.1/2", "0.0.1.1/3"]
+    assert better.scores == (0.9, 0.9, 0.9, 0.9) and better.finish is Finish.EOS
+    # the PRM read each solution's own steps: never the earlier solution in a revision's
+    assert sorted(steps_scored) == sorted([original.steps, first.steps, better.steps])
+
+
+async def test_prompted_revision_refines_the_best_so_far_with_its_own_text() -> None:
+    """Round 1's best, (0, 0, 1, 0), still has a step below the threshold: round 2 starts at
+    (0, 0, 1, 0, 2) with that solution's text (not the original's) and the given critique."""
+    turns_seen: dict[Key, tuple[str, ...]] = {}
+    scores = {"0.0/1": 0.1, "0.0/3": 0.6, "0.0.1.0/2": 0.4, "0.0.1.0/3": 0.95}
+    policy, prm = scripted(scores, turns_seen=turns_seen)
+    revise = Revise(revision="prompted", critique="Check it.")
+    results = await revise.run(Path(), 5, policy, prm)
+    assert policy.meter.log == [((0,), 1, True), ((0, 0, 1), 2, True), ((0, 0, 1, 0, 2), 2, True)]
+    best = results[1]
+    assert isinstance(best, Path) and best.key == (0, 0, 1, 0)
+    assert turns_seen[(0, 0, 1, 0, 2, 0)] == (best.text, "Check it.")
+    assert names(results[3]) == [f"0.0.1.0.2.0/{i}" for i in range(STEPS)]
+
+
+async def test_prompted_revision_leaves_a_solution_without_a_low_step_alone() -> None:
+    policy, prm = scripted({})
+    results = await Revise(revision="prompted").run(Path(), 10, policy, prm)
+    assert policy.meter.log == [((0,), 2, True)]
+    assert keys(results) == [(0, 0), (0, 1)]
+
+
+def test_only_prompted_revision_needs_a_policy_that_renders_turns() -> None:
+    assert Revise(revision="prompted").needs_turns
+    assert not Revise().needs_turns
+
+
 # --- lost branches -------------------------------------------------------------------------------
 
 
@@ -216,6 +286,7 @@ async def test_a_lost_original_has_nothing_to_revise() -> None:
     per_request=st.integers(1, 5),
     p_end=st.floats(0.2, 0.9),
     p_lose=st.sampled_from([0.0, 0.2]),
+    revision=st.sampled_from(REVISIONS),
 )
 async def test_never_more_than_n_generations_and_every_path_among_the_first_n(
     continuations: int,
@@ -227,13 +298,15 @@ async def test_never_more_than_n_generations_and_every_path_among_the_first_n(
     per_request: int,
     p_end: float,
     p_lose: float,
+    revision: str,
 ) -> None:
     strategy = Revise(
         threshold=threshold,
-        cut=cut,  # type: ignore[arg-type]
+        cut=cut if revision == "guided" else "first_below",  # type: ignore[arg-type]
         continuations=continuations,
         rounds=rounds,
         per_request=per_request,
+        revision=revision,  # type: ignore[arg-type]
     )
     n = strategy.cost + extra
 
@@ -262,6 +335,8 @@ async def test_never_more_than_n_generations_and_every_path_among_the_first_n(
     revisions = [(key, k) for key, k, _ in policy.meter.log if len(key) > 1]
     assert all(k == continuations for _, k in revisions)
     assert len(revisions) <= strategy.originals(n) * rounds
+    # prompted revisions are whole solutions after the solution they revise
+    assert all(bool(p.turns) == (len(p.key) > 2 and revision == "prompted") for p in paths)
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -278,6 +353,16 @@ async def test_never_more_than_n_generations_and_every_path_among_the_first_n(
         ({"rounds": -1}, "rounds=-1: need >= 0"),
         ({"per_request": 0}, "per_request=0: need >= 1"),
         ({"aggregate": "mean"}, "aggregate='mean': choose one of ['last', 'min', 'prod']"),
+        ({"revision": "rewrite"}, "revision='rewrite': choose one of ['guided', 'prompted']"),
+        ({"critique": " \n"}, "critique=' \\n': prompted revision needs a request"),
+        (
+            {"revision": "prompted", "cut": "largest_drop"},
+            "cut='largest_drop': prompted revision writes whole new solutions, it cuts nothing",
+        ),
+        (
+            {"critique": "Check it."},
+            "critique= is for revision='prompted': guided revision asks nothing",
+        ),
     ],
 )
 def test_bad_settings_are_refused(settings_: dict[str, object], message: str) -> None:

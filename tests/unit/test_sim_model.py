@@ -228,6 +228,64 @@ def test_math500_levels_spread_like_a_small_models() -> None:
     assert fmean(s.pass_at_1 for s in problems) == pytest.approx(0.26, abs=0.03)
 
 
+# --- earlier turns (prompted revision) -----------------------------------------------------------
+
+CRITIQUE = "Review your solution and correct it."
+
+
+def revision_prompt(problem: str, earlier: str, partial: str = "") -> str:
+    """The conversation as the simulated server joins chat messages: the problem, the earlier
+    solution, the critique request, then the partial revision."""
+    return STEP_DELIMITER.join([problem, earlier, CRITIQUE, partial])
+
+
+def test_an_earlier_solution_is_not_read_as_the_current_path() -> None:
+    model = SimModel({PROBLEM: SimProblem("42", n_steps=4, slip_rate=0.3)})
+    earlier = solution(model, PROBLEM, seed=1)
+    earlier_tags = tuple(m["tag"] for m in STEP_RE.finditer(earlier))
+    fresh = model.read(revision_prompt(PROBLEM, earlier))
+    assert (fresh.key, fresh.steps, fresh.concluded) == (PROBLEM, (), False)
+    assert fresh.revised is not None
+    assert tuple(s.tag for s in fresh.revised) == earlier_tags
+    # two steps into the revision: those two are the path, the earlier ones are not
+    partial = "".join(solution(model, PROBLEM, seed=2).split(STEP_DELIMITER, 2)[:2])
+    going = model.read(revision_prompt(PROBLEM, earlier, partial + STEP_DELIMITER))
+    assert [s.index for s in going.steps] == [1, 2]
+    assert not going.concluded
+    # a concluded revision is concluded; the earlier solution stays the one it revises
+    done = model.read(revision_prompt(PROBLEM, earlier, solution(model, PROBLEM, seed=2)))
+    assert done.concluded and len(done.steps) == 4
+    assert done.revised == fresh.revised
+    assert model.read(PROBLEM).revised is None
+
+
+def test_a_revision_is_a_fresh_sample_of_the_problem() -> None:
+    model = SimModel({PROBLEM: SimProblem("42", n_steps=4, slip_rate=0.3)})
+    earlier = solution(model, PROBLEM, seed=1)
+    for seed in range(20):
+        revised = model.sample(model.read(revision_prompt(PROBLEM, earlier)), seed).text
+        assert revised == solution(model, PROBLEM, seed)
+
+
+def test_refine_gain_is_the_chance_a_wrong_solution_is_revised_right() -> None:
+    problem = SimProblem("42", n_steps=4, slip_rate=0.3)
+    plain = SimModel({PROBLEM: problem})
+    gained = SimModel({PROBLEM: problem}, refine_gain=0.5)
+    wrong = next(t for s in range(50) if answer_in(t := solution(plain, PROBLEM, s)) != "42")
+    right = next(t for s in range(50) if answer_in(t := solution(plain, PROBLEM, s)) == "42")
+    seeds = range(2000)
+    fixed = [
+        answer_in(gained.sample(gained.read(revision_prompt(PROBLEM, wrong)), seed).text) == "42"
+        for seed in seeds
+    ]
+    # right with the gain, else as often as any sample: 0.5 + 0.5 * pass@1
+    assert fmean(fixed) == pytest.approx(0.5 + 0.5 * problem.pass_at_1, abs=0.035)
+    # a right solution is not revised by the gain: its revisions are fresh samples
+    for seed in range(20):
+        again = gained.sample(gained.read(revision_prompt(PROBLEM, right)), seed).text
+        assert again == solution(plain, PROBLEM, seed)
+
+
 def test_bad_settings_are_rejected() -> None:
     with pytest.raises(ValueError, match=r"level=6"):
         math500_problem("A?", "1", 6)
@@ -243,3 +301,5 @@ def test_bad_settings_are_rejected() -> None:
         SimModel({}, step_correlation=-0.1)
     with pytest.raises(ValueError, match=r"prm_discrimination=-1"):
         SimModel({}, prm_discrimination=-1)
+    with pytest.raises(ValueError, match=r"refine_gain=1\.5: need 0 <= chance <= 1"):
+        SimModel({}, refine_gain=1.5)

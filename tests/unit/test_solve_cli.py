@@ -190,6 +190,11 @@ def test_lookahead_reaches_beam_search(endpoints: Path) -> None:
             "revise",
             {"threshold": 0.3, "cut": "largest_drop", "continuations": 3, "rounds": 1},
         ),
+        (
+            ["--revision", "prompted", "--critique", "Check it."],
+            "revise",
+            {"revision": "prompted", "critique": "Check it."},
+        ),
         # a strategy without the option keeps its own settings (as --width for majority)
         (["--threshold", "0.3", "--weight-temperature", "2"], "dvts", {"width": 4}),
     ],

@@ -22,6 +22,7 @@ from asynctts.backends.templates import (
     bare_step,
     chat_fields,
     continued_ids,
+    conversation,
     load_tokenizer,
 )
 from asynctts.endpoint import Endpoint
@@ -31,6 +32,8 @@ from helpers_tokenizers import BOS, CHATML_TEMPLATE, LLAMA_TEMPLATE, build_token
 
 PROBLEM = "What is 1+1?"
 SYSTEM = "Be brief."
+# an earlier solution and the request to revise it (prompted revision)
+TURNS = ("Step 1: 1+1=3.\n\nThe answer is $\\boxed{3}$.", "Check your solution.")
 
 
 @pytest.fixture(scope="module")
@@ -188,10 +191,93 @@ def test_prefix_is_rendered_once_per_problem_and_system(
     assert len(calls) == 3
 
 
+def test_earlier_turns_are_assistant_and_user_messages_before_the_new_turn(
+    chatml: PreTrainedTokenizerBase,
+) -> None:
+    prompt = PolicyPrompt(tokenizer=chatml)
+    assert prompt.prefix(PROBLEM, SYSTEM, TURNS) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\nWhat is 1+1?<|im_end|>\n"
+        "<|im_start|>assistant\nStep 1: 1+1=3.\n\nThe answer is $\\boxed{3}$.<|im_end|>\n"
+        "<|im_start|>user\nCheck your solution.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    partial = "Step 1: 1+1=2.\n\n"
+    assert prompt.render(PROBLEM, SYSTEM, partial, TURNS) == (
+        prompt.prefix(PROBLEM, SYSTEM, TURNS) + partial
+    )
+
+
+def test_earlier_turns_through_a_trimming_template(llama: PreTrainedTokenizerBase) -> None:
+    prefix = PolicyPrompt(tokenizer=llama).prefix(PROBLEM, None, TURNS)
+    assert prefix == (
+        "<|start_header_id|>user<|end_header_id|>\n\nWhat is 1+1?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        "Step 1: 1+1=3.\n\nThe answer is $\\boxed{3}$.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nCheck your solution.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    assert vllm_ids(llama, prefix).count(llama.bos_token_id) == 1
+
+
+def test_the_prefix_cache_keys_on_the_earlier_turns(
+    chatml: PreTrainedTokenizerBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[object] = []
+    original = chatml.apply_chat_template
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(chatml, "apply_chat_template", counting)
+    prompt = PolicyPrompt(tokenizer=chatml)
+    other = ("Step 1: 1+1=4.\n\nThe answer is $\\boxed{4}$.", "Check your solution.")
+    plain, revised, revised_other = (
+        prompt.render(PROBLEM, SYSTEM, "a\n\n", turns) for turns in ((), TURNS, other)
+    )
+    assert len({plain, revised, revised_other}) == 3
+    assert "boxed{3}" in revised and "boxed{4}" in revised_other and "boxed" not in plain
+    ids = [prompt.token_ids(PROBLEM, SYSTEM, ("a\n\n",), turns) for turns in ((), TURNS, other)]
+    assert ids[1] == vllm_ids(chatml, prompt.prefix(PROBLEM, SYSTEM, TURNS)) + list(
+        continued_ids(chatml, "a\n\n")
+    )
+    assert len({tuple(i or ()) for i in ids}) == 3
+    assert len(calls) == 3  # one render per (problem, system, turns), then cached
+    prompt.render(PROBLEM, SYSTEM, "b\n\n", TURNS)
+    assert len(calls) == 3
+
+
+def test_turns_alternate_and_end_with_the_users() -> None:
+    assert conversation(PROBLEM, None, TURNS) == [
+        {"role": "user", "content": PROBLEM},
+        {"role": "assistant", "content": TURNS[0]},
+        {"role": "user", "content": TURNS[1]},
+    ]
+    with pytest.raises(PromptRenderError) as err:
+        conversation(PROBLEM, None, TURNS[:1])
+    assert str(err.value) == (
+        "1 earlier turns: they alternate assistant and user and end with the user's, so their"
+        " number is even"
+    )
+
+
 def test_policy_prompt_format() -> None:
     prompt = PolicyPrompt(prompt_format="[{system}] Q: {problem}\nA: ")
     assert prompt.render(PROBLEM, None, "x\n\n") == "[] Q: What is 1+1?\nA: x\n\n"
     assert prompt.prefix(PROBLEM, SYSTEM) == "[Be brief.] Q: What is 1+1?\nA: "
+
+
+def test_policy_prompt_format_cannot_render_earlier_turns() -> None:
+    prompt = PolicyPrompt(prompt_format="Q: {problem}\nA: ")
+    assert not prompt.renders_turns
+    with pytest.raises(ConfigError) as err:
+        prompt.render(PROBLEM, SYSTEM, "", TURNS)
+    assert str(err.value) == (
+        "the policy's prompt_format 'Q: {problem}\\nA: ' renders one problem and one answer,"
+        " not a conversation with earlier turns (a solution, then a request to revise it): use"
+        " chat mode, or completions mode with a tokenizer's chat template (no prompt_format)"
+    )
 
 
 def test_policy_prompt_format_with_an_unknown_field_is_a_config_error() -> None:
@@ -220,6 +306,25 @@ def test_chat_fields_continue_the_partial_solution() -> None:
             {"role": "user", "content": PROBLEM},
             {"role": "assistant", "content": "Step 1.\n\n"},
         ],
+        "add_generation_prompt": False,
+        "continue_final_message": True,
+    }
+
+
+def test_chat_fields_put_earlier_turns_before_the_new_assistant_turn() -> None:
+    head = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": PROBLEM},
+        {"role": "assistant", "content": TURNS[0]},
+        {"role": "user", "content": TURNS[1]},
+    ]
+    assert chat_fields(PROBLEM, SYSTEM, "", TURNS) == {
+        "messages": head,
+        "add_generation_prompt": True,
+        "continue_final_message": False,
+    }
+    assert chat_fields(PROBLEM, SYSTEM, "Step 1.\n\n", TURNS) == {
+        "messages": [*head, {"role": "assistant", "content": "Step 1.\n\n"}],
         "add_generation_prompt": False,
         "continue_final_message": True,
     }
