@@ -2,12 +2,13 @@
 option, at which calibrated budget, each open problem runs next. Pure: no I/O, no clock.
 
 Rules:
-- Predictions are the calibration table's cells in the problem's difficulty bin. At each
-  calibrated budget N' <= n, an option's predicted gain is its accuracy minus the probe's
-  (the "probe" cell: stop after the probe). Its predicted cost is what compute_optimal runs
-  after the probe: the option with the rest r of N' (N' - k more samples; a tree search's
-  largest budget <= N' - k), at its cell's tokens per generation, r / N' of the cell, at
-  least one token. An option with nothing left to run (r = 0) is not offered.
+- Predictions are the cells of the table's part for budget n (the part of the probe every
+  problem ran, of k samples) in the problem's difficulty bin. At each calibrated budget
+  k <= N' <= n, an option's predicted gain is its accuracy minus the probe's (the "probe"
+  cell: stop after the probe). Its predicted cost is what compute_optimal runs after the
+  probe: the option with the rest r of N' (N' - k more samples; a tree search's largest
+  budget <= N' - k), at its cell's tokens per generation, r / N' of the cell, at least one
+  token. An option with nothing left to run (r = 0) is not offered.
 - Of the best-of-N family only weighted best-of-N is offered: after the probe compute_optimal
   draws more scored samples and answers by their weighted vote whichever member the table
   named, so that member's cell is what runs (majority's cell counts no PRM tokens, and its
@@ -29,7 +30,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from asynctts.calibration import PROBE, CalibrationTable, Cell
+from asynctts.calibration import PROBE, CalibrationTable, Cell, ProbePart
 from asynctts.errors import ConfigError
 from asynctts.search.compute_optimal import largest_budget
 
@@ -58,15 +59,15 @@ class _Point:
     n: int
 
 
-def probe_cell(table: CalibrationTable, level: int) -> Cell:
-    """The "probe" cell of bin `level` (at the smallest calibrated budget: the probe is the
-    same at every budget).
+def probe_cell(part: ProbePart, level: int) -> Cell:
+    """The "probe" cell of bin `level` (at the part's smallest budget: the probe is the same
+    at every budget).
 
     Raises:
-        ConfigError: the table has no "probe" option there.
+        ConfigError: the part has no "probe" option there.
     """
-    budget = table.budgets[0]
-    for cell in table.cells[(level, budget)]:
+    budget = part.budgets[0]
+    for cell in part.cells[(level, budget)]:
         if cell.option == PROBE:
             return cell
     raise ConfigError(
@@ -75,28 +76,31 @@ def probe_cell(table: CalibrationTable, level: int) -> Cell:
     )
 
 
-def expected_probe_tokens(table: CalibrationTable) -> float:
-    """A probe's mean tokens per problem: its cells' tokens averaged over the bins."""
-    return sum(probe_cell(table, level).tokens for level in range(1, table.bins + 1)) / table.bins
+def expected_probe_tokens(table: CalibrationTable, n: int) -> float:
+    """A probe's mean tokens per problem solved with budget n: its cells' tokens averaged
+    over the bins."""
+    part = table.part_for(n)
+    return sum(probe_cell(part, level).tokens for level in range(1, part.bins + 1)) / part.bins
 
 
 def hull(table: CalibrationTable, level: int, n: int) -> tuple[Allotment, ...]:
     """Bin `level`'s upper convex hull of (cost, gain) over the options at budgets <= n,
     from the probe alone (first) outwards."""
-    base = probe_cell(table, level)
+    part = table.part_for(n)
+    base = probe_cell(part, level)
     points = []
-    for budget in table.budgets:
+    for budget in part.budgets:
         if budget > n:
             continue
-        for cell in table.cells[(level, budget)]:
+        for cell in part.cells[(level, budget)]:
             if cell.option in _NOT_RUN:
                 continue
-            rest = _rest(table, cell.option, budget)
+            rest = _rest(table, cell.option, budget - part.probe)
             if rest > 0:
                 cost = max(cell.tokens * rest / budget, MIN_COST)
                 points.append(_Point(cost, cell.accuracy - base.accuracy, cell.option, budget))
     points.sort(key=lambda p: (p.cost, -p.gain, p.n, p.option))
-    chain = [_Point(0.0, 0.0, PROBE, table.probe)]
+    chain = [_Point(0.0, 0.0, PROBE, part.probe)]
     for point in points:
         if point.gain <= chain[-1].gain:
             continue  # costs at least as much as the last kept point and gains no more
@@ -106,12 +110,12 @@ def hull(table: CalibrationTable, level: int, n: int) -> tuple[Allotment, ...]:
     return tuple(Allotment(p.option, p.n, p.gain, p.cost) for p in chain)
 
 
-def _rest(table: CalibrationTable, option: str, budget: int) -> int:
-    """The generations `option` runs after the probe within `budget` (0: none)."""
+def _rest(table: CalibrationTable, option: str, most: int) -> int:
+    """The generations `option` runs within `most` generations after the probe (0: none)."""
     strategy = table.strategy_of(option)
     if strategy is None:
         return 0
-    return largest_budget(strategy, budget - table.probe)
+    return largest_budget(strategy, most)
 
 
 def _under(a: _Point, b: _Point, c: _Point) -> bool:

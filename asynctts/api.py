@@ -525,7 +525,7 @@ class Solver:
         for _, text in items:
             check_request(text, chosen, n, self.prm is not None, seed)
         if budget_tokens is not None:
-            budgeted = check_batch_budget(chosen, budget_tokens, len(items))
+            budgeted = check_batch_budget(chosen, budget_tokens, len(items), n)
             async for solution in self._solve_budgeted(
                 items, budgeted, n, seed, BudgetGate(budget_tokens), max_problems_in_flight
             ):

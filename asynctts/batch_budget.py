@@ -30,9 +30,11 @@ from asynctts.search.strategy import Strategy
 log = structlog.get_logger("asynctts.batch_budget")
 
 
-def check_batch_budget(strategy: Strategy, budget_tokens: object, problems: int) -> ComputeOptimal:
+def check_batch_budget(
+    strategy: Strategy, budget_tokens: object, problems: int, n: int
+) -> ComputeOptimal:
     """The compute-optimal strategy a batch budget runs, once `budget_tokens` is known to
-    cover the probes the table expects for `problems` problems.
+    cover the probes the table expects for `problems` problems solved with budget `n`.
 
     Raises:
         ConfigError: another strategy, a budget that is not a number > 0, or one below the
@@ -47,7 +49,7 @@ def check_batch_budget(strategy: Strategy, budget_tokens: object, problems: int)
         raise ConfigError(f"budget_tokens must be a number, got {budget_tokens!r}")
     if not (math.isfinite(budget_tokens) and budget_tokens > 0):
         raise ConfigError(f"budget_tokens={budget_tokens}: need a finite number > 0")
-    per_probe = expected_probe_tokens(strategy.table)
+    per_probe = expected_probe_tokens(strategy.table, n)
     if budget_tokens < per_probe * problems:
         raise ConfigError(
             f"budget_tokens={budget_tokens:g} is below the probes' expected spend of "
@@ -82,7 +84,7 @@ class BatchBudget:
     async def allot(self, position: int, probe: Probe) -> tuple[Decision, int]:
         if probe.closes:
             self.leave(position)
-            return Decision(probe.choice.bin, PROBE, None), self._table.probe
+            return Decision(probe.choice.bin, PROBE, None), len(probe.results)
         future: asyncio.Future[tuple[Decision, int]] = asyncio.get_running_loop().create_future()
         self._open[position] = (probe.choice.bin, future)
         self.leave(position)

@@ -2,23 +2,31 @@
 and settings that did best there, built from per-problem outcomes of a calibration run.
 
 Rules:
-- A problem's predicted difficulty is its probe's mean PRM value (asynctts/search/difficulty.py).
-  Bins are quantiles of it over the calibration problems: bin 1 holds the easiest (highest
-  values), bin `bins` the hardest. A value on an edge goes to the easier bin.
+- The probe follows the budget: a solve with budget N probes with `probes[N]` samples
+  (default `default_probe`: a quarter of N, 2 to 8). One part of the table per probe size
+  k serves every budget probing with k: a problem's predicted difficulty is the mean PRM
+  value of its first k samples (asynctts/search/difficulty.py), the part's bins are
+  quantiles of it over the calibration problems (bin 1 the easiest, highest values; a value
+  on an edge goes to the easier bin), and its cells cover every calibrated N >= k, so a
+  batch budget can read what smaller budgets buy for a problem probed with k.
 - An option (a strategy and its settings) competes at budget N only when every calibration
-  problem has its outcome there. In each (bin, N) the option with the highest accuracy is
-  chosen; ties go to fewer tokens (policy generated + PRM prompt), then to the label.
+  problem has its outcome there; "probe" (stop after the probe) always competes, with the
+  part's probe. In each (bin, N) the option with the highest accuracy is chosen; ties go to
+  fewer tokens (policy generated + PRM prompt), then to the label.
 - Honest accuracy of choosing per bin comes from K-fold cross-validation within each bin
   (folds seeded): a problem is scored by the option chosen on the other folds of its bin, so
   it never picks its own strategy. The oracle reading does the same with bins of the true
-  pass@1 (Snell et al.'s upper bound), when every record has one.
-- Oracle bins: when every record has a pass@1 the table also stores quantile bins of it (the
+  pass@1 (Snell et al.'s upper bound), when every record has one. Each budget is validated
+  with the part its solves use.
+- Oracle bins: when every record has a pass@1 each part also stores quantile bins of it (the
   same edge rules, as many bins asked) and their cells, ranked alike; bin 1 holds the highest
-  pass@1. `choose_oracle` looks a problem up by a known pass@1 (eval's oracle line). The part
-  is optional in the saved table: one without it loads, and has no oracle.
+  pass@1. `choose_oracle` looks a problem up by a known pass@1 (eval's oracle line). They are
+  optional in the saved table: one without them loads, and has no oracle.
 - A table is valid for one policy/PRM pair and prompt format (`identity`); `check_identity`
   refuses another, naming every field that differs. It answers for budgets >= its smallest
-  (a larger N than calibrated uses the largest calibrated cell at or below it).
+  (a larger N than calibrated uses the largest calibrated budget at or below it, and its
+  probe). A table of the earlier layout (one probe for every budget) is refused by `load`
+  with the command that rebuilds it.
 - Ties: when many problems share a predicted difficulty, tied quantiles merge, so the table
   has fewer bins than asked (never an empty one) and its notes say so.
 """
@@ -51,7 +59,7 @@ from asynctts.search.strategy import Strategy
 from asynctts.search.tree_search import TreeSearch
 from asynctts.search.weighted_best_of_n import WeightedBestOfN
 
-FORMAT = 1  # bump when the saved layout changes
+FORMAT = 2  # bump when the saved layout changes (2: one part per probe size)
 PROBE = "probe"  # the option of stopping at the probe: its samples' weighted vote
 # The early exit's defaults: on the calibrated simulator (benchmarks/early_exit_sim.py, 500
 # problems x 3 seeds) the PRM-weighted rule at 0.9 saves 31% of weighted best-of-N's tokens at
@@ -59,6 +67,12 @@ PROBE = "probe"  # the option of stopping at the probe: its samples' weighted vo
 # -0.6.
 SETTLE_RULE: SettleRule = "weighted"
 CONFIDENCE = 0.9
+# The probe's default size. On the calibrated simulator (benchmarks/compute_optimal_sim.py) a
+# probe of 8 at N=16 leaves the search 8 generations and compute_optimal falls 3.8 points
+# below beam search at equal generations; a probe of 4 there is level (-1.0), but at N=64 a
+# probe of 4 reads difficulty worse than 8 (56.4 vs 58.2). A quarter of the budget keeps both.
+PROBE_SHARE = 4
+PROBE_RANGE = (2, 8)
 _SAMPLERS: dict[str, Callable[[AggregateName], Strategy]] = {
     "majority": lambda aggregate: MajorityVote(),
     "best_of_n": lambda aggregate: BestOfN(aggregate=aggregate),
@@ -131,15 +145,30 @@ class Outcome:
     prm_tokens: float  # PRM prompt tokens
 
 
+def default_probe(n: int) -> int:
+    """The probe of a solve with budget n: a quarter of n, kept within `PROBE_RANGE` and
+    never above n."""
+    low, high = PROBE_RANGE
+    return min(n, max(low, min(high, n // PROBE_SHARE)))
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRecord:
+    """What a probe of one size read on one problem, and the outcome of stopping there."""
+
+    predicted: float  # the probe's mean PRM value (higher: easier)
+    agreement: float  # the probe's share on its most common answer
+    outcome: Outcome  # the option "probe": the weighted vote of the probe's samples
+
+
 @dataclass(frozen=True, slots=True)
 class ProblemRecord:
     """What the calibration run learnt about one problem."""
 
     problem_id: str
-    predicted: float  # the probe's mean PRM value (higher: easier)
-    agreement: float  # the probe's share on its most common answer
+    probes: Mapping[int, ProbeRecord]  # probe size -> its reading
     pass_at_1: float | None  # oracle: the share of the problem's samples that are right
-    outcomes: Mapping[tuple[str, int], Outcome]  # (Option.label, N) -> outcome
+    outcomes: Mapping[tuple[str, int], Outcome]  # (Option.label, N) -> outcome (not "probe")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,32 +210,49 @@ class OracleBins:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbePart:
+    """The table's part for solves that probe with `probe` samples: bins of that probe's
+    predicted difficulty and, per (bin, N), the options ranked at every calibrated N >= probe."""
+
+    probe: int
+    edges: tuple[float, ...]  # ascending cut points of predicted difficulty (bins - 1 of them)
+    cells: Mapping[tuple[int, int], tuple[Cell, ...]]  # (bin, N) -> options, the chosen first
+    oracle: OracleBins | None = None  # bins of the true pass@1 (None: records had none)
+
+    @property
+    def bins(self) -> int:
+        return len(self.edges) + 1
+
+    @property
+    def budgets(self) -> tuple[int, ...]:
+        return tuple(sorted({n for _, n in self.cells}))
+
+    def bin_of(self, predicted: float) -> int:
+        """1 (easiest) .. bins (hardest)."""
+        return _bin_of(self.edges, predicted)
+
+
+@dataclass(frozen=True, slots=True)
 class CalibrationTable:
     identity: Mapping[str, str]
     aggregate: AggregateName
-    probe: int
     settle_rule: SettleRule
     confidence: float
-    edges: tuple[float, ...]  # ascending cut points of predicted difficulty (bins - 1 of them)
     budgets: tuple[int, ...]
-    cells: Mapping[tuple[int, int], tuple[Cell, ...]]  # (bin, N) -> options, the chosen first
+    probes: Mapping[int, int]  # budget N -> the probe's size at N
+    parts: Mapping[int, ProbePart]  # probe size -> its part
     validation: tuple[Validation, ...] = ()
     problems: int = 0
     notes: tuple[str, ...] = field(default=())
     max_depth: int = DEFAULT_MAX_DEPTH  # the calibrated tree searches' depth cap
-    oracle: OracleBins | None = None  # bins of the true pass@1 (None: records had none)
 
     def strategy_of(self, label: str) -> Strategy | None:
         """The option `label` built with the settings the table was calibrated with."""
         return Option.parse(label).build(self.aggregate, max_depth=self.max_depth)
 
     @property
-    def bins(self) -> int:
-        return len(self.edges) + 1
-
-    def bin_of(self, predicted: float) -> int:
-        """1 (easiest) .. bins (hardest)."""
-        return _bin_of(self.edges, predicted)
+    def has_oracle(self) -> bool:
+        return all(part.oracle is not None for part in self.parts.values())
 
     def budget_for(self, n: int) -> int:
         """The calibrated budget whose cells answer for a solve with budget `n`."""
@@ -218,11 +264,20 @@ class CalibrationTable:
             )
         return max(fitting)
 
+    def probe_for(self, n: int) -> int:
+        """The probe's size for a solve with budget `n`."""
+        return self.probes[self.budget_for(n)]
+
+    def part_for(self, n: int) -> ProbePart:
+        """The part a solve with budget `n` reads."""
+        return self.parts[self.probe_for(n)]
+
     def choose(self, predicted: float, budget: int) -> Decision:
-        """The table's choice for a problem of `predicted` difficulty solved with `budget`."""
-        level = self.bin_of(predicted)
-        chosen = self.cells[(level, self.budget_for(budget))][0]
-        return Decision(bin=level, label=chosen.option, strategy=self.strategy_of(chosen.option))
+        """The table's choice for a problem of `predicted` difficulty solved with `budget`
+        (`predicted` read from a probe of `probe_for(budget)` samples)."""
+        part = self.part_for(budget)
+        level = part.bin_of(predicted)
+        return self._decision(level, part.cells[(level, self.budget_for(budget))][0])
 
     def choose_oracle(self, pass_at_1: float, budget: int) -> Decision:
         """The oracle's choice for a problem whose true pass@1 is known, solved with `budget`.
@@ -230,15 +285,18 @@ class CalibrationTable:
         Raises:
             ConfigError: the table has no oracle bins, or pass@1 is outside [0, 1].
         """
-        if self.oracle is None:
+        oracle = self.part_for(budget).oracle
+        if oracle is None:
             raise ConfigError(
-                "this calibration table has no oracle bins (its records had no pass@1, or an"
-                " older asynctts wrote it): run `asynctts calibrate` again"
+                "this calibration table has no oracle bins (its records had no pass@1): run"
+                " `asynctts calibrate` again"
             )
         if not 0.0 <= pass_at_1 <= 1.0:
             raise ConfigError(f"pass@1 {pass_at_1} is outside [0, 1]")
-        level = _bin_of(self.oracle.edges, pass_at_1)
-        chosen = self.oracle.cells[(level, self.budget_for(budget))][0]
+        level = _bin_of(oracle.edges, pass_at_1)
+        return self._decision(level, oracle.cells[(level, self.budget_for(budget))][0])
+
+    def _decision(self, level: int, chosen: Cell) -> Decision:
         return Decision(bin=level, label=chosen.option, strategy=self.strategy_of(chosen.option))
 
     def check_identity(self, identity: Mapping[str, str]) -> None:
@@ -256,30 +314,35 @@ class CalibrationTable:
             )
 
     def summary(self) -> str:
+        probes = ", ".join(f"N={n}: {self.probes[n]}" for n in self.budgets)
         lines = [
-            f"calibration: {self.problems} problems, {self.bins} difficulty bins (probe of "
-            f"{self.probe} samples, bin 1 easiest), budgets {list(self.budgets)}",
+            f"calibration: {self.problems} problems, budgets {list(self.budgets)}, probe sizes"
+            f" {probes} (bin 1 easiest)",
             f"early exit: {self.settle_rule} rule at confidence {self.confidence}",
             "",
-            f"  {'bin':>3}  {'N':>4}  {'choice':<24}  {'acc %':>6}  {'tokens':>8}  {'problems':>8}",
+            f"  {'probe':>5}  {'bin':>3}  {'N':>4}  {'choice':<24}  {'acc %':>6}  {'tokens':>8}"
+            f"  {'problems':>8}",
         ]
-        for (level, n), cells in sorted(self.cells.items()):
-            best = cells[0]
-            lines.append(
-                f"  {level:>3}  {n:>4}  {best.option:<24}  {100 * best.accuracy:>6.1f}  "
-                f"{best.tokens:>8.0f}  {best.problems:>8}"
-            )
-        if self.oracle is not None:
-            edges = ", ".join(f"{edge:g}" for edge in self.oracle.edges)
+        for k, part in sorted(self.parts.items()):
+            for (level, n), cells in sorted(part.cells.items(), key=lambda item: item[0][::-1]):
+                best = cells[0]
+                lines.append(
+                    f"  {k:>5}  {level:>3}  {n:>4}  {best.option:<24}  {100 * best.accuracy:>6.1f}"
+                    f"  {best.tokens:>8.0f}  {best.problems:>8}"
+                )
+        for k, part in sorted(self.parts.items()):
+            if part.oracle is None:
+                continue
+            edges = ", ".join(f"{edge:g}" for edge in part.oracle.edges)
             lines += [
                 "",
-                f"oracle: {self.oracle.bins} bins of the true pass@1 (bin 1 highest), edges"
-                f" [{edges}]; choices:",
+                f"oracle (probe {k}): {part.oracle.bins} bins of the true pass@1 (bin 1"
+                f" highest), edges [{edges}]; choices:",
             ]
-            for n in self.budgets:
+            for n in part.budgets:
                 chosen = ", ".join(
-                    f"{level} {self.oracle.cells[(level, n)][0].option}"
-                    for level in range(1, self.oracle.bins + 1)
+                    f"{level} {part.oracle.cells[(level, n)][0].option}"
+                    for level in range(1, part.oracle.bins + 1)
                 )
                 lines.append(f"  N={n}: {chosen}")
         if self.validation:
@@ -288,25 +351,25 @@ class CalibrationTable:
                 oracle = "-" if check.oracle is None else f"{100 * check.oracle:.1f}"
                 top_label, top = max(check.fixed.items(), key=lambda item: item[1])
                 lines.append(
-                    f"  N={check.budget}: predicted bins {100 * check.predicted:.1f}, oracle "
-                    f"bins {oracle}, best single option {top_label} {100 * top:.1f}"
+                    f"  N={check.budget} (probe {self.probes[check.budget]}): predicted bins"
+                    f" {100 * check.predicted:.1f}, oracle bins {oracle}, best single option"
+                    f" {top_label} {100 * top:.1f}"
                 )
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
-        document: dict[str, Any] = {
+        return {
             "format": FORMAT,
             "identity": dict(self.identity),
             "aggregate": self.aggregate,
             "max_depth": self.max_depth,
-            "probe": self.probe,
             "settle_rule": self.settle_rule,
             "confidence": self.confidence,
-            "edges": list(self.edges),
             "budgets": list(self.budgets),
+            "probes": [{"n": n, "probe": self.probes[n]} for n in self.budgets],
+            "parts": [_part_dict(part) for _, part in sorted(self.parts.items())],
             "problems": self.problems,
-            "cells": _cells_list(self.cells),
             "validation": [
                 {
                     "n": v.budget,
@@ -318,12 +381,6 @@ class CalibrationTable:
             ],
             "notes": list(self.notes),
         }
-        if self.oracle is not None:  # absent otherwise, as in tables written before it
-            document["oracle"] = {
-                "edges": list(self.oracle.edges),
-                "cells": _cells_list(self.oracle.cells),
-            }
-        return document
 
     def save(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
@@ -338,6 +395,12 @@ class CalibrationTable:
             raise ConfigError(f"calibration table {source}: cannot read it ({err})") from err
         except json.JSONDecodeError as err:
             raise ConfigError(f"calibration table {source}: not JSON ({err.msg})") from err
+        if isinstance(document, dict) and document.get("format") == 1:
+            raise ConfigError(
+                f"calibration table {source}: written by an earlier asynctts (one probe size"
+                " for every budget); rebuild it with `asynctts calibrate --resume --out"
+                " RUN_DIR` on its run directory (no request is repeated)"
+            )
         try:
             if not isinstance(document, dict):
                 raise TypeError(f"a JSON {type(document).__name__}, not an object")
@@ -352,44 +415,40 @@ class CalibrationTable:
     def from_dict(cls, document: Mapping[str, Any]) -> CalibrationTable:
         if document.get("format") != FORMAT:
             raise ValueError(f"format {document.get('format')!r}, expected {FORMAT}")
-        cells = _cells_of(document["cells"])
-        oracle = None
-        if document.get("oracle") is not None:
-            oracle = OracleBins(
-                edges=tuple(float(e) for e in document["oracle"]["edges"]),
-                cells=_cells_of(document["oracle"]["cells"]),
-            )
+        parts = {int(p["probe"]): _part_of(p) for p in document["parts"]}
         table = cls(
             identity={str(k): str(v) for k, v in document["identity"].items()},
             aggregate=document["aggregate"],
             max_depth=int(document["max_depth"]),
-            probe=int(document["probe"]),
             settle_rule=_settle_rule(document["settle_rule"]),
             confidence=float(document["confidence"]),
-            edges=tuple(float(e) for e in document["edges"]),
             budgets=tuple(int(b) for b in document["budgets"]),
-            cells=cells,
+            probes={int(p["n"]): int(p["probe"]) for p in document["probes"]},
+            parts=parts,
             validation=tuple(
                 Validation(v["n"], v["predicted"], v["oracle"], v["fixed"])
                 for v in document["validation"]
             ),
             problems=int(document["problems"]),
             notes=tuple(document["notes"]),
-            oracle=oracle,
         )
-        parts: list[tuple[str, int, Mapping[tuple[int, int], tuple[Cell, ...]]]]
-        parts = [("", table.bins, cells)]
-        if oracle is not None:
-            parts.append(("oracle ", oracle.bins, oracle.cells))
-        for name, bins, held in parts:
-            missing = [
-                (level, n)
-                for level in range(1, bins + 1)
-                for n in table.budgets
-                if not held.get((level, n))
-            ]
-            if missing:
-                raise ValueError(f"no {name}cell for (bin, N) {missing}")
+        for n in table.budgets:
+            k = table.probes.get(n)
+            if k is None or k not in parts or k > n:
+                raise ValueError(f"no probe part for budget N={n} (probe {k})")
+        for k, part in parts.items():
+            held = [("", part.bins, part.cells)]
+            if part.oracle is not None:
+                held.append(("oracle ", part.oracle.bins, part.oracle.cells))
+            for name, bins, cells in held:
+                missing = [
+                    (level, n)
+                    for level in range(1, bins + 1)
+                    for n in table.budgets
+                    if n >= k and not cells.get((level, n))
+                ]
+                if missing:
+                    raise ValueError(f"probe {k}: no {name}cell for (bin, N) {missing}")
         return table
 
 
@@ -414,10 +473,6 @@ class OracleChoice:
         return self.table.aggregate
 
     @property
-    def probe(self) -> int:
-        return self.table.probe
-
-    @property
     def settle_rule(self) -> SettleRule:
         return self.table.settle_rule
 
@@ -428,8 +483,40 @@ class OracleChoice:
     def budget_for(self, n: int) -> int:
         return self.table.budget_for(n)
 
+    def probe_for(self, n: int) -> int:
+        return self.table.probe_for(n)
+
     def choose(self, predicted: float, budget: int) -> Decision:
         return self.table.choose_oracle(self.pass_at_1, budget)
+
+
+def _part_dict(part: ProbePart) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "probe": part.probe,
+        "edges": list(part.edges),
+        "cells": _cells_list(part.cells),
+    }
+    if part.oracle is not None:
+        document["oracle"] = {
+            "edges": list(part.oracle.edges),
+            "cells": _cells_list(part.oracle.cells),
+        }
+    return document
+
+
+def _part_of(document: Mapping[str, Any]) -> ProbePart:
+    oracle = None
+    if document.get("oracle") is not None:
+        oracle = OracleBins(
+            edges=tuple(float(e) for e in document["oracle"]["edges"]),
+            cells=_cells_of(document["oracle"]["cells"]),
+        )
+    return ProbePart(
+        probe=int(document["probe"]),
+        edges=tuple(float(e) for e in document["edges"]),
+        cells=_cells_of(document["cells"]),
+        oracle=oracle,
+    )
 
 
 def _cells_list(cells: Mapping[tuple[int, int], tuple[Cell, ...]]) -> list[dict[str, Any]]:
@@ -476,12 +563,47 @@ def table_identity(
     return identity
 
 
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A record as one part reads it: its probe's predicted difficulty, and its outcomes with
+    the option "probe" (that probe's) at every budget."""
+
+    predicted: float
+    pass_at_1: float | None
+    outcomes: Mapping[tuple[str, int], Outcome]
+
+
+def probe_sizes(probe: int | Mapping[int, int] | None, budgets: Sequence[int]) -> dict[int, int]:
+    """Budget -> probe size: one size for every budget, a size per budget, or (None) the
+    default of each.
+
+    Raises:
+        ConfigError: a budget without a size, a size < 1 or above its budget.
+    """
+    if probe is None:
+        sizes = {n: default_probe(n) for n in budgets}
+    elif isinstance(probe, int):
+        sizes = dict.fromkeys(budgets, probe)
+    else:
+        missing = sorted(set(budgets) - set(probe))
+        if missing:
+            raise ConfigError(f"no probe size for budgets {missing}")
+        sizes = {n: probe[n] for n in budgets}
+    for n, k in sorted(sizes.items()):
+        if not 1 <= k <= n:
+            raise ConfigError(
+                f"probe of {k} samples at budget N={n}: need 1 <= probe <= N (the probe's"
+                " samples are the first of the budget)"
+            )
+    return sizes
+
+
 def build_table(
     records: Sequence[ProblemRecord],
     *,
     identity: Mapping[str, str],
-    probe: int,
     budgets: Sequence[int],
+    probe: int | Mapping[int, int] | None = None,
     bins: int = 5,
     folds: int = 5,
     seed: int = 0,
@@ -492,9 +614,14 @@ def build_table(
 ) -> CalibrationTable:
     """The table of `records` (see the module rules).
 
+    Args:
+        probe: the probe's size, for every budget (an int) or per budget (a mapping); None:
+            `default_probe` of each budget.
+
     Raises:
         ConfigError: bad settings, too few problems for the bins, ties that leave a bin
-            empty, or a budget no option covers.
+            empty, a record without a reading of a probe size used, or a budget no option
+            covers.
     """
     if bins < 1:
         raise ConfigError(f"bins={bins}: need >= 1")
@@ -503,72 +630,112 @@ def build_table(
     rule = _settle_rule(settle_rule)
     if not 0.5 < confidence < 1.0:
         raise ConfigError(f"confidence={confidence}: need 0.5 < confidence < 1")
-    if not budgets or min(budgets) < probe:
-        raise ConfigError(
-            f"budgets {sorted(budgets)}: each must be >= the probe of {probe} samples"
-        )
+    if not budgets:
+        raise ConfigError("no budget to calibrate")
+    budgets = tuple(sorted(set(budgets)))
+    probes = probe_sizes(probe, budgets)
     if len(records) < bins:
         raise ConfigError(f"{len(records)} calibration problems cannot fill {bins} bins")
-    budgets = tuple(sorted(set(budgets)))
-    edges = _quantile_edges([r.predicted for r in records], bins)
-    by_bin = _group(records, lambda r: _bin_of(edges, r.predicted))
-    oracle_edges: tuple[float, ...] = ()
-    oracle_bins = None
-    if all(r.pass_at_1 is not None for r in records):
-        oracle_edges = _quantile_edges([r.pass_at_1 or 0.0 for r in records], bins)
-        oracle_bins = _group(records, lambda r: _bin_of(oracle_edges, r.pass_at_1 or 0.0))
-    cells: dict[tuple[int, int], tuple[Cell, ...]] = {}
-    oracle_cells: dict[tuple[int, int], tuple[Cell, ...]] = {}
-    validation = []
+    unread = sorted({k for k in probes.values() for r in records if k not in r.probes})
+    if unread:
+        raise ConfigError(f"records without a reading of a probe of {unread} samples")
+    options = {n: _complete_options(records, n) for n in budgets}
     notes = []
-    if len(edges) + 1 < bins:
-        notes.append(
-            f"{len(edges) + 1} difficulty bins, not {bins}: calibration problems share "
-            "predicted difficulties at the quantiles, and a bin must hold problems"
-        )
-    if oracle_bins is not None and len(oracle_edges) + 1 < bins:
-        notes.append(
-            f"{len(oracle_edges) + 1} oracle bins, not {bins}: calibration problems share "
-            "pass@1 values at the quantiles, and a bin must hold problems"
-        )
     for n in budgets:
-        options = _complete_options(records, n)
-        if not options:
+        if not options[n]:  # "probe" alone would be chosen only because nothing else ran
             raise ConfigError(f"budget N={n}: no option has an outcome on every problem")
         partial = sorted(
-            {label for r in records for (label, m) in r.outcomes if m == n} - set(options)
+            {label for r in records for (label, m) in r.outcomes if m == n} - set(options[n])
         )
         if partial:
             notes.append(f"N={n}: left out {partial} (not run on every problem)")
-        for level, members in by_bin.items():
-            cells[(level, n)] = _ranked(members, options, n)
-        oracle = None
-        if oracle_bins is not None:
-            for level, members in oracle_bins.items():
-                oracle_cells[(level, n)] = _ranked(members, options, n)
-            oracle = _cross_validated(oracle_bins, options, n, folds, seed)
-        validation.append(
-            Validation(
-                budget=n,
-                predicted=_cross_validated(by_bin, options, n, folds, seed),
-                oracle=oracle,
-                fixed={o: _accuracy(records, o, n) for o in options},
+    parts = {}
+    validation: list[Validation] = []
+    for k in sorted(set(probes.values())):
+        rows = [
+            _Row(
+                predicted=r.probes[k].predicted,
+                pass_at_1=r.pass_at_1,
+                outcomes={
+                    **r.outcomes,
+                    **{(PROBE, n): r.probes[k].outcome for n in budgets if n >= k},
+                },
             )
-        )
+            for r in records
+        ]
+        competing = {n: [*options[n], PROBE] for n in budgets if n >= k}
+        parts[k] = _part(rows, k, competing, bins)
+        if parts[k].bins < bins:
+            notes.append(
+                f"probe {k}: {parts[k].bins} difficulty bins, not {bins}: calibration problems"
+                " share predicted difficulties at the quantiles, and a bin must hold problems"
+            )
+        oracle = parts[k].oracle
+        if oracle is not None and oracle.bins < bins and k == min(probes.values()):
+            notes.append(
+                f"{oracle.bins} oracle bins, not {bins}: calibration problems share "
+                "pass@1 values at the quantiles, and a bin must hold problems"
+            )
+        for n in (n for n in budgets if probes[n] == k):
+            validation.append(_validation(rows, parts[k], competing[n], n, folds, seed))
     return CalibrationTable(
         identity=dict(identity),
         aggregate=aggregate,
         max_depth=max_depth,
-        probe=probe,
         settle_rule=rule,
         confidence=confidence,
-        edges=edges,
         budgets=budgets,
-        cells=cells,
-        validation=tuple(validation),
+        probes=probes,
+        parts=parts,
+        validation=tuple(sorted(validation, key=lambda v: v.budget)),
         problems=len(records),
         notes=tuple(notes),
-        oracle=None if oracle_bins is None else OracleBins(oracle_edges, oracle_cells),
+    )
+
+
+def _part(
+    rows: Sequence[_Row], k: int, competing: Mapping[int, Sequence[str]], bins: int
+) -> ProbePart:
+    """The part of probe size `k`: its bins and, at each budget, `competing` ranked per bin."""
+    edges = _quantile_edges([r.predicted for r in rows], bins)
+    by_bin = _group(rows, lambda r: _bin_of(edges, r.predicted))
+    cells = {
+        (level, n): _ranked(members, options, n)
+        for n, options in competing.items()
+        for level, members in by_bin.items()
+    }
+    oracle = None
+    if all(r.pass_at_1 is not None for r in rows):
+        oracle_edges = _quantile_edges([r.pass_at_1 or 0.0 for r in rows], bins)
+        oracle_bins = _group(rows, lambda r: _bin_of(oracle_edges, r.pass_at_1 or 0.0))
+        oracle = OracleBins(
+            oracle_edges,
+            {
+                (level, n): _ranked(members, options, n)
+                for n, options in competing.items()
+                for level, members in oracle_bins.items()
+            },
+        )
+    return ProbePart(probe=k, edges=edges, cells=cells, oracle=oracle)
+
+
+def _validation(
+    rows: Sequence[_Row], part: ProbePart, options: Sequence[str], n: int, folds: int, seed: int
+) -> Validation:
+    """Cross-validated accuracy at budget `n` of choosing per bin of `part` (and per oracle
+    bin), beside each option for all."""
+    oracle = None
+    if part.oracle is not None:
+        edges = part.oracle.edges
+        groups = _group(rows, lambda r: _bin_of(edges, r.pass_at_1 or 0.0))
+        oracle = _cross_validated(groups, options, n, folds, seed)
+    return Validation(
+        budget=n,
+        predicted=_cross_validated(
+            _group(rows, lambda r: part.bin_of(r.predicted)), options, n, folds, seed
+        ),
+        oracle=oracle,
+        fixed={o: _accuracy(rows, o, n) for o in options},
     )
 
 
@@ -587,10 +754,8 @@ def _quantile_edges(values: Sequence[float], bins: int) -> tuple[float, ...]:
     return tuple(sorted(cut for cut in cuts if cut > ordered[0]))
 
 
-def _group(
-    records: Sequence[ProblemRecord], key: Callable[[ProblemRecord], int]
-) -> dict[int, list[ProblemRecord]]:
-    groups: dict[int, list[ProblemRecord]] = {}
+def _group(records: Sequence[_Row], key: Callable[[_Row], int]) -> dict[int, list[_Row]]:
+    groups: dict[int, list[_Row]] = {}
     for record in records:
         groups.setdefault(key(record), []).append(record)
     return groups
@@ -607,11 +772,11 @@ def _complete_options(records: Sequence[ProblemRecord], n: int) -> list[str]:
     return sorted(label for label in labels if all((label, n) in r.outcomes for r in records))
 
 
-def _accuracy(records: Sequence[ProblemRecord], option: str, n: int) -> float:
+def _accuracy(records: Sequence[_Row], option: str, n: int) -> float:
     return sum(r.outcomes[(option, n)].correct for r in records) / len(records)
 
 
-def _ranked(records: Sequence[ProblemRecord], options: Sequence[str], n: int) -> tuple[Cell, ...]:
+def _ranked(records: Sequence[_Row], options: Sequence[str], n: int) -> tuple[Cell, ...]:
     cells = [
         Cell(
             option=option,
@@ -627,7 +792,7 @@ def _ranked(records: Sequence[ProblemRecord], options: Sequence[str], n: int) ->
 
 
 def _cross_validated(
-    groups: Mapping[int, Sequence[ProblemRecord]],
+    groups: Mapping[int, Sequence[_Row]],
     options: Sequence[str],
     n: int,
     folds: int,
@@ -660,8 +825,12 @@ __all__ = [
     "OracleBins",
     "OracleChoice",
     "Outcome",
+    "ProbePart",
+    "ProbeRecord",
     "ProblemRecord",
     "Validation",
     "build_table",
+    "default_probe",
+    "probe_sizes",
     "table_identity",
 ]

@@ -14,7 +14,7 @@ calibrated simulated server (fitted defaults, MATH-500).
    problems for both). Spend per difficulty bin and the branches the budget cut.
 
     python benchmarks/batch_budget.py [--problems 200] [--n 16] [--calibrate-n 4 8 16]
-        [--probe 4] [--bins 5] [--seeds 0 1 2] [--out DIR]
+        [--probe K [K ...]] [--bins 5] [--seeds 0 1 2] [--out DIR]
 
 The table needs budgets between the probe and n: with only N in {4, 16} each open problem
 can buy nothing or a whole N=16 option (~3x uniform's spend per problem), and the budget
@@ -62,8 +62,7 @@ def calibrate(server: SimulatedServer, out: Path, args: argparse.Namespace) -> C
         "1/2",
         "--n",
         *map(str, args.calibrate_n),
-        "--probe",
-        str(args.probe),
+        *(["--probe", *map(str, args.probe)] if args.probe else []),
         "--bins",
         str(args.bins),
         "--max-tokens",
@@ -114,7 +113,9 @@ async def main() -> None:
     parser.add_argument("--problems", type=int, default=200, help="held-out problems")
     parser.add_argument("--n", type=int, default=16, help="budget per problem (generations)")
     parser.add_argument("--calibrate-n", type=int, nargs="+", default=[4, 8, 16])
-    parser.add_argument("--probe", type=int, default=4)
+    parser.add_argument(
+        "--probe", type=int, nargs="+", default=None, help="default: the table's own"
+    )
     parser.add_argument("--bins", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=None, help="calibration run directory")
@@ -142,6 +143,8 @@ async def main() -> None:
         lines: dict[str, list[dict[str, bool]]] = {}
         spends: dict[str, list[float]] = {}
         per_bin: dict[int, list[float]] = {}
+        bin_right: dict[int, list[tuple[bool, bool]]] = {}  # (budgeted, uniform) per solve
+        allotted: dict[str, list[bool]] = {}
         cut = 0
         async with Solver(policy=policy, prm=prm, sampling=policy_sampling) as solver:
             for seed in args.seeds:
@@ -183,10 +186,16 @@ async def main() -> None:
                 for name, run in runs.items():
                     lines.setdefault(name, []).append({s.problem_id: r for s, r in run})
                     spends.setdefault(name, []).append(sum(spend_of(s) for s, _ in run))
-                for solution, _ in budgeted:
+                uniform_right = {s.problem_id: r for s, r in uniform}
+                for solution, right in budgeted:
                     if solution.decision is not None:
                         level = int(solution.decision["bin"])
                         per_bin.setdefault(level, []).append(spend_of(solution))
+                        pair = (right, uniform_right[solution.problem_id])
+                        bin_right.setdefault(level, []).append(pair)
+                        option = solution.decision.get("allocated", solution.decision["choice"])
+                        n_run = solution.decision.get("allocated_n", "-")
+                        allotted.setdefault(f"{option} @{n_run}", []).append(right)
                     cut += sum("batch budget exhausted" in b.reason for b in solution.lost)
                 print(
                     f"seed {seed}: B={budget:.0f}, budgeted spent "
@@ -217,9 +226,18 @@ async def main() -> None:
     print("batch budget's spend per bin (bin 1 easiest), tokens per problem:")
     for level in sorted(per_bin):
         spent = per_bin[level]
+        pairs = bin_right[level]
         print(
             f"  bin {level}: {len(spent) / len(args.seeds):.0f} problems, "
-            f"{sum(spent) / len(spent):.0f}"
+            f"{sum(spent) / len(spent):.0f}; accuracy budgeted "
+            f"{100 * sum(b for b, _ in pairs) / len(pairs):.1f}, uniform "
+            f"{100 * sum(u for _, u in pairs) / len(pairs):.1f}"
+        )
+    print("allotments (option @ its budget): solves per run, accuracy %:")
+    for label, rights in sorted(allotted.items()):
+        print(
+            f"  {label:<32} {len(rights) / len(args.seeds):>6.1f}  "
+            f"{100 * sum(rights) / len(rights):>5.1f}"
         )
     print(f"branches the budget cut: {cut / len(args.seeds):.1f} per run")
 

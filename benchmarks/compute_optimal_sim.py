@@ -3,9 +3,11 @@ per problem from its probe beat every fixed strategy, and what does early exit s
 
 In process (no HTTP; `SimPolicy` / `SimPRM` over one `SimModel` with the fitted defaults), all
 500 MATH-500 problems, for each seed:
-1. Records: per problem, the best-of-N family at max(N) (its first k samples are the probe;
-   the probe option is their weighted vote), beam search and DVTS at every N with width 4 and
-   round(sqrt(N)), N over the fixed strategies' budgets (--fixed-n, a superset of --n); tokens
+1. Records: per problem, the best-of-N family at max(N) (its first k samples are a probe of
+   k; the probe option is their weighted vote), beam search and DVTS at every N with widths 4,
+   8 and round(sqrt(N)), particle filtering, REBASE and PRM-guided revision at every N they
+   accept, N over the fixed strategies' budgets (--fixed-n, a superset of --n); every search
+   answers by the weighted vote over its finished paths, as compute_optimal answers; tokens
    are generated words plus PRM-read words, as the simulator counts.
 2. Seeded 2-fold split: a table built on one half (`build_table`, quantile bins of the probe's
    mean PRM value) answers for the other half, where `ComputeOptimal` really runs (probe,
@@ -21,14 +23,17 @@ mean tokens per problem (and the same mean generations), interpolated in log spe
 the fixed strategy's measured budgets (asynctts/eval/equal_spend.py), with the paired
 interval of the difference.
 
-    python benchmarks/compute_optimal_sim.py [--n 16 64] [--fixed-n 4 8 16 32 64] [--probe 8]
-        [--bins 5] [--seeds 0 1 2] [--problems 500]
+    python benchmarks/compute_optimal_sim.py [--n 16 64] [--fixed-n 4 8 16 32 64]
+        [--probe K [K ...]] [--bins 5] [--seeds 0 1 2] [--problems 500]
+
+--probe: one size for every --n or one per --n (default: the table's, a quarter of N, 2-8).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import pathlib
@@ -41,11 +46,14 @@ from typing import Any
 from asynctts.answers import best_of, majority_vote, normalize, weighted_vote
 from asynctts.calibration import (
     PROBE,
+    STEPWISE,
     CalibrationTable,
     Option,
     Outcome,
+    ProbeRecord,
     ProblemRecord,
     build_table,
+    probe_sizes,
 )
 from asynctts.errors import BranchLost
 from asynctts.eval.bootstrap import mean_interval
@@ -101,21 +109,31 @@ def pick(paths: Sequence[Path], rule: str) -> str | None:
     return None if index is None else answers[index]
 
 
-def tree_options(n: int) -> list[Option]:
+def search_options(n: int) -> list[Option]:
     # the calibration grid's widths (4 and round(sqrt(N))) and 8, so the fixed strategies'
-    # curves have a wide tree at every N that allows it
+    # curves have a wide tree at every N that allows it; the searches without a width
     widths = sorted({4, 8, round(math.sqrt(n))})
-    return [Option(s, w) for s in ("beam_search", "dvts") for w in widths if n % w == 0]
+    trees = [Option(s, w) for s in ("beam_search", "dvts") for w in widths if n % w == 0]
+    return [*trees, *(Option(name) for name in STEPWISE if accepts(Option(name), n))]
+
+
+def accepts(option: Option, n: int) -> bool:
+    strategy = option.build("last")
+    assert strategy is not None
+    try:
+        strategy.check_budget(n)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
 class Truth:
     pass_at_1: float
-    probe: list[Path]
 
 
 async def record(
-    sim: SimModel, problem: Problem, seed: int, budgets: Sequence[int], probe: int
+    sim: SimModel, problem: Problem, seed: int, budgets: Sequence[int], probes: Sequence[int]
 ) -> tuple[ProblemRecord, Truth]:
     gold = normalize(problem.answer)
     family = Meter(sim, problem.problem, seed)
@@ -131,11 +149,7 @@ async def record(
         ):
             spent = per_sample * n
             outcomes[(label, n)] = Outcome(pick(samples[:n], rule) == gold, spent, 0.0)
-        if n >= probe:
-            outcomes[(PROBE, n)] = Outcome(
-                pick(samples[:probe], "weighted") == gold, per_sample * probe, 0.0
-            )
-        for option in tree_options(n):
+        for option in search_options(n):
             meter = Meter(sim, problem.problem, seed)
             strategy = option.build("last")
             assert strategy is not None
@@ -144,11 +158,12 @@ async def record(
                 pick(finished(results), "weighted") == gold, meter.tokens, 0.0
             )
     right = sum(answer_of(p) == gold for p in samples) / len(samples)
-    reading = read_probe(samples[:probe], "last")
-    return (
-        ProblemRecord(problem.id, reading.predicted, reading.agreement, right, outcomes),
-        Truth(right, samples[:probe]),
-    )
+    readings = {}
+    for k in probes:
+        reading = read_probe(samples[:k], "last")
+        stop = Outcome(pick(samples[:k], "weighted") == gold, per_sample * k, 0.0)
+        readings[k] = ProbeRecord(reading.predicted, reading.agreement, stop)
+    return ProblemRecord(problem.id, readings, right, outcomes), Truth(right)
 
 
 @dataclass(frozen=True)
@@ -165,9 +180,8 @@ class FixedChoice:
     def aggregate(self) -> AggregateName:
         return "last"
 
-    @property
-    def probe(self) -> int:
-        return self.table.probe
+    def probe_for(self, n: int) -> int:
+        return self.table.probe_for(n)
 
     @property
     def settle_rule(self) -> SettleRule:
@@ -208,7 +222,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[16, 64], help="compute_optimal's")
     parser.add_argument("--fixed-n", type=int, nargs="+", default=[4, 8, 16, 32, 64])
-    parser.add_argument("--probe", type=int, default=8)
+    parser.add_argument("--probe", type=int, nargs="+", default=None)
     parser.add_argument("--bins", type=int, default=5)
     parser.add_argument("--folds", type=int, default=5, help="cross-validation in a bin")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -228,6 +242,10 @@ async def main() -> None:
         return
     budgets = sorted(args.n)
     fixed_budgets = sorted(set(args.fixed_n) | set(budgets))
+    if args.probe is None or len(args.probe) == 1:
+        probes = probe_sizes(None if args.probe is None else args.probe[0], budgets)
+    else:
+        probes = probe_sizes(dict(zip(args.n, args.probe, strict=True)), budgets)
     data = random.Random(0).sample(load_dataset().problems, args.problems)
     sim = SimModel({p.problem: math500_problem(p.problem, p.answer, p.level) for p in data})
     started = time.perf_counter()
@@ -246,7 +264,8 @@ async def main() -> None:
         exits.setdefault((line, n), []).append(exit_share)
 
     for seed in args.seeds:
-        pairs = [await record(sim, p, seed, fixed_budgets, args.probe) for p in data]
+        sizes = sorted(set(probes.values()))
+        pairs = [await record(sim, p, seed, fixed_budgets, sizes) for p in data]
         records = [r for r, _ in pairs]
         order = list(range(len(data)))
         random.Random(f"fold:{seed}").shuffle(order)
@@ -259,7 +278,7 @@ async def main() -> None:
                     n,
                     [float(o.correct) for o in outs],
                     sum(o.policy_tokens for o in outs) / len(outs),
-                    float(args.probe if label == PROBE else n),
+                    float(n),
                     0.0,
                 )
 
@@ -267,7 +286,7 @@ async def main() -> None:
             return build_table(
                 train,
                 identity={},
-                probe=args.probe,
+                probe=probes,
                 budgets=budgets,
                 bins=args.bins,
                 folds=args.folds,
@@ -281,8 +300,12 @@ async def main() -> None:
             # the oracle bins problems by their true pass@1 in place of the probe's reading
             oracle = table_of(
                 [
-                    ProblemRecord(
-                        r.problem_id, r.pass_at_1 or 0.0, r.agreement, r.pass_at_1, r.outcomes
+                    dataclasses.replace(
+                        r,
+                        probes={
+                            k: dataclasses.replace(reading, predicted=r.pass_at_1 or 0.0)
+                            for k, reading in r.probes.items()
+                        },
                     )
                     for r in train
                 ]
@@ -330,7 +353,7 @@ async def main() -> None:
     results = {
         "problems": len(data),
         "seeds": args.seeds,
-        "probe": args.probe,
+        "probe": {str(n): k for n, k in probes.items()},
         "bins": args.bins,
         "budgets": budgets,
         "fixed_budgets": fixed_budgets,

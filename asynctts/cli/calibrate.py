@@ -18,7 +18,14 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from asynctts.calibration import CONFIDENCE, SETTLE_RULE, build_table, table_identity
+from asynctts.calibration import (
+    CONFIDENCE,
+    PROBE_RANGE,
+    SETTLE_RULE,
+    build_table,
+    probe_sizes,
+    table_identity,
+)
 from asynctts.cli.arguments import (
     add_endpoint_arguments,
     add_sampling_arguments,
@@ -63,7 +70,6 @@ CALIBRATE_DESCRIPTION = (
     " (calibration.txt) and plot (calibration.png), and the run's eval report."
 )
 DEFAULT_BUDGETS = (4, 16, 64)
-DEFAULT_PROBE = 8
 
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,11 +88,15 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     add_search_arguments(what, settings=("aggregate", "max_depth"))
     add_run_dir_arguments(what)
     table = parser.add_argument_group("the table (changing these on --resume sends no request)")
+    low, high = PROBE_RANGE
     table.add_argument(
         "--probe",
+        nargs="+",
         type=positive_int,
-        help=f"samples that predict a problem's difficulty, at most the smallest --n"
-        f" (default: {DEFAULT_PROBE}, or the smallest --n when it is below {DEFAULT_PROBE})",
+        metavar="K",
+        help="samples that predict a problem's difficulty: one K for every budget, or one per"
+        f" --n in its order, each at most its budget (default: a quarter of each budget,"
+        f" {low} to {high})",
     )
     table.add_argument(
         "--bins",
@@ -123,7 +133,7 @@ class PreparedCalibration:
     run: Prepared
     identity: dict[str, str]
     refused: tuple[Refusal, ...]
-    probe: int
+    probes: dict[int, int]  # budget -> probe size
 
 
 def prepare_calibration(args: argparse.Namespace) -> PreparedCalibration:
@@ -132,13 +142,7 @@ def prepare_calibration(args: argparse.Namespace) -> PreparedCalibration:
     Raises:
         ConfigError: any bad input, named.
     """
-    smallest = min(args.n)
-    probe = min(DEFAULT_PROBE, smallest) if args.probe is None else args.probe
-    if probe > smallest:
-        raise ConfigError(
-            f"--probe {probe} is above the smallest --n {smallest}: a probe's samples are"
-            " the first of every budget; lower --probe or drop the budgets below it"
-        )
+    probes = _probes_of(args.probe, args.n)
     if args.folds < 2:
         raise ConfigError(f"--folds {args.folds}: need >= 2 (cross-validation within each bin)")
     if not 0.5 < args.confidence < 1.0:
@@ -162,8 +166,23 @@ def prepare_calibration(args: argparse.Namespace) -> PreparedCalibration:
         Prepared(plan, policy, prm, args.out, options),
         table_identity(policy, prm, plan.system_prompt),
         grid.refused,
-        probe,
+        probes,
     )
+
+
+def _probes_of(given: list[int] | None, budgets: list[int]) -> dict[int, int]:
+    """Budget -> probe size from --probe (none, one, or one per --n)."""
+    if given is None or len(given) == 1:
+        sizes = probe_sizes(None if given is None else given[0], budgets)
+    elif len(given) == len(budgets):
+        if len(set(budgets)) != len(budgets):
+            raise ConfigError(f"--n {budgets} repeats a budget: give one --probe for all")
+        sizes = probe_sizes(dict(zip(budgets, given, strict=True)), budgets)
+    else:
+        raise ConfigError(
+            f"--probe {given}: give one size for every budget, or one per --n {budgets}"
+        )
+    return sizes
 
 
 async def calibrate_async(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
@@ -173,12 +192,14 @@ async def calibrate_async(args: argparse.Namespace, *, out: TextIO | None = None
     stdout = out or sys.stdout
     outcomes = await run_logged(run, args.log_level)
     journal = load_run(run.run_dir)
-    records, settings = records_of(journal, [p.id for p in run.plan.problems], probe=prepared.probe)
+    records, settings = records_of(
+        journal, [p.id for p in run.plan.problems], probes=set(prepared.probes.values())
+    )
     try:
         table = build_table(
             records,
             identity=prepared.identity,
-            probe=prepared.probe,
+            probe=prepared.probes,
             budgets=args.n,
             bins=args.bins,
             folds=args.folds,

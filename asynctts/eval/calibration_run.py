@@ -13,12 +13,13 @@ Rules:
 - Everything a table needs is in the journal, so the table is rebuilt from the journal alone:
   a finished run resumed with other --probe, --bins, --folds, --settle or --confidence sends
   no request.
-- A problem's probe is the family run's candidates among its first `probe` samples: the
-  samples a probe of that size draws (a lost one stays lost), read as compute_optimal reads
-  its own probe (asynctts/search/difficulty.py). Its pass@1 is the share of the family's
-  candidates that are right. An option's outcome at N is its own selection rule's grade at N;
-  the option "probe" (stop after the probe) is, at every N, the weighted vote of the probe's
-  samples, graded by the family's verdict on that answer.
+- A problem's probe of k samples is the family run's candidates among its first k samples:
+  the samples a probe of that size draws (a lost one stays lost), read as compute_optimal
+  reads its own probe (asynctts/search/difficulty.py); every probe size the table uses is
+  read. Its pass@1 is the share of the family's candidates that are right. An option's
+  outcome at N is its own selection rule's grade at N; the option "probe" (stop after a probe
+  of k) is the weighted vote of those k samples, graded by the family's verdict on that
+  answer.
 - Spend per outcome: policy generated tokens and PRM prompt tokens of the journaled ledger
   totals. A tree search's are its own run's. The family ran once at M, so at N its totals
   are scaled by N / M (samples are drawn alike: the first N cost N / M of the M on average);
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,12 @@ from typing import Any
 from asynctts.answers import weighted_vote
 from asynctts.calibration import (
     DEFAULT_MAX_DEPTH,
-    PROBE,
     STEPWISE,
     CalibrationTable,
+    Cell,
     Option,
     Outcome,
+    ProbeRecord,
     ProblemRecord,
 )
 from asynctts.errors import ConfigError
@@ -169,27 +171,29 @@ class RunSettings:
 
 
 def records_of(
-    run: RunData, problem_ids: Sequence[str], *, probe: int
+    run: RunData, problem_ids: Sequence[str], *, probes: Collection[int]
 ) -> tuple[list[ProblemRecord], RunSettings]:
     """One record per problem of a finished calibration run, from its journal alone.
 
     Args:
         run: the run's journal (`asynctts.eval.report.load_run`).
         problem_ids: the problems, in the order the records keep.
-        probe: samples in a probe (<= the smallest budget).
+        probes: the probe sizes to read (each <= the largest budget).
 
     Returns:
         The records and the settings the run's strategies used.
 
     Raises:
-        ConfigError: not a calibration run, a probe above a budget, or a (job, problem)
-            without a result (the run did not finish: resume it).
+        ConfigError: not a calibration run, a probe above the largest budget, or a (job,
+            problem) without a result (the run did not finish: resume it).
     """
     family = _family_of(run)
     aggregate: AggregateName = family["settings"]["aggregate"]
     points = [int(n) for n in family["points"]]
-    if probe > points[0]:
-        raise ConfigError(f"--probe {probe} is above the smallest budget N={points[0]}")
+    if max(probes) > points[-1]:
+        raise ConfigError(
+            f"a probe of {max(probes)} samples is above the largest budget N={points[-1]}"
+        )
     jobs = run.config["identity"]["jobs"]
     missing = [
         f"{job['key']}/{pid}"
@@ -209,20 +213,10 @@ def records_of(
             result = run.results[(job["key"], pid)]
             outcomes.update(_outcomes(job, result))
         result = run.results[(family["key"], pid)]
-        samples = [
-            SearchPath(
-                steps=tuple(c["steps"]), scores=tuple(c["scores"]), finish=Finish(c["finish"])
-            )
-            for c in result["solution"]["candidates"]
-            if c["index"] < probe
-        ]
-        reading = read_probe(samples, aggregate)
-        outcomes.update(_probe_outcomes(result, probe, points))
         records.append(
             ProblemRecord(
                 problem_id=pid,
-                predicted=reading.predicted,
-                agreement=reading.agreement,
+                probes={k: _probe_record(result, k, points[-1], aggregate) for k in probes},
                 pass_at_1=float(result["candidate_correct"]),
                 outcomes=outcomes,
             )
@@ -263,25 +257,35 @@ def _outcomes(job: Mapping[str, Any], result: Mapping[str, Any]) -> dict[tuple[s
     return out
 
 
-def _probe_outcomes(
-    result: Mapping[str, Any], probe: int, points: Sequence[int]
-) -> dict[tuple[str, int], Outcome]:
-    """The option of stopping after the probe, at every budget: the weighted vote of the
-    family's candidates among its first `probe` samples, at `probe / largest` of its spend."""
+def _probe_record(
+    result: Mapping[str, Any], probe: int, largest: int, aggregate: AggregateName
+) -> ProbeRecord:
+    """A probe of `probe` samples: the reading of the family's candidates among its first
+    `probe` samples, and stopping there: their weighted vote, at `probe / largest` of the
+    family's spend."""
     candidates = [c for c in result["solution"]["candidates"] if c["index"] < probe]
+    reading = read_probe(
+        [
+            SearchPath(
+                steps=tuple(c["steps"]), scores=tuple(c["scores"]), finish=Finish(c["finish"])
+            )
+            for c in candidates
+        ],
+        aggregate,
+    )
     chosen = weighted_vote(
         [c["group"] for c in candidates], [c["value"] or 0.0 for c in candidates]
     )
     answer = None if chosen is None else candidates[chosen]["answer"]
     correct = answer is not None and result["answer_verdicts"].get(answer) is True
     usage = result["usage"]
-    share = probe / max(points)
+    share = probe / largest
     outcome = Outcome(
         correct=correct,
         policy_tokens=float(usage.get("completion_tokens", 0.0)) * share,
         prm_tokens=float(usage.get("prm_tokens", 0.0)) * share,
     )
-    return {(PROBE, int(n)): outcome for n in points}
+    return ProbeRecord(predicted=reading.predicted, agreement=reading.agreement, outcome=outcome)
 
 
 def write_calibration(
@@ -307,70 +311,89 @@ def write_calibration(
 
 
 def plot_calibration(table: CalibrationTable, path: str | Path) -> Path:
-    """Accuracy vs budget (log2 x axis) in one panel per difficulty bin, one line per option;
-    the option chosen at each (bin, N) is ringed."""
+    """Accuracy vs budget (log2 x axis), one row of panels per probe size (one panel per
+    difficulty bin), one line per option; the option chosen at each (bin, N) a solve with
+    that probe uses is ringed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, NullLocator
 
-    options = sorted({cell.option for cells in table.cells.values() for cell in cells})
+    parts = [part for _, part in sorted(table.parts.items())]
+    options = sorted(
+        {cell.option for part in parts for cells in part.cells.values() for cell in cells}
+    )
     palette = [f"C{i % 10}" for i in range(len(options))]
     colour = dict(zip(options, palette, strict=True))
-    figure = Figure(figsize=(3.2 * table.bins + 2.5, 4.2), dpi=150, layout="constrained")
+    columns = max(part.bins for part in parts)
+    figure = Figure(figsize=(3.2 * columns + 2.5, 4.2 * len(parts)), dpi=150, layout="constrained")
     FigureCanvasAgg(figure)
-    panels = figure.subplots(1, table.bins, sharey=True, squeeze=False)[0]
-    for level, axes in enumerate(panels, start=1):
-        for option in options:
-            points = [
-                (n, 100 * cell.accuracy)
-                for n in table.budgets
-                for cell in table.cells[(level, n)]
-                if cell.option == option
-            ]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                axes.plot(
-                    xs,
-                    ys,
-                    marker="o",
-                    markersize=3,
-                    linewidth=1.4,
-                    color=colour[option],
-                    label=option,
-                )
-        for n in table.budgets:
-            chosen = table.cells[(level, n)][0]
-            axes.plot(
-                [n],
-                [100 * chosen.accuracy],
-                marker="o",
-                markersize=11,
-                markerfacecolor="none",
-                markeredgecolor="black",
-                linestyle="none",
-            )
-            axes.annotate(  # lines of equal accuracy overlap: name the choice
-                chosen.option,
-                (n, 100 * chosen.accuracy),
-                xytext=(0, 8),
-                textcoords="offset points",
-                ha="center",
-                fontsize=6,
-            )
-        axes.set_xscale("log", base=2)
-        axes.set_ylim(-3, 108)  # room for the name of a choice at 100%
-        axes.xaxis.set_major_locator(FixedLocator(list(table.budgets)))
-        axes.xaxis.set_minor_locator(NullLocator())
-        axes.set_xticklabels([str(n) for n in table.budgets])
-        easiest = " (easiest)" if level == 1 else " (hardest)" if level == table.bins else ""
-        axes.set_title(f"bin {level}{easiest}", fontsize=9)
-        axes.set_xlabel("budget N")
-        axes.grid(True, alpha=0.3)
-    panels[0].set_ylabel("accuracy (%)")
-    handles, labels = panels[0].get_legend_handles_labels()
+    grid = figure.subplots(len(parts), columns, sharey=True, squeeze=False)
+    for part, row in zip(parts, grid, strict=True):
+        chosen_at = [n for n in part.budgets if table.probes.get(n) == part.probe]
+        for level, axes in enumerate(row, start=1):
+            if level > part.bins:
+                axes.set_visible(False)
+                continue
+            _plot_bin(axes, part.cells, level, part.budgets, chosen_at, options, colour)
+            easiest = " (easiest)" if level == 1 else " (hardest)" if level == part.bins else ""
+            axes.set_title(f"probe {part.probe}, bin {level}{easiest}", fontsize=9)
+            axes.xaxis.set_major_locator(FixedLocator(list(part.budgets)))
+            axes.xaxis.set_minor_locator(NullLocator())
+            axes.set_xticklabels([str(n) for n in part.budgets])
+        row[0].set_ylabel("accuracy (%)")
+    handles, labels = grid[0][0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside right center", fontsize=7)
-    figure.suptitle("Calibration: accuracy per difficulty bin (ringed: the table's choice)")
+    figure.suptitle(
+        "Calibration: accuracy per difficulty bin (ringed: the table's choice at the budgets"
+        " that probe with that size)"
+    )
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(target)
     return target
+
+
+def _plot_bin(
+    axes: Any,
+    cells: Mapping[tuple[int, int], Sequence[Cell]],
+    level: int,
+    budgets: Sequence[int],
+    chosen_at: Sequence[int],
+    options: Sequence[str],
+    colour: Mapping[str, str],
+) -> None:
+    for option in options:
+        points = [
+            (n, 100 * cell.accuracy)
+            for n in budgets
+            for cell in cells[(level, n)]
+            if cell.option == option
+        ]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            axes.plot(
+                xs, ys, marker="o", markersize=3, linewidth=1.4, color=colour[option], label=option
+            )
+    for n in chosen_at:
+        chosen = cells[(level, n)][0]
+        axes.plot(
+            [n],
+            [100 * chosen.accuracy],
+            marker="o",
+            markersize=11,
+            markerfacecolor="none",
+            markeredgecolor="black",
+            linestyle="none",
+        )
+        axes.annotate(  # lines of equal accuracy overlap: name the choice
+            chosen.option,
+            (n, 100 * chosen.accuracy),
+            xytext=(0, 8),
+            textcoords="offset points",
+            ha="center",
+            fontsize=6,
+        )
+    axes.set_xscale("log", base=2)
+    axes.set_ylim(-3, 108)  # room for the name of a choice at 100%
+    axes.set_xlabel("budget N")
+    axes.grid(True, alpha=0.3)

@@ -320,7 +320,7 @@ def _no_oracle_because(
     table: Chooser, *, has_family: bool, budget_tokens: float | None
 ) -> str | None:
     """Why compute_optimal with `table` gets no oracle line in a plan (None: it gets one)."""
-    if not isinstance(table, CalibrationTable) or table.oracle is None:
+    if not isinstance(table, CalibrationTable) or not table.has_oracle:
         return (
             "the calibration table has no oracle bins (its calibration graded no pass@1, or an"
             " older asynctts wrote it): run `asynctts calibrate` again for the oracle line"
@@ -519,7 +519,7 @@ class EvalPlan:
                     raise ConfigError(f"problem {problem.id!r}, {job.key}: {err}") from err
             if job.budget_tokens is not None:
                 try:
-                    check_batch_budget(job.strategy, job.budget_tokens, len(self.problems))
+                    check_batch_budget(job.strategy, job.budget_tokens, len(self.problems), job.n)
                 except ConfigError as err:
                     raise ConfigError(f"{job.key}: {err}") from err
 

@@ -1,8 +1,9 @@
-"""Compute-optimal scaling (Snell et al. 2024), decided online: a probe of `probe` full
-samples (best-of-N's sampler) predicts the problem's difficulty; when the probe's answers
-settled the search ends there, otherwise the calibration table's choice for that difficulty
-bin spends the rest of the budget. Nothing is thrown away: the probe's samples are
-candidates too, and the answer is the weighted vote over all of them.
+"""Compute-optimal scaling (Snell et al. 2024), decided online: a probe of k full samples
+(best-of-N's sampler; k is the table's probe size for the budget) predicts the problem's
+difficulty; when the probe's answers settled the search ends there, otherwise the
+calibration table's choice for that difficulty bin spends the rest of the budget. Nothing is
+thrown away: the probe's samples are candidates too, and the answer is the weighted vote over
+all of them.
 
 Rules:
 - Budget n counts generations as every strategy does: the probe's k samples, then the choice
@@ -48,20 +49,19 @@ class Chooser(Protocol):
     @property
     def aggregate(self) -> AggregateName: ...
     @property
-    def probe(self) -> int: ...
-    @property
     def settle_rule(self) -> SettleRule: ...
     @property
     def confidence(self) -> float: ...
 
     def budget_for(self, n: int) -> int: ...
+    def probe_for(self, n: int) -> int: ...
     def choose(self, predicted: float, budget: int) -> Decision: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """A problem's probe: its results, their reading, the table's choice and whether its
-    answers settled."""
+    """A problem's probe: its results (as many as its size), their reading, the table's
+    choice and whether its answers settled."""
 
     results: list[Path | BranchLost]
     reading: ProbeReading
@@ -102,9 +102,7 @@ class ComputeOptimal:
         return self.table.aggregate
 
     def check_budget(self, n: int) -> None:
-        if n < self.table.probe:
-            raise ValueError(f"n={n} is below the probe of {self.table.probe} samples")
-        self.table.budget_for(n)
+        self.table.budget_for(n)  # a table's probe at N is at most N
 
     async def run(
         self, root: Path, n: int, generate: GenerateSteps, score: ScoreSteps
@@ -124,7 +122,7 @@ class ComputeOptimal:
 
     async def probe(self, root: Path, n: int, generate: GenerateSteps, score: ScoreSteps) -> Probe:
         """The probe's samples (results 0..k-1), their reading and the table's choice at `n`."""
-        probe = await self._samples(root.fork(0), self.table.probe, generate, score)
+        probe = await self._samples(root.fork(0), self.table.probe_for(n), generate, score)
         reading = self._read(probe)
         return Probe(probe, reading, self.table.choose(reading.predicted, n), self._settled(probe))
 
@@ -138,7 +136,7 @@ class ComputeOptimal:
         score: ScoreSteps,
     ) -> tuple[Mapping[str, Any], list[Path | BranchLost]]:
         """After `probe`: stop when it settled, else run `choice` with the rest of budget `n`."""
-        k = self.table.probe
+        k = len(probe.results)
         decision: dict[str, Any] = {
             "bin": probe.choice.bin,
             "predicted": probe.reading.predicted,

@@ -17,7 +17,7 @@ from helpers_cli import sim_argv
 
 from asynctts import ConfigError, Solution, Solver
 from asynctts.backends.context import DEFAULT_SYSTEM_PROMPT, Sampling
-from asynctts.calibration import PROBE, CalibrationTable, Cell, table_identity
+from asynctts.calibration import PROBE, CalibrationTable, Cell, ProbePart, table_identity
 from asynctts.testing import SimProblem, SimulatedServer
 
 from helpers_endpoints import endpoints, policy_of, prm_of
@@ -58,12 +58,17 @@ def table_for(server: SimulatedServer, beam_tokens: float) -> CalibrationTable:
     return CalibrationTable(
         identity=table_identity(ends["policy"], ends["prm"], DEFAULT_SYSTEM_PROMPT),
         aggregate="last",
-        probe=4,
         settle_rule="count",
         confidence=0.95,
-        edges=(),
         budgets=(8,),
-        cells={(1, 8): tuple(Cell(o, a, t, 0.0, 10) for o, a, t in cells)},
+        probes={8: 4},
+        parts={
+            4: ProbePart(
+                probe=4,
+                edges=(),
+                cells={(1, 8): tuple(Cell(o, a, t, 0.0, 10) for o, a, t in cells)},
+            )
+        },
     )
 
 

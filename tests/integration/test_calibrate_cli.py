@@ -1,7 +1,8 @@
 """`asynctts calibrate` end to end as a subprocess over real HTTP against the simulated server:
 the grid is journaled once per (job, problem), the table loads and names every bin and budget,
-a finished run resumed sends no request (with other table settings too), and a run killed
-with SIGKILL partway resumes with exactly one result per (job, problem)."""
+a finished run resumed sends no request (with other table settings too, a probe size per
+budget among them), and a run killed with SIGKILL partway resumes with exactly one result per
+(job, problem)."""
 
 from __future__ import annotations
 
@@ -98,9 +99,11 @@ async def test_calibrate_end_to_end_then_resumed_without_a_request(
         assert sent > 0
 
         table = CalibrationTable.load(out / "calibration.json")
-        assert (table.bins, table.budgets, table.probe, table.problems) == (2, (4, 16), 4, 12)
-        assert set(table.cells) == {(1, 4), (1, 16), (2, 4), (2, 16)}
-        for (_, n), cells in table.cells.items():
+        assert (table.budgets, table.probes, table.problems) == ((4, 16), {4: 4, 16: 4}, 12)
+        assert set(table.parts) == {4} and table.parts[4].bins == 2
+        part = table.part_for(16)
+        assert set(part.cells) == {(1, 4), (1, 16), (2, 4), (2, 16)}
+        for (_, n), cells in part.cells.items():
             at_16 = (OPTIONS | {"revise"}) - {"beam_search(width=2)", "dvts(width=2)"}
             assert {cell.option for cell in cells} == (OPTIONS if n == 4 else at_16)
             assert all(cell.problems > 0 for cell in cells)
@@ -114,8 +117,9 @@ async def test_calibrate_end_to_end_then_resumed_without_a_request(
         assert table.identity == table_identity(policy, prm, DEFAULT_SYSTEM_PROMPT)
         assert table.aggregate == "last"
         text = (out / "calibration.txt").read_text(encoding="utf-8")
-        for (level, n), cells in table.cells.items():  # one row per bin and budget
-            row = rf"^ +{level} +{n} +{re.escape(cells[0].option)} "
+        assert "budgets [4, 16], probe sizes N=4: 4, N=16: 4 (bin 1 easiest)" in text
+        for (level, n), cells in part.cells.items():  # one row per bin and budget
+            row = rf"^ +4 +{level} +{n} +{re.escape(cells[0].option)} "
             assert len(re.findall(row, text, re.MULTILINE)) == 1, (row, text)
             assert Option.parse(cells[0].option).label in OPTIONS | {"revise"}
         assert f"problems: 12 from {data}" in text
@@ -150,7 +154,22 @@ async def test_calibrate_end_to_end_then_resumed_without_a_request(
         assert code == 0, stderr
         assert requests(server) == sent
         rebuilt = CalibrationTable.load(out / "calibration.json")
-        assert (rebuilt.bins, rebuilt.probe) == (3, 2)
+        assert (rebuilt.probes, rebuilt.parts[2].bins) == ({4: 2, 16: 2}, 3)
+        # a probe size per budget: one part each, the larger probe's cells at N=16 alone
+        code, stdout, stderr = await run([*argv, "--resume", "--probe", "2", "8"])
+        assert code == 0, stderr
+        assert requests(server) == sent
+        rebuilt = CalibrationTable.load(out / "calibration.json")
+        assert rebuilt.probes == {4: 2, 16: 8} and set(rebuilt.parts) == {2, 8}
+        assert rebuilt.parts[2].budgets == (4, 16) and rebuilt.parts[8].budgets == (16,)
+        assert [v.budget for v in rebuilt.validation] == [4, 16]
+        assert "probe sizes N=4: 2, N=16: 8" in stdout
+        assert (out / "calibration.png").read_bytes().startswith(b"\x89PNG")
+        # a probe above its budget: refused before anything is read or sent
+        code, _, stderr = await run([*argv, "--resume", "--probe", "8", "8"])
+        assert code == 2
+        assert "error: probe of 8 samples at budget N=4: need 1 <= probe <= N" in stderr
+        assert requests(server) == sent
 
 
 async def test_killed_partway_then_resumed(tmp_path: Path, records: list[dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@ from asynctts.backends.context import DEFAULT_SYSTEM_PROMPT
 from asynctts.calibration import (
     CalibrationTable,
     Outcome,
+    ProbeRecord,
     ProblemRecord,
     build_table,
     table_identity,
@@ -38,23 +39,33 @@ async def server() -> AsyncIterator[SimulatedServer]:
         yield s
 
 
-def table_for(server: SimulatedServer, system_prompt: str | None) -> CalibrationTable:
+def table_for(
+    server: SimulatedServer,
+    system_prompt: str | None,
+    probes: dict[int, int] | None = None,
+) -> CalibrationTable:
+    """Best-of-N above a probe value of 0.55, beam search below; a probe of 8 at N=16 unless
+    `probes` (budget -> size) says otherwise."""
     ends = endpoints(server)
+    probes = probes or {16: 8}
     records = [
         ProblemRecord(
             problem_id=f"p{i}",
-            predicted=value,
-            agreement=0.5,
+            # stopping after the probe is wrong everywhere: never the choice
+            probes={k: ProbeRecord(value, 0.5, Outcome(False, 1.0, 1.0)) for k in probes.values()},
             pass_at_1=None,
             outcomes={
-                (option, 16): Outcome(option == (BON if value > 0.5 else BEAM), 1.0, 1.0)
+                (option, n): Outcome(option == (BON if value > 0.5 else BEAM), 1.0, 1.0)
                 for option in (BON, BEAM)
+                for n in probes
             },
         )
         for i, value in enumerate([0.2, 0.25, 0.3, 0.55, 0.6, 0.65])
     ]
     identity = table_identity(ends["policy"], ends["prm"], system_prompt)
-    return build_table(records, identity=identity, probe=8, budgets=[16], bins=2, folds=2)
+    return build_table(
+        records, identity=identity, probe=probes, budgets=list(probes), bins=2, folds=2
+    )
 
 
 async def test_each_problem_gets_its_own_decision(server: SimulatedServer, tmp_path: Path) -> None:
@@ -82,6 +93,17 @@ async def test_each_problem_gets_its_own_decision(server: SimulatedServer, tmp_p
     assert hard.answer == hard.votes().weighted
 
 
+async def test_the_probe_has_the_tables_size_for_each_budget(server: SimulatedServer) -> None:
+    table = table_for(server, DEFAULT_SYSTEM_PROMPT, probes={8: 2, 16: 4})
+    async with Solver(**endpoints(server)) as solver:
+        for n, k in ((8, 2), (16, 4), (32, 4)):
+            solution = await solver.solve(HARD, strategy="compute_optimal", n=n, calibration=table)
+            decision = solution.decision
+            assert decision is not None and decision["probe"] == k
+            assert decision["choice"] == table.choose(decision["predicted"], n).label
+            assert k <= decision["samples"] <= n
+
+
 async def test_a_table_for_another_setup_is_refused_before_anything_is_sampled(
     server: SimulatedServer,
 ) -> None:
@@ -92,7 +114,7 @@ async def test_a_table_for_another_setup_is_refused_before_anything_is_sampled(
         await solve(EASY, strategy="compute_optimal", n=16, **endpoints(server))
     with pytest.raises(ConfigError, match=r"calibration= is for strategy 'compute_optimal'"):
         await solve(EASY, strategy="dvts", n=16, calibration=other, **endpoints(server))
-    with pytest.raises(ConfigError, match=r"n=4 is below the probe of 8 samples"):
+    with pytest.raises(ConfigError, match=r"budget n=4 is below the calibration table's smallest"):
         await solve(
             EASY,
             strategy="compute_optimal",

@@ -73,13 +73,13 @@ async def test_compute_optimal_beside_weighted_best_of_n(
     async with SimulatedServer(prm_model="sim-prm", problems=problems) as server:
         calibrate = sim_argv("calibrate", server, data, calibrated)
         code, _, stderr = await run(
-            [*calibrate, "--n", "4", "8", "--probe", "4", "--bins", "2", "--folds", "2"]
+            [*calibrate, "--n", "4", "8", "--probe", "2", "4", "--bins", "2", "--folds", "2"]
         )
         assert code == 0, stderr
         table = CalibrationTable.load(table_path)
-        assert (table.bins, table.budgets, table.probe) == (2, (4, 8), 4)
-
-        assert table.oracle is not None  # the calibration graded every candidate
+        assert (table.budgets, table.probes, set(table.parts)) == ((4, 8), {4: 2, 8: 4}, {2, 4})
+        assert table.part_for(8).bins == 2 and table.part_for(8).budgets == (4, 8)
+        assert table.has_oracle  # the calibration graded every candidate
         eval_args = [
             "--strategy",
             "weighted_best_of_n",
@@ -171,7 +171,7 @@ async def test_compute_optimal_beside_weighted_best_of_n(
     assert len(results) == 12 and all(r["error"] is None for r in results)
     decisions = [r["solution"]["decision"] for r in results]
     for decision in decisions:
-        assert decision["bin"] in (1, 2) and decision["probe"] == 4
+        assert decision["bin"] in (1, 2) and decision["probe"] == 4  # the size for n=8
         assert 4 <= decision["samples"] <= 8
         assert decision["choice"] == table.choose(decision["predicted"], 8).label
 
@@ -315,6 +315,8 @@ def test_bad_compute_optimal_input_fails_before_any_request(
     ]
     table = tmp_path / "calibration.json"
     table.write_text('{"format": 0}', encoding="utf-8")
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text('{"format": 1, "probe": 8, "budgets": [16]}', encoding="utf-8")
     for extra, message in [
         (
             ["--strategy", "compute_optimal", "--n", "8"],
@@ -328,7 +330,12 @@ def test_bad_compute_optimal_input_fails_before_any_request(
         (
             ["--strategy", "compute_optimal", "--n", "8", "--calibration", str(table)],
             f"calibration table {table}: not a table `asynctts calibrate` wrote (ValueError:"
-            " format 0, expected 1)",
+            " format 0, expected 2)",
+        ),
+        (
+            ["--strategy", "compute_optimal", "--n", "8", "--calibration", str(earlier)],
+            f"calibration table {earlier}: written by an earlier asynctts (one probe size for"
+            " every budget); rebuild it with `asynctts calibrate --resume --out RUN_DIR`",
         ),
     ]:
         assert main([*base, *extra]) == 2

@@ -1,7 +1,8 @@
 """Spreading a batch token budget over the problems a probe left open: exact allocations on a
 small table (the hull per bin, the greedy across problems, the hopeless bin, budgets above n
-left out), and properties over random tables (never above the budget, more budget never
-predicts less gain, every allotment on its bin's hull)."""
+left out, the part of the budget's probe read), and properties over random tables with a
+probe per budget (never above the budget, more budget never predicts less gain, every
+allotment on its bin's hull)."""
 
 from __future__ import annotations
 
@@ -12,30 +13,45 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asynctts.allocation import Allotment, allocate, expected_probe_tokens, hull
-from asynctts.calibration import PROBE, CalibrationTable, Cell
+from asynctts.calibration import PROBE, CalibrationTable, Cell, ProbePart
 from asynctts.errors import ConfigError
 
 BON = "weighted_best_of_n"
 BEAM = "beam_search(width=4)"
 
 
-def table_of(
-    cells: dict[tuple[int, int], list[tuple[str, float, float]]], probe: int = 4
-) -> CalibrationTable:
-    """A table from (bin, N) -> [(option, accuracy, tokens)] (tokens all policy tokens)."""
+Cells = dict[tuple[int, int], list[tuple[str, float, float]]]
+
+
+def part_of(probe: int, cells: Cells) -> ProbePart:
+    """A part from (bin, N) -> [(option, accuracy, tokens)] (tokens all policy tokens)."""
     bins = max(level for level, _ in cells)
-    return CalibrationTable(
-        identity={},
-        aggregate="last",
+    return ProbePart(
         probe=probe,
-        settle_rule="count",
-        confidence=0.95,
         edges=tuple(i / bins for i in range(1, bins)),
-        budgets=tuple(sorted({n for _, n in cells})),
         cells={
             key: tuple(Cell(option, acc, tokens, 0.0, 10) for option, acc, tokens in options)
             for key, options in cells.items()
         },
+    )
+
+
+def table_of(cells: Cells, probe: int = 4) -> CalibrationTable:
+    """A table probing with `probe` at every budget."""
+    budgets = sorted({n for _, n in cells})
+    return table_of_parts({probe: cells}, dict.fromkeys(budgets, probe))
+
+
+def table_of_parts(parts: dict[int, Cells], probes: dict[int, int]) -> CalibrationTable:
+    """A table of one part per probe size; `probes`: budget -> probe size."""
+    return CalibrationTable(
+        identity={},
+        aggregate="last",
+        settle_rule="count",
+        confidence=0.95,
+        budgets=tuple(sorted(probes)),
+        probes=probes,
+        parts={k: part_of(k, cells) for k, cells in parts.items()},
     )
 
 
@@ -110,8 +126,40 @@ def test_a_table_without_the_probe_option_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"no 'probe' option in bin 1 at N=16"):
         allocate([1], 1000, table, 16)
     with pytest.raises(ConfigError, match=r"no 'probe' option"):
-        expected_probe_tokens(table)
-    assert expected_probe_tokens(TABLE) == 100
+        expected_probe_tokens(table, 16)
+    assert expected_probe_tokens(TABLE, 16) == 100
+
+
+def test_a_budget_reads_the_part_of_its_own_probe() -> None:
+    # N=8 probes with 2 samples, N=16 with 4: each part prices the rest after its own probe
+    table = table_of_parts(
+        {
+            2: {
+                (1, 8): [(PROBE, 0.3, 50), (BON, 0.6, 400)],
+                (1, 16): [(PROBE, 0.3, 50), (BON, 0.7, 800)],
+            },
+            4: {
+                (1, 8): [(PROBE, 0.4, 100), (BON, 0.5, 400)],
+                (1, 16): [(PROBE, 0.4, 100), (BON, 0.8, 800)],
+            },
+        },
+        probes={8: 2, 16: 4},
+    )
+    assert [expected_probe_tokens(table, n) for n in (8, 12, 16, 64)] == [50, 50, 100, 100]
+    # n=8: after a probe of 2, best-of-N at 8 draws 6 more: 6/8 of its cell, 0.3 over the probe
+    [probe, more] = hull(table, 1, 8)
+    assert probe == Allotment(PROBE, 2)
+    assert (more.option, more.n, more.tokens) == (BON, 8, 300)
+    assert more.gain == pytest.approx(0.3)
+    # n=16: after a probe of 4, best-of-N at 8 draws 4 more (0.1 for 200 tokens) and lies
+    # under the segment to best-of-N at 16 (12 more: 0.4 for 600)
+    assert [(a.option, a.n, a.tokens) for a in hull(table, 1, 16)] == [
+        (PROBE, 4, 0.0),
+        (BON, 16, 600.0),
+    ]
+    assert allocate([1, 1], 300, table, 8) == [more, probe]
+    assert [a.n for a in allocate([1], 10_000, table, 16)] == [16]
+    assert allocate([1], 599, table, 16) == [Allotment(PROBE, 4)]
 
 
 OPTIONS = [BON, BEAM, "dvts(width=4)", "best_of_n"]
@@ -121,17 +169,20 @@ OPTIONS = [BON, BEAM, "dvts(width=4)", "best_of_n"]
 def tables(draw: st.DrawFn) -> CalibrationTable:
     bins = draw(st.integers(1, 3))
     budgets = draw(st.lists(st.sampled_from([4, 8, 16]), min_size=1, max_size=3, unique=True))
+    probes = {n: draw(st.sampled_from([k for k in (1, 2, 4, 8) if k <= n])) for n in budgets}
     accuracy = st.floats(0, 1)
     tokens = st.floats(1, 5000)
-    cells: dict[tuple[int, int], list[tuple[str, float, float]]] = {}
-    for level in range(1, bins + 1):
-        base = (draw(accuracy), draw(tokens))
-        for n in budgets:
-            chosen = draw(st.lists(st.sampled_from(OPTIONS), min_size=1, unique=True))
-            cells[(level, n)] = [(PROBE, *base)] + [
-                (o, draw(accuracy), draw(tokens)) for o in chosen
-            ]
-    return table_of(cells, probe=4)
+    parts: dict[int, Cells] = {}
+    for k in set(probes.values()):
+        cells = parts.setdefault(k, {})
+        for level in range(1, bins + 1):
+            base = (draw(accuracy), draw(tokens))
+            for n in (n for n in budgets if n >= k):
+                chosen = draw(st.lists(st.sampled_from(OPTIONS), min_size=1, unique=True))
+                cells[(level, n)] = [(PROBE, *base)] + [
+                    (o, draw(accuracy), draw(tokens)) for o in chosen
+                ]
+    return table_of_parts(parts, probes)
 
 
 @settings(max_examples=200, deadline=None)
@@ -139,15 +190,16 @@ def tables(draw: st.DrawFn) -> CalibrationTable:
 def test_allocation_properties(
     table: CalibrationTable, data: st.DataObject, budget: float, extra: float
 ) -> None:
-    bins = data.draw(st.lists(st.integers(1, table.bins), max_size=12))
-    n = max(table.budgets)
+    n = data.draw(st.integers(min(table.budgets), 20))
+    bins = data.draw(st.lists(st.integers(1, table.part_for(n).bins), max_size=12))
     got = allocate(bins, budget, table, n)
     assert len(got) == len(bins)
     # never above the budget (up to float rounding of the running sum)
     assert math.fsum(a.tokens for a in got) <= budget * (1 + 1e-9) + 1e-9
     for level, allotment in zip(bins, got, strict=True):
         assert allotment in hull(table, level, n)  # a point of its bin's hull
-        assert allotment.n >= table.probe and allotment.tokens >= 0  # never below the probe
+        assert table.probe_for(n) <= allotment.n <= n  # never below the probe, nor above n
+        assert allotment.tokens >= 0
         assert allotment.option == PROBE or allotment.gain > 0
     # more budget never predicts less gain, and the same inputs give the same answer
     richer = allocate(bins, budget + extra, table, n)

@@ -1,22 +1,29 @@
 """The calibration table: quantile bins of predicted difficulty, the best option per (bin, N),
-cross-validated choice (no problem picks its own strategy), oracle bins, saving and loading,
-and the errors that keep a table from answering for the wrong pair or budget."""
+cross-validated choice (no problem picks its own strategy), oracle bins, one part per probe
+size (the probe follows the budget), saving and loading, and the errors that keep a table
+from answering for the wrong pair or budget."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from asynctts.calibration import (
+    FORMAT,
+    PROBE,
     CalibrationTable,
     Option,
     OracleChoice,
     Outcome,
+    ProbeRecord,
     ProblemRecord,
     build_table,
+    default_probe,
+    probe_sizes,
     table_identity,
 )
 from asynctts.endpoint import Endpoint
@@ -31,15 +38,31 @@ BON = "weighted_best_of_n"
 BEAM = "beam_search(width=4)"
 
 
-def record(i: int, predicted: float, right: set[str], n: int = 16) -> ProblemRecord:
+def stopping_after(k: int) -> Outcome:
+    """Stopping after a probe of k samples: wrong here, and cheaper than any option."""
+    return Outcome(False, policy_tokens=10.0 * k, prm_tokens=5.0 * k)
+
+
+def record(
+    i: int,
+    predicted: float | Mapping[int, float],
+    right: set[str],
+    budgets: Sequence[int] = (16,),
+) -> ProblemRecord:
+    """A problem whose probe of 8 (or of each size in `predicted`) reads `predicted`; the
+    options in `right` solve it at every budget."""
+    readings = {8: predicted} if isinstance(predicted, float) else predicted
     return ProblemRecord(
         problem_id=f"p{i}",
-        predicted=predicted,
-        agreement=0.5,
-        pass_at_1=predicted,
+        probes={k: ProbeRecord(value, 0.5, stopping_after(k)) for k, value in readings.items()},
+        pass_at_1=readings[max(readings)],
         outcomes={
-            (BON, n): Outcome(BON in right, policy_tokens=100, prm_tokens=50),
-            (BEAM, n): Outcome(BEAM in right, policy_tokens=300, prm_tokens=400),
+            key: outcome
+            for n in budgets
+            for key, outcome in (
+                ((BON, n), Outcome(BON in right, policy_tokens=100, prm_tokens=50)),
+                ((BEAM, n), Outcome(BEAM in right, policy_tokens=300, prm_tokens=400)),
+            )
         },
     )
 
@@ -50,6 +73,10 @@ def two_kinds(count: int = 20) -> list[ProblemRecord]:
     easy = [record(i, 0.8 + i / 1000, {BON}) for i in range(count)]
     hard = [record(count + i, 0.2 + i / 1000, {BEAM}) for i in range(count)]
     return easy + hard
+
+
+def ranked(table: CalibrationTable, probe: int, level: int, n: int) -> list[tuple[str, float]]:
+    return [(c.option, c.accuracy) for c in table.parts[probe].cells[(level, n)]]
 
 
 def test_options_name_themselves_and_build_their_strategy() -> None:
@@ -76,26 +103,29 @@ def test_options_name_themselves_and_build_their_strategy() -> None:
 
 def test_each_bin_gets_the_option_that_wins_there() -> None:
     table = build_table(two_kinds(), identity=IDENTITY, probe=8, budgets=[16], bins=2, folds=5)
-    assert table.bins == 2
-    assert table.bin_of(0.9) == 1 and table.bin_of(0.1) == 2  # bin 1: easiest
-    assert table.cells[(1, 16)][0].option == BON
-    assert table.cells[(2, 16)][0].option == BEAM
-    assert table.cells[(1, 16)][0].accuracy == 1.0
-    assert table.cells[(1, 16)][1].accuracy == 0.0  # the loser is kept, ranked second
-    assert table.cells[(2, 16)][0].tokens == 700
+    assert table.probes == {16: 8} and set(table.parts) == {8}
+    part = table.part_for(16)
+    assert part.probe == 8 and part.bins == 2 and part.budgets == (16,)
+    assert part.bin_of(0.9) == 1 and part.bin_of(0.1) == 2  # bin 1: easiest
+    # the loser is kept, ranked by accuracy then tokens; "probe" (stop there) always competes
+    assert ranked(table, 8, 1, 16) == [(BON, 1.0), (PROBE, 0.0), (BEAM, 0.0)]
+    assert ranked(table, 8, 2, 16) == [(BEAM, 1.0), (PROBE, 0.0), (BON, 0.0)]
+    assert part.cells[(2, 16)][0].tokens == 700
+    assert part.cells[(1, 16)][1].tokens == 120  # the probe of 8's own outcome
     decision = table.choose(0.85, 64)  # a larger budget uses the largest calibrated one
     assert (decision.bin, decision.label) == (1, BON)
     assert isinstance(decision.strategy, WeightedBestOfN)
     [check] = table.validation
     # choosing per bin is right everywhere; either option alone only on its half
     assert check.predicted == 1.0 and check.oracle == 1.0
-    assert check.fixed == {BEAM: 0.5, BON: 0.5}
+    assert check.fixed == {BEAM: 0.5, BON: 0.5, PROBE: 0.0}
 
 
 def test_cross_validation_never_lets_a_problem_pick_its_own_strategy() -> None:
-    # one bin; each option wins on exactly one problem, different ones: whichever problem is
-    # held out, the others tie and the tie goes to fewer tokens (best-of-N), so the problem
-    # only beam search solves is lost under cross-validation though the in-sample pick is 2/3
+    # one bin, three problems, one a fold: held out, the problem best-of-N alone solves
+    # leaves beam search ahead (2 of 2) and the one beam search alone solves leaves best-of-N
+    # ahead, so both are lost; the one both solve leaves a tie that fewer tokens settle.
+    # In-sample either option would score 2/3.
     records = [
         record(0, 0.5, {BON}),
         record(1, 0.5, {BEAM}),
@@ -103,9 +133,9 @@ def test_cross_validation_never_lets_a_problem_pick_its_own_strategy() -> None:
     ]
     table = build_table(records, identity=IDENTITY, probe=8, budgets=[16], bins=1, folds=3)
     [check] = table.validation
-    assert table.cells[(1, 16)][0].option == BON  # tie on accuracy 2/3: fewer tokens
+    assert table.parts[8].cells[(1, 16)][0].option == BON  # tie on accuracy 2/3: fewer tokens
     assert check.predicted == pytest.approx(1 / 3)
-    assert check.fixed == {BEAM: pytest.approx(2 / 3), BON: pytest.approx(2 / 3)}
+    assert check.fixed == {BEAM: pytest.approx(2 / 3), BON: pytest.approx(2 / 3), PROBE: 0.0}
 
 
 def test_a_table_survives_saving_and_loading(tmp_path: Path) -> None:
@@ -113,13 +143,14 @@ def test_a_table_survives_saving_and_loading(tmp_path: Path) -> None:
     path = tmp_path / "calibration.json"
     table.save(path)
     assert CalibrationTable.load(path) == table
+    assert json.loads(path.read_text())["format"] == FORMAT == 2
     # its tree searches run with the depth cap they were calibrated with
     chosen = table.choose(0.1, 16).strategy
     assert isinstance(chosen, BeamSearch) and chosen.max_depth == 7
     text = table.summary()
-    assert "bin 1 easiest" in text
-    assert f"    1    16  {BON:<24}   100.0       150        20" in text
-    assert "predicted bins 100.0, oracle bins 100.0" in text
+    assert "budgets [16], probe sizes N=16: 8 (bin 1 easiest)" in text
+    assert f"      8    1    16  {BON:<24}   100.0       150        20" in text
+    assert "N=16 (probe 8): predicted bins 100.0, oracle bins 100.0" in text
 
 
 def test_bad_tables_are_refused_with_the_file_named(tmp_path: Path) -> None:
@@ -134,10 +165,36 @@ def test_bad_tables_are_refused_with_the_file_named(tmp_path: Path) -> None:
         CalibrationTable.load(path)
     table = build_table(two_kinds(), identity=IDENTITY, probe=8, budgets=[16], bins=2)
     document = table.to_dict()
-    document["cells"] = document["cells"][:1]
+    document["parts"][0]["cells"] = document["parts"][0]["cells"][:1]
     path.write_text(json.dumps(document))
-    missing = r"t.json: not a table .*ValueError: no cell for \(bin, N\) \[\(2, 16\)\]"
+    missing = r"t.json: not a table .*ValueError: probe 8: no cell for \(bin, N\) \[\(2, 16\)\]"
     with pytest.raises(ConfigError, match=missing):
+        CalibrationTable.load(path)
+    document = table.to_dict()
+    document["probes"] = [{"n": 16, "probe": 4}]  # a probe size without its part
+    path.write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match=r"ValueError: no probe part for budget N=16 \(probe 4\)"):
+        CalibrationTable.load(path)
+
+
+def test_a_table_of_the_earlier_layout_is_refused_with_the_command_that_rebuilds_it(
+    tmp_path: Path,
+) -> None:
+    # format 1 kept one probe for every budget, and its cells at the top level
+    table = build_table(two_kinds(), identity=IDENTITY, probe=8, budgets=[16], bins=2)
+    document = {**table.to_dict(), "format": 1, "probe": 8, "edges": [0.8]}
+    del document["parts"], document["probes"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ConfigError) as refused:
+        CalibrationTable.load(path)
+    assert str(refused.value) == (
+        f"calibration table {path}: written by an earlier asynctts (one probe size for every"
+        " budget); rebuild it with `asynctts calibrate --resume --out RUN_DIR` on its run"
+        " directory (no request is repeated)"
+    )
+    path.write_text(json.dumps({**table.to_dict(), "format": 3}))
+    with pytest.raises(ConfigError, match=r"ValueError: format 3, expected 2"):
         CalibrationTable.load(path)
 
 
@@ -146,20 +203,28 @@ def test_a_table_answers_only_for_its_pair_and_budgets() -> None:
     with pytest.raises(ConfigError, match=r"prm.model: table 'r', this run 'other'"):
         table.check_identity({"policy.model": "p", "prm.model": "other"})
     table.check_identity(dict(IDENTITY))
-    with pytest.raises(ConfigError, match=r"budget n=8 is below the calibration table's"):
+    below = r"budget n=8 is below the calibration table's smallest budget 16"
+    with pytest.raises(ConfigError, match=below):
         table.choose(0.5, 8)
+    with pytest.raises(ConfigError, match=below):
+        table.probe_for(8)
 
 
 def test_settings_that_cannot_make_a_table() -> None:
     records = two_kinds(3)
     with pytest.raises(ConfigError, match=r"6 calibration problems cannot fill 7 bins"):
         build_table(records, identity=IDENTITY, probe=8, budgets=[16], bins=7)
-    with pytest.raises(ConfigError, match=r"each must be >= the probe of 32 samples"):
+    with pytest.raises(ConfigError, match=r"probe of 32 samples at budget N=16: need 1 <= probe"):
         build_table(records, identity=IDENTITY, probe=32, budgets=[16])
+    with pytest.raises(ConfigError, match=r"records without a reading of a probe of \[4\] sam"):
+        build_table(records, identity=IDENTITY, probe=4, budgets=[16])
     with pytest.raises(ConfigError, match=r"folds=1: need >= 2"):
         build_table(records, identity=IDENTITY, probe=8, budgets=[16], folds=1)
     with pytest.raises(ConfigError, match=r"settle rule 'vote'"):
         build_table(records, identity=IDENTITY, probe=8, budgets=[16], settle_rule="vote")
+    with pytest.raises(ConfigError, match=r"no budget to calibrate"):
+        build_table(records, identity=IDENTITY, probe=8, budgets=[])
+    # "probe" competes everywhere, but a budget where nothing else ran is no choice at all
     with pytest.raises(ConfigError, match=r"budget N=64: no option has an outcome"):
         build_table(records, identity=IDENTITY, probe=8, budgets=[16, 64], bins=2)
 
@@ -168,10 +233,127 @@ def test_ties_merge_bins_instead_of_leaving_one_empty() -> None:
     values = [0.5] * 6 + [0.9, 0.95]  # quantiles of 4 bins: 0.5, 0.5, 0.9
     records = [record(i, v, {BON}) for i, v in enumerate(values)]
     table = build_table(records, identity=IDENTITY, probe=8, budgets=[16], bins=4, folds=2)
-    assert table.edges == (0.9,) and table.bins == 2
-    assert {level for level, _ in table.cells} == {1, 2}
-    assert "2 difficulty bins, not 4" in table.summary()
-    assert table.bin_of(0.5) == 2 and table.bin_of(0.9) == 1
+    part = table.parts[8]
+    assert part.edges == (0.9,) and part.bins == 2
+    assert {level for level, _ in part.cells} == {1, 2}
+    assert "note: probe 8: 2 difficulty bins, not 4" in table.summary()
+    assert part.bin_of(0.5) == 2 and part.bin_of(0.9) == 1
+
+
+def per_budget_records() -> list[ProblemRecord]:
+    """Best-of-N solves the 20 easy problems, beam search the 20 hard ones, at N = 4, 8, 16.
+    A probe of 8 reads them apart (easy 0.8.., hard 0.2..); a probe of 2 reads in another
+    range (easy 0.6.., hard 0.4..) and misreads 5 of each kind as the other."""
+    budgets = (4, 8, 16)
+    easy = [
+        record(i, {2: (0.3 if i >= 15 else 0.6) + i / 1000, 8: 0.8 + i / 1000}, {BON}, budgets)
+        for i in range(20)
+    ]
+    hard = [
+        record(
+            20 + i, {2: (0.7 if i >= 15 else 0.4) + i / 1000, 8: 0.2 + i / 1000}, {BEAM}, budgets
+        )
+        for i in range(20)
+    ]
+    return [
+        dataclasses.replace(r, pass_at_1=0.9 if i < len(easy) else 0.1)
+        for i, r in enumerate([*easy, *hard])
+    ]
+
+
+def test_the_probe_follows_the_budget() -> None:
+    table = build_table(
+        per_budget_records(),
+        identity=IDENTITY,
+        probe={4: 2, 8: 2, 16: 8},
+        budgets=[16, 4, 8],
+        bins=2,
+    )
+    assert table.budgets == (4, 8, 16) and table.probes == {4: 2, 8: 2, 16: 8}
+    assert set(table.parts) == {2, 8} and table.has_oracle
+    # a solve's budget picks the calibrated budget at or below it, and that budget's probe
+    assert [table.probe_for(n) for n in (4, 7, 8, 15, 16, 100)] == [2, 2, 2, 2, 8, 8]
+    assert table.part_for(12) is table.parts[2] and table.part_for(64) is table.parts[8]
+    # each part bins its own probe's reading, and holds cells at every budget >= its probe
+    two, eight = table.parts[2], table.parts[8]
+    assert (two.probe, two.edges, two.budgets) == (2, (0.6,), (4, 8, 16))
+    assert (eight.probe, eight.edges, eight.budgets) == (8, (0.8,), (8, 16))
+    assert {key for key in eight.cells} == {(1, 8), (2, 8), (1, 16), (2, 16)}
+    # the probe of 2 mixes the kinds (15 + 5 a bin); its "probe" cell is a probe of 2's
+    assert ranked(table, 2, 1, 4) == [(BON, 0.75), (BEAM, 0.25), (PROBE, 0.0)]
+    assert [c.tokens for c in two.cells[(1, 4)] if c.option == PROBE] == [30.0]
+    assert [c.tokens for c in eight.cells[(1, 16)] if c.option == PROBE] == [120.0]
+    assert ranked(table, 8, 2, 8) == [(BEAM, 1.0), (PROBE, 0.0), (BON, 0.0)]
+    # the same reading, another budget: another part, another bin, another choice
+    assert (table.choose(0.65, 4).bin, table.choose(0.65, 4).label) == (1, BON)
+    assert (table.choose(0.65, 12).bin, table.choose(0.65, 12).label) == (1, BON)
+    assert (table.choose(0.65, 16).bin, table.choose(0.65, 16).label) == (2, BEAM)
+    assert isinstance(table.choose(0.65, 16).strategy, BeamSearch)
+    # each budget is validated with the part its solves use
+    assert [(v.budget, v.predicted, v.oracle) for v in table.validation] == [
+        (4, 0.75, 1.0),
+        (8, 0.75, 1.0),
+        (16, 1.0, 1.0),
+    ]
+    assert all(v.fixed == {BEAM: 0.5, BON: 0.5, PROBE: 0.0} for v in table.validation)
+    text = table.summary()
+    assert "probe sizes N=4: 2, N=8: 2, N=16: 8 (bin 1 easiest)" in text
+    assert f"      2    1     4  {BON:<24}    75.0       150        20" in text
+    assert f"      8    2     8  {BEAM:<24}   100.0       700        20" in text
+    assert "N=8 (probe 2): predicted bins 75.0, oracle bins 100.0" in text
+    assert "N=16 (probe 8): predicted bins 100.0, oracle bins 100.0" in text
+    assert "oracle (probe 8): 2 bins of the true pass@1 (bin 1 highest), edges [0.9]" in text
+    # the oracle's chooser follows the budget's part too
+    chooser = OracleChoice(table, 0.1)
+    assert [chooser.probe_for(n) for n in (4, 16)] == [2, 8]
+    assert chooser.choose(0.99, 4).label == chooser.choose(0.99, 16).label == BEAM
+
+
+def test_a_table_of_per_budget_probes_survives_saving_and_loading(tmp_path: Path) -> None:
+    records = per_budget_records()
+    table = build_table(
+        records, identity=IDENTITY, probe={4: 2, 8: 2, 16: 8}, budgets=[4, 8, 16], bins=2
+    )
+    path = tmp_path / "calibration.json"
+    table.save(path)
+    loaded = CalibrationTable.load(path)
+    assert loaded == table
+    assert loaded.choose(0.65, 8).label == BON and loaded.choose(0.65, 16).label == BEAM
+    document = json.loads(path.read_text())
+    assert document["probes"] == [{"n": 4, "probe": 2}, {"n": 8, "probe": 2}, {"n": 16, "probe": 8}]
+    assert [(p["probe"], p["edges"]) for p in document["parts"]] == [(2, [0.6]), (8, [0.8])]
+    # the part of a probe must hold cells at every budget >= its probe
+    eight = document["parts"][1]
+    eight["cells"] = [row for row in eight["cells"] if row["n"] != 8]
+    path.write_text(json.dumps(document))
+    with pytest.raises(
+        ConfigError, match=r"probe 8: no cell for \(bin, N\) \[\(1, 8\), \(2, 8\)\]"
+    ):
+        CalibrationTable.load(path)
+    # the default probe: a quarter of each budget, within 2 to 8
+    default = build_table(records, identity=IDENTITY, budgets=[8], bins=2)
+    assert default.probes == {8: 2} and set(default.parts) == {2}
+
+
+def test_the_default_probe_is_a_quarter_of_the_budget_from_2_to_8() -> None:
+    sizes = {n: default_probe(n) for n in (1, 2, 3, 4, 8, 16, 20, 32, 64, 256)}
+    assert sizes == {1: 1, 2: 2, 3: 2, 4: 2, 8: 2, 16: 4, 20: 5, 32: 8, 64: 8, 256: 8}
+
+
+def test_probe_sizes_per_budget_and_their_errors() -> None:
+    assert probe_sizes(None, [4, 16, 64]) == {4: 2, 16: 4, 64: 8}
+    assert probe_sizes(3, [4, 16]) == {4: 3, 16: 3}
+    assert probe_sizes({4: 4, 16: 2, 99: 1}, [4, 16]) == {4: 4, 16: 2}  # others unused
+    with pytest.raises(ConfigError, match=r"no probe size for budgets \[16, 64\]"):
+        probe_sizes({4: 2}, [4, 16, 64])
+    with pytest.raises(ConfigError) as above:
+        probe_sizes({4: 8, 16: 8}, [4, 16])
+    assert str(above.value) == (
+        "probe of 8 samples at budget N=4: need 1 <= probe <= N (the probe's samples are the"
+        " first of the budget)"
+    )
+    with pytest.raises(ConfigError, match=r"probe of 0 samples at budget N=4"):
+        probe_sizes(0, [4])
 
 
 def oracle_records() -> list[ProblemRecord]:
@@ -187,17 +369,19 @@ def oracle_records() -> list[ProblemRecord]:
 
 def test_oracle_bins_are_quantiles_of_pass_at_1_with_their_own_cells(tmp_path: Path) -> None:
     table = build_table(oracle_records(), identity=IDENTITY, probe=8, budgets=[16], bins=3)
-    assert table.bins == 1 and table.cells[(1, 16)][0].option == BON  # 2 of 6 each: tokens
-    assert table.oracle is not None
-    assert table.oracle.edges == (0.4, 0.8) and table.oracle.bins == 3
-    ranked = {
+    part = table.parts[8]
+    assert part.bins == 1 and part.cells[(1, 16)][0].option == BON  # 2 of 6 each: tokens
+    assert part.oracle is not None and table.has_oracle
+    assert part.oracle.edges == (0.4, 0.8) and part.oracle.bins == 3
+    ranks = {
         key: [(c.option, c.accuracy, c.problems) for c in cells]
-        for key, cells in table.oracle.cells.items()
+        for key, cells in part.oracle.cells.items()
     }
-    assert ranked == {
-        (1, 16): [(BON, 1.0, 2), (BEAM, 0.0, 2)],
-        (2, 16): [(BEAM, 1.0, 2), (BON, 0.0, 2)],
-        (3, 16): [(BON, 0.0, 2), (BEAM, 0.0, 2)],  # a tie on accuracy: fewer tokens first
+    assert ranks == {
+        (1, 16): [(BON, 1.0, 2), (PROBE, 0.0, 2), (BEAM, 0.0, 2)],
+        (2, 16): [(BEAM, 1.0, 2), (PROBE, 0.0, 2), (BON, 0.0, 2)],
+        # a tie on accuracy: fewer tokens first (the hopeless bin stops at the probe)
+        (3, 16): [(PROBE, 0.0, 2), (BON, 0.0, 2), (BEAM, 0.0, 2)],
     }
     # bin 1 holds the highest pass@1; a value on an edge goes to the easier bin
     assert [table.choose_oracle(p, 16).bin for p in (1.0, 0.8, 0.79, 0.4, 0.39, 0.0)] == [
@@ -211,41 +395,45 @@ def test_oracle_bins_are_quantiles_of_pass_at_1_with_their_own_cells(tmp_path: P
     decision = table.choose_oracle(0.45, 64)  # a larger budget: the largest calibrated cell
     assert (decision.bin, decision.label) == (2, BEAM)
     assert isinstance(decision.strategy, BeamSearch) and decision.strategy.width == 4
+    assert table.choose_oracle(0.0, 16).strategy is None  # "probe": stop there
     # the oracle's chooser answers by the known pass@1 whatever the probe read
     chooser = OracleChoice(table, 0.45)
     assert chooser.choose(0.99, 16) == decision
-    assert (chooser.probe, chooser.aggregate, chooser.budget_for(20)) == (8, "last", 16)
+    assert (chooser.probe_for(20), chooser.aggregate, chooser.budget_for(20)) == (8, "last", 16)
     with pytest.raises(ConfigError, match=r"pass@1 1.5 is outside \[0, 1\]"):
         OracleChoice(table, 1.5)
 
     path = tmp_path / "calibration.json"
     table.save(path)
     assert CalibrationTable.load(path) == table
-    assert json.loads(path.read_text())["oracle"]["edges"] == [0.4, 0.8]
+    assert json.loads(path.read_text())["parts"][0]["oracle"]["edges"] == [0.4, 0.8]
     assert (
-        "oracle: 3 bins of the true pass@1 (bin 1 highest), edges [0.4, 0.8]; choices:\n"
-        f"  N=16: 1 {BON}, 2 {BEAM}, 3 {BON}\n"
+        "oracle (probe 8): 3 bins of the true pass@1 (bin 1 highest), edges [0.4, 0.8];"
+        f" choices:\n  N=16: 1 {BON}, 2 {BEAM}, 3 {PROBE}\n"
     ) in table.summary()
     document = table.to_dict()
-    document["oracle"]["cells"] = document["oracle"]["cells"][:2]
+    document["parts"][0]["oracle"]["cells"] = document["parts"][0]["oracle"]["cells"][:2]
     path.write_text(json.dumps(document))
-    with pytest.raises(ConfigError, match=r"no oracle cell for \(bin, N\) \[\(3, 16\)\]"):
+    with pytest.raises(ConfigError, match=r"probe 8: no oracle cell for \(bin, N\) \[\(3, 16\)\]"):
         CalibrationTable.load(path)
 
 
 def test_a_table_without_pass_at_1_has_no_oracle(tmp_path: Path) -> None:
     records = [dataclasses.replace(r, pass_at_1=None) for r in oracle_records()]
     table = build_table(records, identity=IDENTITY, probe=8, budgets=[16], bins=3)
-    assert table.oracle is None and table.validation[0].oracle is None
-    assert "oracle" not in table.to_dict() and "oracle:" not in table.summary()
-    # a table saved without the part (as before it existed) loads and has no oracle
+    assert table.parts[8].oracle is None and not table.has_oracle
+    assert table.validation[0].oracle is None
+    assert "oracle" not in table.to_dict()["parts"][0] and "oracle (" not in table.summary()
+    # a table saved without the oracle bins loads and has no oracle
     with_oracle = build_table(oracle_records(), identity=IDENTITY, probe=8, budgets=[16], bins=3)
     document = with_oracle.to_dict()
-    del document["oracle"]
+    del document["parts"][0]["oracle"]
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps(document))
     loaded = CalibrationTable.load(path)
-    assert loaded == dataclasses.replace(with_oracle, oracle=None)
+    assert loaded == dataclasses.replace(
+        with_oracle, parts={8: dataclasses.replace(with_oracle.parts[8], oracle=None)}
+    )
     missing = r"this calibration table has no oracle bins .*run `asynctts calibrate` again"
     with pytest.raises(ConfigError, match=missing):
         loaded.choose_oracle(0.5, 16)

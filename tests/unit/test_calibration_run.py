@@ -12,8 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from asynctts.calibration import Outcome
-from asynctts.cli import main
+from asynctts.calibration import CalibrationTable, Outcome, ProbeRecord, ProblemRecord, build_table
+from asynctts.cli import build_parser, main
+from asynctts.cli.calibrate import prepare_calibration
 from asynctts.errors import ConfigError
 from asynctts.eval.calibration_run import (
     Refusal,
@@ -21,6 +22,7 @@ from asynctts.eval.calibration_run import (
     plan_grid,
     records_of,
     tree_widths,
+    write_calibration,
 )
 from asynctts.eval.data import Fold, fold_of, load_dataset, select
 from asynctts.eval.plan import Line, StrategySettings, plan_jobs
@@ -283,11 +285,17 @@ def journal(tmp_path: Path) -> Path:
 
 
 def test_records_from_a_journal(journal: Path) -> None:
-    (a, b), settings = records_of(load_run(journal), ["a", "b"], probe=1)
+    (a, b), settings = records_of(load_run(journal), ["a", "b"], probes={1, 2})
     assert settings == RunSettings(aggregate="last", max_depth=6)
-    # the probe is the first sample alone (not the second, answering 3): its last step's
-    # score, and it agrees with itself
-    assert (a.problem_id, a.predicted, a.agreement, a.pass_at_1) == ("a", 0.75, 1.0, 0.5)
+    assert (a.problem_id, a.pass_at_1) == ("a", 0.5)
+    assert a.probes == {
+        # a probe of 1 is the first sample alone (not the second, answering 3): its last
+        # step's score, it agrees with itself, and stopping there answers 2 (right) at half
+        # the family's spend (it ran at N=2)
+        1: ProbeRecord(predicted=0.75, agreement=1.0, outcome=Outcome(True, 50.0, 20.0)),
+        # a probe of 2 reads both: the mean value, a split, and the weighted vote picks 2
+        2: ProbeRecord(predicted=0.5, agreement=0.5, outcome=Outcome(True, 100.0, 40.0)),
+    }
     assert a.outcomes == {
         # the family ran at N=2: at N=1 half its tokens; majority spends no PRM tokens
         ("majority", 1): Outcome(True, 50.0, 0.0),
@@ -298,28 +306,58 @@ def test_records_from_a_journal(journal: Path) -> None:
         ("weighted_best_of_n", 2): Outcome(True, 100.0, 40.0),
         # beam search's own rule (weighted), its own tokens, from the newer record
         ("beam_search(width=1)", 1): Outcome(True, 30.0, 12.0),
-        # stopping after the probe: its first sample's answer, 2, at half the family's spend
-        ("probe", 1): Outcome(True, 50.0, 20.0),
-        ("probe", 2): Outcome(True, 50.0, 20.0),
     }
-    assert (b.predicted, b.agreement, b.pass_at_1) == (0.0, 0.0, 0.0)  # failed: the hardest
+    assert b.pass_at_1 == 0.0
+    assert b.probes == {  # failed: the hardest reading, and no answer to stop with
+        1: ProbeRecord(predicted=0.0, agreement=0.0, outcome=Outcome(False, 5.0, 0.0)),
+        2: ProbeRecord(predicted=0.0, agreement=0.0, outcome=Outcome(False, 10.0, 0.0)),
+    }
     assert b.outcomes[("weighted_best_of_n", 2)] == Outcome(False, 10.0, 0.0)
     assert b.outcomes[("majority", 1)] == Outcome(False, 5.0, 0.0)
     assert b.outcomes[("beam_search(width=1)", 1)] == Outcome(False, 0.0, 0.0)
-    assert b.outcomes[("probe", 2)] == Outcome(False, 5.0, 0.0)
+    # only the probe sizes asked are read
+    (only,), _ = records_of(load_run(journal), ["a"], probes=[2])
+    assert set(only.probes) == {2} and only.outcomes == a.outcomes
 
 
 def test_records_of_an_unfinished_or_foreign_run_are_refused(journal: Path, tmp_path: Path) -> None:
     with pytest.raises(
         ConfigError, match=r"2 results missing from .* \(e\.g\. \['weighted_best_of_n@2/c',"
     ):
-        records_of(load_run(journal), ["a", "c"], probe=1)
-    with pytest.raises(ConfigError, match=r"--probe 2 is above the smallest budget N=1"):
-        records_of(load_run(journal), ["a"], probe=2)
+        records_of(load_run(journal), ["a", "c"], probes={1})
+    with pytest.raises(
+        ConfigError, match=r"^a probe of 3 samples is above the largest budget N=2$"
+    ):
+        records_of(load_run(journal), ["a"], probes={1, 3})
     (eval_job,) = plan_jobs(["weighted_best_of_n"], [2])
     foreign = write_journal(tmp_path / "eval", [eval_job.identity()], [])
     with pytest.raises(ConfigError, match=r"is not a calibration run"):
-        records_of(load_run(foreign), ["a"], probe=1)
+        records_of(load_run(foreign), ["a"], probes={1})
+
+
+def test_the_table_is_written_with_one_plot_row_per_probe_size(tmp_path: Path) -> None:
+    records = [
+        ProblemRecord(
+            problem_id=f"p{i}",
+            probes={k: ProbeRecord(i / 10, 0.5, Outcome(False, k, 0.0)) for k in (2, 8)},
+            pass_at_1=i / 10,
+            outcomes={
+                (option, n): Outcome((option == "best_of_n") == (i >= 3), 10.0, 5.0)
+                for option in ("best_of_n", "dvts(width=4)")
+                for n in (4, 16)
+            },
+        )
+        for i in range(6)
+    ]
+    table = build_table(records, identity={}, probe={4: 2, 16: 8}, budgets=[4, 16], bins=3)
+    text = write_calibration(tmp_path, table, notes=["problems: 6"])
+    assert text == table.summary() + "problems: 6\n"
+    assert (tmp_path / "calibration.txt").read_text(encoding="utf-8") == text
+    assert CalibrationTable.load(tmp_path / "calibration.json") == table
+    png = (tmp_path / "calibration.png").read_bytes()
+    # 150 dpi: 3.2 inches a bin and 2.5 for the legend across, 4.2 inches a probe size down
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert png.startswith(b"\x89PNG") and (width, height) == (1815, 1260)
 
 
 def calibrate_args(sock: socket.socket, out: Path, *extra: str) -> list[str]:
@@ -344,9 +382,15 @@ def calibrate_args(sock: socket.socket, out: Path, *extra: str) -> list[str]:
     [
         (
             ["--n", "4", "16", "--probe", "8"],
-            "--probe 8 is above the smallest --n 4: a probe's samples are the first of every"
-            " budget",
+            "probe of 8 samples at budget N=4: need 1 <= probe <= N (the probe's samples are"
+            " the first of the budget)",
         ),
+        (["--n", "4", "16", "--probe", "5", "2"], "probe of 5 samples at budget N=4: need"),
+        (
+            ["--n", "4", "16", "64", "--probe", "2", "4"],
+            "--probe [2, 4]: give one size for every budget, or one per --n [4, 16, 64]",
+        ),
+        (["--n", "4", "4", "--probe", "2", "3"], "--n [4, 4] repeats a budget: give one --probe"),
         (["--folds", "1"], "--folds 1: need >= 2 (cross-validation within each bin)"),
         (["--fold", "3/2"], "fold 3/2: need I/K with K >= 2 and 1 <= I <= K"),
         (["--confidence", "0.4"], "--confidence 0.4: need 0.5 < confidence < 1"),
@@ -367,6 +411,23 @@ def test_bad_input_fails_before_any_request(
     assert err.startswith("asynctts calibrate: error: ")
     assert message in err
     assert not (tmp_path / "run").exists()  # nothing written either
+
+
+@pytest.mark.parametrize(
+    ("extra", "probes"),
+    [
+        ([], {4: 2, 16: 4, 64: 8}),  # a quarter of each budget, 2 to 8
+        (["--probe", "3"], {4: 3, 16: 3, 64: 3}),
+        (["--n", "16", "4", "--probe", "4", "1"], {16: 4, 4: 1}),  # in the order of --n
+        (["--n", "4", "4", "--probe", "4"], {4: 4}),
+    ],
+)
+def test_the_probe_is_one_size_or_one_per_budget(
+    listener: socket.socket, tmp_path: Path, extra: list[str], probes: dict[int, int]
+) -> None:
+    args = build_parser().parse_args(calibrate_args(listener, tmp_path / "run", *extra))
+    assert prepare_calibration(args).probes == probes
+    assert not (tmp_path / "run").exists()
 
 
 def test_calibrate_needs_a_prm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -429,7 +490,8 @@ def test_the_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> Non
     assert "default: None" not in text and "default: False" not in text
     for words in (
         "budgets (generations per problem) the table covers (default: [4, 16, 64])",
-        "(default: 8, or the smallest --n when it is below 8)",
+        "one K for every budget, or one per --n in its order, each at most its budget"
+        " (default: a quarter of each budget, 2 to 8)",
         "over the problems (default: 5)",
         "within each bin (>= 2) (default: 5)",
         "summed PRM values (default: weighted)",

@@ -1,15 +1,24 @@
-"""compute_optimal over the two protocols: the probe decides; a settled probe ends the search,
-an unsettled one runs the table's choice for its bin with the rest of the budget; the probe's
-samples stay candidates; lost probe samples are values in their place."""
+"""compute_optimal over the two protocols: the probe (of the table's size for the budget)
+decides; a settled probe ends the search, an unsettled one runs the table's choice for its bin
+with the rest of the budget; the probe's samples stay candidates; lost probe samples are values
+in their place."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 
-from asynctts.calibration import CalibrationTable, Outcome, ProblemRecord, build_table
-from asynctts.errors import BranchLost
+from asynctts.calibration import (
+    PROBE,
+    CalibrationTable,
+    Outcome,
+    ProbeRecord,
+    ProblemRecord,
+    build_table,
+    probe_sizes,
+)
+from asynctts.errors import BranchLost, ConfigError
 from asynctts.protocols import Path
 from asynctts.search.compute_optimal import ComputeOptimal
 from asynctts.testing import SimPolicy, SimPRM, SimProblem
@@ -22,20 +31,21 @@ BEAM = "beam_search(width=4)"
 
 
 def table(
-    probe: int = 8, budgets: Sequence[int] = (16,), hard_choice: str = BEAM
+    probe: int | Mapping[int, int] = 8, budgets: Sequence[int] = (16,), hard_choice: str = BEAM
 ) -> CalibrationTable:
-    """Two bins split at a probe value of 0.55: best-of-N above, `hard_choice` below."""
+    """Two bins split at a probe value of 0.55 (every probe size reads alike): best-of-N
+    above, `hard_choice` below."""
+
+    def right(option: str, value: float) -> Outcome:
+        return Outcome(option == (BON if value > 0.5 else hard_choice), 1.0, 1.0)
+
+    sizes = set(probe_sizes(probe, budgets).values())
     records = [
         ProblemRecord(
             problem_id=f"p{i}",
-            predicted=value,
-            agreement=0.5,
+            probes={k: ProbeRecord(value, 0.5, right(PROBE, value)) for k in sizes},
             pass_at_1=None,
-            outcomes={
-                (option, n): Outcome(option == (BON if value > 0.5 else hard_choice), 1.0, 1.0)
-                for option in (BON, BEAM, "probe")
-                for n in budgets
-            },
+            outcomes={(option, n): right(option, value) for option in (BON, BEAM) for n in budgets},
         )
         for i, value in enumerate([0.2, 0.25, 0.3, 0.55, 0.6, 0.65])
     ]
@@ -148,10 +158,30 @@ async def test_lost_probe_samples_stay_in_their_place(sim: SimModel) -> None:
     assert decision["choice"] == BEAM  # read from the 4 samples that came back
 
 
-def test_budgets_below_the_probe_or_the_table_are_refused() -> None:
+@pytest.mark.parametrize("problem", [EASY, HARD])
+async def test_the_probe_has_the_tables_size_for_the_budget(sim: SimModel, problem: str) -> None:
+    strategy = ComputeOptimal(table=table(probe={8: 2, 16: 4}, budgets=(8, 16)))
+    for n, k in ((8, 2), (12, 2), (16, 4), (64, 4)):
+        policy = Counting(SimPolicy(sim, problem))
+        decision, results = await strategy.run_deciding(Path(), n, policy, SimPRM(sim, problem))
+        assert decision["probe"] == k
+        assert [r.key[0] for r in results[:k] if isinstance(r, Path)] == [0] * k
+        assert all(isinstance(r, Path) and r.key[0] != 0 for r in results[k:])
+        assert len(results) == decision["samples"] <= n
+        if decision["early_exit"] or decision["choice"] == PROBE:
+            assert policy.samples == decision["samples"]
+
+
+def test_budgets_below_the_table_are_refused() -> None:
+    # a table's probe at N is at most N: the smallest calibrated budget is the only floor
     strategy = ComputeOptimal(table=table(probe=8, budgets=(16,)))
-    with pytest.raises(ValueError, match=r"n=4 is below the probe of 8 samples"):
-        strategy.check_budget(4)
-    with pytest.raises(ValueError, match=r"n=12 is below the calibration table's smallest"):
-        strategy.check_budget(12)
+    for n in (4, 12):
+        with pytest.raises(
+            ConfigError, match=rf"budget n={n} is below the calibration table's smallest budget 16"
+        ):
+            strategy.check_budget(n)
     strategy.check_budget(64)  # above the largest: the largest calibrated budget answers
+    small = ComputeOptimal(table=table(probe={8: 2, 16: 4}, budgets=(8, 16)))
+    small.check_budget(8)
+    with pytest.raises(ConfigError, match=r"budget n=7 is below the calibration table's"):
+        small.check_budget(7)

@@ -14,6 +14,7 @@ from asynctts.backends.context import Sampling
 from asynctts.calibration import (
     CalibrationTable,
     Outcome,
+    ProbeRecord,
     ProblemRecord,
     build_table,
     table_identity,
@@ -209,8 +210,8 @@ def calibration(
     records = [
         ProblemRecord(
             problem_id=f"p{i}",
-            predicted=value,
-            agreement=0.5,
+            # stopping after the probe is wrong everywhere: never the choice
+            probes={probe: ProbeRecord(value, 0.5, Outcome(False, 1.0, 1.0))},
             pass_at_1=value if oracle else None,
             outcomes={
                 (option, n): Outcome(
@@ -371,8 +372,9 @@ def test_a_table_is_read_from_its_path_and_known_by_its_content(tmp_path: Path) 
             ["compute_optimal"],
             [2, 8],
             "table",
-            r"strategy 'compute_optimal' cannot use budget n=2: n=2 is below the probe of 4"
-            r" samples; drop it from --n",
+            r"strategy 'compute_optimal' cannot use budget n=2: budget n=2 is below the"
+            r" calibration table's smallest budget 8; calibrate with a smaller --n or raise n;"
+            r" drop it from --n",
         ),
         (
             ["compute_optimal@16,6"],
@@ -397,6 +399,32 @@ def test_compute_optimal_and_its_table_go_together(
     }[table]
     with pytest.raises(ConfigError, match=message):
         plan_jobs(specs, budgets, calibration=given)
+
+
+def test_prompted_revision_is_refused_a_prompt_format_policy_before_the_run() -> None:
+    data = DataSet(tuple(PROBLEMS), "data.jsonl", "ab" * 32)
+    settings = StrategySettings(revision="prompted", critique="Check it.")
+    plan = EvalPlan(
+        data=data,
+        problems=tuple(PROBLEMS),
+        selection={},
+        jobs=tuple(plan_jobs(["majority", "revise"], [5], settings=settings)),
+        sampling=Sampling(),
+        seed=3,
+        system_prompt="Be brief.",
+    )
+    revise = plan.jobs[1].strategy
+    assert (getattr(revise, "revision", None), getattr(revise, "critique", None)) == (
+        "prompted",
+        "Check it.",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^revise@5: strategy 'revise' with revision='prompted' sends earlier turns to"
+        r" policy endpoint http://127.0.0.1:8000/v1, but the policy's prompt_format '\{problem\}'",
+    ):
+        plan.check_endpoints(POLICY, PRM)
+    plan.check_endpoints(dataclasses.replace(POLICY, mode="chat"), PRM)
 
 
 def test_tables_are_checked_against_the_endpoints_and_system_prompt() -> None:

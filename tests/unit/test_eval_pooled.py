@@ -14,7 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asynctts.calibration import CalibrationTable, Outcome, ProblemRecord, build_table
+from asynctts.calibration import (
+    CalibrationTable,
+    Outcome,
+    ProbeRecord,
+    ProblemRecord,
+    build_table,
+)
 from asynctts.errors import ConfigError
 from asynctts.eval.bootstrap import mean_interval
 from asynctts.eval.journal import Journal
@@ -237,8 +243,8 @@ def optimal_table(*, oracle: bool = False) -> CalibrationTable:
     records = [
         ProblemRecord(
             problem_id=f"c{i}",
-            predicted=value,
-            agreement=0.5,
+            # stopping after the probe is wrong everywhere: never the choice
+            probes={4: ProbeRecord(value, 0.5, Outcome(False, 1.0, 1.0))},
             pass_at_1=value if oracle else None,
             outcomes={
                 (option, 8): Outcome(

@@ -10,7 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from asynctts.calibration import CalibrationTable, Outcome, ProblemRecord, build_table
+from asynctts.calibration import (
+    CalibrationTable,
+    Outcome,
+    ProbeRecord,
+    ProblemRecord,
+    build_table,
+)
 from asynctts.errors import ConfigError
 from asynctts.eval.bootstrap import accuracy_interval
 from asynctts.eval.journal import Journal
@@ -287,8 +293,8 @@ def optimal_table() -> CalibrationTable:
     records = [
         ProblemRecord(
             problem_id=f"c{i}",
-            predicted=value,
-            agreement=0.5,
+            # stopping after the probe is wrong everywhere: never the choice
+            probes={4: ProbeRecord(value, 0.5, Outcome(False, 1.0, 1.0))},
             pass_at_1=None,
             outcomes={
                 (option, 8): Outcome(

@@ -46,7 +46,7 @@ def test_calibrate_then_eval_compute_optimal(
         capsys.readouterr().err
     )
     table = CalibrationTable.load(calibration / "calibration.json")
-    assert (table.budgets, table.probe, table.max_depth, table.problems) == ((2,), 1, 3, 4)
+    assert (table.budgets, table.probes, table.max_depth, table.problems) == ((2,), {2: 1}, 3, 4)
     # the grid at N=2: the best-of-N family, beam search and DVTS of width 1 (4 cannot split
     # 2), particle filtering and REBASE (revision needs 5 generations: refused)
     results = [e for e in journal(calibration) if e["type"] == "result"]
