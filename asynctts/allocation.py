@@ -4,15 +4,19 @@ option, at which calibrated budget, each open problem runs next. Pure: no I/O, n
 Rules:
 - Predictions are the cells of the table's part for budget n (the part of the probe every
   problem ran, of k samples) in the problem's difficulty bin. At each calibrated budget
-  k <= N' <= n, an option's predicted gain is its accuracy minus the probe's (the "probe"
-  cell: stop after the probe). Its predicted cost is what compute_optimal runs after the
-  probe: the option with the rest r of N' (N' - k more samples; a tree search's largest
-  budget <= N' - k), at its cell's tokens per generation, r / N' of the cell, at least one
-  token. An option with nothing left to run (r = 0) is not offered.
-- Of the best-of-N family only weighted best-of-N is offered: after the probe compute_optimal
-  draws more scored samples and answers by their weighted vote whichever member the table
-  named, so that member's cell is what runs (majority's cell counts no PRM tokens, and its
-  accuracy is another rule's).
+  k <= N' <= n two options are offered: the table's choice there, valued by its
+  cross-validated accuracy (`ProbePart.validated`), and weighted best-of-N, one fixed option
+  valued by its cell (when it is not the choice). Valuing a choice by its own cell would
+  overrate it: the best of many options in a bin of a few dozen problems is partly the
+  luckiest, and budget spent on luck is lost. An option's predicted gain is its accuracy
+  minus the probe's (the "probe" cell: stop after the probe). Its predicted cost is what
+  compute_optimal runs after the probe: the option with the rest r of N' (N' - k more
+  samples; a tree search's largest budget <= N' - k), at its tokens per generation, r / N'
+  of them, at least one token. An option with nothing left to run (r = 0) is not offered.
+- Majority and best-of-N are never offered: after the probe compute_optimal draws more
+  scored samples and answers by their weighted vote whichever member the table named, so
+  weighted best-of-N is what runs (majority's cell counts no PRM tokens, and its accuracy is
+  another rule's).
 - Per bin, the options worth buying are the upper convex hull of (cost, gain) from (0, 0):
   moving from one hull point to the next is a step whose gain per token falls along the hull.
   Options that gain nothing are never on it, so the hopeless bin stops at the probe.
@@ -37,6 +41,7 @@ from asynctts.search.compute_optimal import largest_budget
 MIN_COST = 1.0  # tokens: a step is never free
 # family members compute_optimal never runs as such (it runs weighted best-of-N's sampling)
 _NOT_RUN = frozenset({PROBE, "majority", "best_of_n"})
+_SAMPLES = "weighted_best_of_n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +97,14 @@ def hull(table: CalibrationTable, level: int, n: int) -> tuple[Allotment, ...]:
     for budget in part.budgets:
         if budget > n:
             continue
-        for cell in part.cells[(level, budget)]:
+        chosen = part.validated[(level, budget)]
+        # weighted best-of-N's own cell is unbiased unless it is the choice
+        samples = (
+            []
+            if chosen.option == _SAMPLES
+            else [c for c in part.cells[(level, budget)] if c.option == _SAMPLES]
+        )
+        for cell in (chosen, *samples):
             if cell.option in _NOT_RUN:
                 continue
             rest = _rest(table, cell.option, budget - part.probe)

@@ -16,7 +16,9 @@ Rules:
 - Honest accuracy of choosing per bin comes from K-fold cross-validation within each bin
   (folds seeded): a problem is scored by the option chosen on the other folds of its bin, so
   it never picks its own strategy. The oracle reading does the same with bins of the true
-  pass@1 (Snell et al.'s upper bound), when every record has one. Each budget is validated
+  pass@1 (Snell et al.'s upper bound), when every record has one. Each (bin, N) also keeps
+  its choice valued that way (`ProbePart.validated`: the cross-validated accuracy, the
+  choice's own tokens), what a batch budget prices the choice at. Each budget is validated
   with the part its solves use.
 - Oracle bins: when every record has a pass@1 each part also stores quantile bins of it (the
   same edge rules, as many bins asked) and their cells, ranked alike; bin 1 holds the highest
@@ -33,6 +35,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -217,6 +220,9 @@ class ProbePart:
     probe: int
     edges: tuple[float, ...]  # ascending cut points of predicted difficulty (bins - 1 of them)
     cells: Mapping[tuple[int, int], tuple[Cell, ...]]  # (bin, N) -> options, the chosen first
+    # (bin, N) -> the chosen option (its tokens) with the cross-validated accuracy of choosing
+    # there: what the choice is worth on problems it was not chosen on
+    validated: Mapping[tuple[int, int], Cell]
     oracle: OracleBins | None = None  # bins of the true pass@1 (None: records had none)
 
     @property
@@ -437,7 +443,10 @@ class CalibrationTable:
             if k is None or k not in parts or k > n:
                 raise ValueError(f"no probe part for budget N={n} (probe {k})")
         for k, part in parts.items():
-            held = [("", part.bins, part.cells)]
+            held = [
+                ("", part.bins, part.cells),
+                ("validated ", part.bins, {key: (c,) for key, c in part.validated.items()}),
+            ]
             if part.oracle is not None:
                 held.append(("oracle ", part.oracle.bins, part.oracle.cells))
             for name, bins, cells in held:
@@ -495,6 +504,7 @@ def _part_dict(part: ProbePart) -> dict[str, Any]:
         "probe": part.probe,
         "edges": list(part.edges),
         "cells": _cells_list(part.cells),
+        "validated": _cells_list({key: (cell,) for key, cell in part.validated.items()}),
     }
     if part.oracle is not None:
         document["oracle"] = {
@@ -515,6 +525,7 @@ def _part_of(document: Mapping[str, Any]) -> ProbePart:
         probe=int(document["probe"]),
         edges=tuple(float(e) for e in document["edges"]),
         cells=_cells_of(document["cells"]),
+        validated={key: ranked[0] for key, ranked in _cells_of(document["validated"]).items()},
         oracle=oracle,
     )
 
@@ -664,7 +675,7 @@ def build_table(
             for r in records
         ]
         competing = {n: [*options[n], PROBE] for n in budgets if n >= k}
-        parts[k] = _part(rows, k, competing, bins)
+        parts[k] = _part(rows, k, competing, bins, folds, seed)
         if parts[k].bins < bins:
             notes.append(
                 f"probe {k}: {parts[k].bins} difficulty bins, not {bins}: calibration problems"
@@ -694,13 +705,24 @@ def build_table(
 
 
 def _part(
-    rows: Sequence[_Row], k: int, competing: Mapping[int, Sequence[str]], bins: int
+    rows: Sequence[_Row],
+    k: int,
+    competing: Mapping[int, Sequence[str]],
+    bins: int,
+    folds: int,
+    seed: int,
 ) -> ProbePart:
-    """The part of probe size `k`: its bins and, at each budget, `competing` ranked per bin."""
+    """The part of probe size `k`: its bins and, at each budget, `competing` ranked per bin
+    and the choice's cross-validated value."""
     edges = _quantile_edges([r.predicted for r in rows], bins)
     by_bin = _group(rows, lambda r: _bin_of(edges, r.predicted))
     cells = {
         (level, n): _ranked(members, options, n)
+        for n, options in competing.items()
+        for level, members in by_bin.items()
+    }
+    validated = {
+        (level, n): _validated_cell(members, options, n, folds, f"{seed}:{level}:{n}")
         for n, options in competing.items()
         for level, members in by_bin.items()
     }
@@ -716,7 +738,7 @@ def _part(
                 for level, members in oracle_bins.items()
             },
         )
-    return ProbePart(probe=k, edges=edges, cells=cells, oracle=oracle)
+    return ProbePart(probe=k, edges=edges, cells=cells, validated=validated, oracle=oracle)
 
 
 def _validation(
@@ -799,19 +821,39 @@ def _cross_validated(
     seed: int,
 ) -> float:
     """The accuracy of choosing per group, each problem judged by the choice made without it."""
-    right = 0
-    total = 0
-    for level, members in sorted(groups.items()):
-        shuffled = list(members)
-        random.Random(f"{seed}:{level}:{n}").shuffle(shuffled)
-        k = min(folds, len(shuffled))
-        for fold in range(k):
-            held = shuffled[fold::k]
-            rest = [r for i, r in enumerate(shuffled) if i % k != fold]
-            choice = _ranked(rest, options, n)[0].option if rest else options[0]
-            right += sum(r.outcomes[(choice, n)].correct for r in held)
-            total += len(held)
-    return right / total
+    outcomes = [
+        outcome
+        for level, members in sorted(groups.items())
+        for outcome in _held_out(members, options, n, folds, f"{seed}:{level}:{n}")
+    ]
+    return sum(o.correct for o in outcomes) / len(outcomes)
+
+
+def _held_out(
+    members: Sequence[_Row], options: Sequence[str], n: int, folds: int, shuffle: str
+) -> list[Outcome]:
+    """Each member's outcome at `n` under the option chosen on the other folds of `members`
+    (folds drawn by a shuffle seeded with `shuffle`)."""
+    shuffled = list(members)
+    random.Random(shuffle).shuffle(shuffled)
+    k = min(folds, len(shuffled))
+    outcomes = []
+    for fold in range(k):
+        held = shuffled[fold::k]
+        rest = [r for i, r in enumerate(shuffled) if i % k != fold]
+        choice = _ranked(rest, options, n)[0].option if rest else options[0]
+        outcomes += [r.outcomes[(choice, n)] for r in held]
+    return outcomes
+
+
+def _validated_cell(
+    members: Sequence[_Row], options: Sequence[str], n: int, folds: int, shuffle: str
+) -> Cell:
+    """The option chosen on all of `members` (its own tokens), valued as choosing is worth:
+    the cross-validated accuracy of choosing within them."""
+    outcomes = _held_out(members, options, n, folds, shuffle)
+    accuracy = sum(o.correct for o in outcomes) / len(outcomes)
+    return dataclasses.replace(_ranked(members, options, n)[0], accuracy=accuracy)
 
 
 __all__ = [

@@ -67,6 +67,7 @@ def table_for(server: SimulatedServer, beam_tokens: float) -> CalibrationTable:
                 probe=4,
                 edges=(),
                 cells={(1, 8): tuple(Cell(o, a, t, 0.0, 10) for o, a, t in cells)},
+                validated={(1, 8): Cell(*cells[0], 0.0, 10)},  # the choice, as valued
             )
         },
     )

@@ -6,6 +6,7 @@ allotment on its bin's hull)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -23,15 +24,31 @@ BEAM = "beam_search(width=4)"
 Cells = dict[tuple[int, int], list[tuple[str, float, float]]]
 
 
-def part_of(probe: int, cells: Cells) -> ProbePart:
-    """A part from (bin, N) -> [(option, accuracy, tokens)] (tokens all policy tokens)."""
+def part_of(
+    probe: int, cells: Cells, validated: dict[tuple[int, int], float] | None = None
+) -> ProbePart:
+    """A part from (bin, N) -> [(option, accuracy, tokens)] (tokens all policy tokens); each
+    cell's choice is its most accurate option (ties: fewer tokens), valued at its own accuracy
+    or at `validated[(bin, N)]`."""
     bins = max(level for level, _ in cells)
+    ranked = {
+        key: tuple(
+            sorted(
+                (Cell(option, acc, tokens, 0.0, 10) for option, acc, tokens in options),
+                key=lambda c: (-c.accuracy, c.tokens),
+            )
+        )
+        for key, options in cells.items()
+    }
     return ProbePart(
         probe=probe,
         edges=tuple(i / bins for i in range(1, bins)),
-        cells={
-            key: tuple(Cell(option, acc, tokens, 0.0, 10) for option, acc, tokens in options)
-            for key, options in cells.items()
+        cells=ranked,
+        validated={
+            key: dataclasses.replace(
+                options[0], accuracy=(validated or {}).get(key, options[0].accuracy)
+            )
+            for key, options in ranked.items()
         },
     )
 
@@ -73,6 +90,22 @@ def test_each_bin_keeps_the_upper_convex_hull_of_its_options() -> None:
     assert two[1].tokens == 300 and two[2].tokens == 525
     assert two[2].gain == pytest.approx(0.25)
     assert hull(TABLE, 3, 16) == (Allotment(PROBE, 4),)  # the hopeless bin: the probe alone
+
+
+def test_the_choice_is_priced_at_its_cross_validated_accuracy_and_others_are_not_offered() -> None:
+    dvts = "dvts(width=4)"
+    cells: Cells = {
+        (1, 16): [(PROBE, 0.40, 100), (BON, 0.55, 400), (BEAM, 0.65, 700), (dvts, 0.60, 500)]
+    }
+    honest = table_of_parts({4: cells}, {16: 4})
+    assert [(a.option, a.gain) for a in hull(honest, 1, 16)] == [
+        (PROBE, 0.0),
+        (BON, pytest.approx(0.15)),
+        (BEAM, pytest.approx(0.25)),
+    ]  # dvts, neither the choice nor weighted best-of-N, is never offered
+    # beam search won the bin by luck: on problems it was not chosen on it scores 0.50
+    lucky = dataclasses.replace(honest, parts={4: part_of(4, cells, validated={(1, 16): 0.50})})
+    assert [a.option for a in hull(lucky, 1, 16)] == [PROBE, BON]
 
 
 def test_the_most_gain_per_token_goes_first_and_the_hopeless_bin_stops_at_its_probe() -> None:

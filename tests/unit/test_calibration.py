@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asynctts.calibration import (
     FORMAT,
@@ -136,6 +138,39 @@ def test_cross_validation_never_lets_a_problem_pick_its_own_strategy() -> None:
     assert table.parts[8].cells[(1, 16)][0].option == BON  # tie on accuracy 2/3: fewer tokens
     assert check.predicted == pytest.approx(1 / 3)
     assert check.fixed == {BEAM: pytest.approx(2 / 3), BON: pytest.approx(2 / 3), PROBE: 0.0}
+    # the choice keeps its in-sample cell (tokens) but is valued as choosing is worth
+    [validated] = table.parts[8].validated.values()
+    assert validated == dataclasses.replace(
+        table.parts[8].cells[(1, 16)][0], accuracy=pytest.approx(1 / 3)
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rights=st.lists(st.sets(st.sampled_from([BON, BEAM])), min_size=6, max_size=30),
+    values=st.lists(st.floats(0.0, 1.0), min_size=30, max_size=30),
+    bins=st.integers(1, 3),
+    folds=st.integers(2, 5),
+    seed=st.integers(0, 100),
+)
+def test_the_choices_valued_per_bin_add_up_to_the_cross_validated_accuracy(
+    rights: list[set[str]], values: list[float], bins: int, folds: int, seed: int
+) -> None:
+    records = [record(i, values[i], right) for i, right in enumerate(rights)]
+    try:
+        table = build_table(
+            records, identity=IDENTITY, probe=8, budgets=[16], bins=bins, folds=folds, seed=seed
+        )
+    except ConfigError:
+        return  # too few problems for the bins
+    part = table.parts[8]
+    total = sum(c.accuracy * c.problems for c in part.validated.values())
+    assert total / len(records) == pytest.approx(table.validation[0].predicted)
+    for key, chosen in part.validated.items():
+        assert (chosen.option, chosen.tokens) == (
+            part.cells[key][0].option,
+            part.cells[key][0].tokens,
+        )
 
 
 def test_a_table_survives_saving_and_loading(tmp_path: Path) -> None:
