@@ -34,6 +34,7 @@ from asynctts.errors import (
 from asynctts.gc_tuning import throughput_gc
 from asynctts.ledger import Attempt, Ledger, Usage
 from asynctts.logs import configure_logging
+from asynctts.progress import Progress
 from asynctts.protocols import Finish, GenerateSteps, Path, ScoreSteps
 from asynctts.search.beam_search import BeamSearch
 from asynctts.search.best_of_n import BestOfN
@@ -74,6 +75,7 @@ __all__ = [
     "ModelNotFound",
     "ParticleFilter",
     "Path",
+    "Progress",
     "PromptTooLong",
     "RateLimited",
     "Rebase",

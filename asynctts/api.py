@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -54,6 +54,7 @@ from asynctts.errors import (
 )
 from asynctts.ledger import Ledger
 from asynctts.logs import ensure_logging
+from asynctts.progress import ProgressCallback, ProgressReporter
 from asynctts.protocols import Finish, GenerateSteps, Path, ScoreSteps
 from asynctts.search.beam_search import BeamSearch
 from asynctts.search.best_of_n import BestOfN
@@ -68,6 +69,9 @@ from asynctts.search.weighted_best_of_n import WeightedBestOfN
 from asynctts.solution import Candidate, Degradation, Solution, collect, pick, votes_of
 from asynctts.trace import Trace, Widths
 from asynctts.transport import Transport, TransportStatistics
+
+if TYPE_CHECKING:
+    from asynctts.metrics import SolverMetrics
 
 log = structlog.get_logger("asynctts.api")
 
@@ -291,6 +295,10 @@ class Solver:
     ```
     Entering checks that each endpoint answers and serves its model
     (`EndpointUnreachable`, `ModelNotFound`).
+
+    With `metrics_port` (needs `pip install 'asynctts[metrics]'`), Prometheus metrics of every
+    request and problem are served at `metrics_url` while the solver is open: on
+    `metrics_host` (127.0.0.1 by default), port 0 for any free one (asynctts/metrics.py).
     """
 
     def __init__(
@@ -301,6 +309,8 @@ class Solver:
         sampling: Sampling | None = None,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         equivalence: Equivalence | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if not isinstance(policy, Endpoint):
             raise ConfigError(f"policy must be an Endpoint, got {type(policy).__name__}")
@@ -316,6 +326,16 @@ class Solver:
         self._scorer: ScoringClient | None = None
         self._groups: Equivalence | None = None
         self._transports: dict[str, Transport] = {}
+        self._metrics = _metrics_for(metrics_port, self.statistics)
+        self._metrics_port = metrics_port
+        self._metrics_host = metrics_host
+        self._metrics_url: str | None = None
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the Prometheus metrics are served while the solver is open (None: no
+        metrics_port, or not open)."""
+        return self._metrics_url
 
     async def __aenter__(self) -> Solver:
         ensure_logging()
@@ -348,11 +368,28 @@ class Solver:
 
     async def _open(self) -> None:
         stack = self._stack
-        policy_transport = await stack.enter_async_context(Transport(self.policy, name="policy"))
+        observe = None
+        if self._metrics is not None and self._metrics_port is not None:
+            from asynctts.metrics import MetricsServer  # optional: asynctts[metrics]
+
+            # first: a port in use fails before any request
+            server = await stack.enter_async_context(
+                MetricsServer(
+                    self._metrics.registry, port=self._metrics_port, host=self._metrics_host
+                )
+            )
+            self._metrics_url = server.url
+            stack.callback(setattr, self, "_metrics_url", None)
+            observe = self._metrics.observe
+        policy_transport = await stack.enter_async_context(
+            Transport(self.policy, name="policy", observe=observe)
+        )
         self._transports["policy"] = policy_transport
         prm_transport = None
         if self.prm is not None:
-            prm_transport = await stack.enter_async_context(Transport(self.prm, name="prm"))
+            prm_transport = await stack.enter_async_context(
+                Transport(self.prm, name="prm", observe=observe)
+            )
             self._transports["prm"] = prm_transport
             # Built before any request, so a PRM that cannot have its tokenizer fails first;
             # it may load one (disk, or the hub after a short probe): off the event loop.
@@ -468,17 +505,24 @@ class Solver:
             return scorer.score(ctx, paths)
 
         with structlog.contextvars.bound_contextvars(problem_id=pid):
-            solution = await run_search(
-                problem_id=pid,
-                problem=problem,
-                strategy=chosen,
-                n=n,
-                generate=generate,
-                score=score,
-                equivalence=self._groups,
-                ledger=ctx.ledger,
-                keep_trace=trace,
-            )
+            try:
+                solution = await run_search(
+                    problem_id=pid,
+                    problem=problem,
+                    strategy=chosen,
+                    n=n,
+                    generate=generate,
+                    score=score,
+                    equivalence=self._groups,
+                    ledger=ctx.ledger,
+                    keep_trace=trace,
+                )
+            except (SolveFailed, EndpointError) as err:
+                if self._metrics is not None:
+                    self._metrics.problem_failed(err)
+                raise
+            if self._metrics is not None:
+                self._metrics.problem_solved(solution.lost)
             log.info(
                 "solved",
                 strategy=chosen.name,
@@ -500,6 +544,7 @@ class Solver:
         max_problems_in_flight: int = 64,
         calibration: Calibration | None = None,
         budget_tokens: float | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> AsyncIterator[Solution]:
         """Solve many problems concurrently, yielding each `Solution` as it finishes.
 
@@ -514,6 +559,10 @@ class Solver:
         flight. `Solution.decision` records each problem's "allocated" option and
         "allocated_n".
 
+        `on_progress` is called with a `Progress` (problems done, failed and in all, the usage
+        so far, the problem just finished) before each `Solution` is yielded; an error it
+        raises is logged and the run goes on (asynctts/progress.py).
+
         To stop early, iterate inside `contextlib.aclosing(solver.solve_many(...))`: leaving
         it cancels the problems still running at once (a plain `break` leaves that to the
         generator's finalizer, which runs when Python collects it).
@@ -524,11 +573,13 @@ class Solver:
         items = [_as_item(i, item) for i, item in enumerate(problems)]
         for _, text in items:
             check_request(text, chosen, n, self.prm is not None, seed)
+        reporter = None if on_progress is None else ProgressReporter(len(items), on_progress)
         if budget_tokens is not None:
             budgeted = check_batch_budget(chosen, budget_tokens, len(items), n)
             async for solution in self._solve_budgeted(
                 items, budgeted, n, seed, BudgetGate(budget_tokens), max_problems_in_flight
             ):
+                _report(reporter, solution)
                 yield solution
             return
         # Finished problems arrive on a queue (one done-callback each): `asyncio.wait` over
@@ -558,7 +609,9 @@ class Solver:
                     return
                 done = await finished.get()
                 pending.discard(done)
-                yield done.result()
+                solution = done.result()
+                _report(reporter, solution)
+                yield solution
         finally:
             for task in pending:
                 task.cancel()
@@ -630,6 +683,51 @@ class Solver:
             )
 
 
+def _report(reporter: ProgressReporter | None, solution: Solution) -> None:
+    if reporter is not None:
+        failed = solution.error is not None
+        reporter.finished(solution.problem_id, failed=failed, usage=solution.ledger.totals())
+
+
+def _metrics_for(
+    port: int | None, statistics: Callable[[], Mapping[str, TransportStatistics]]
+) -> SolverMetrics | None:
+    """A Solver's metrics when it is given a port (checked by `_check_metrics_port`)."""
+    if port is None:
+        return None
+    _check_metrics_port(port)
+    from asynctts.metrics import SolverMetrics
+
+    return SolverMetrics(statistics)
+
+
+def _check_metrics_port(port: object) -> None:
+    """Raises ConfigError for a port that is not an int in 0..65535, or when prometheus_client
+    (the optional dependency asynctts.metrics needs) is missing."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"metrics_port={port!r}: need an int in 0..65535 (0: any free port)")
+    try:
+        import asynctts.metrics  # noqa: F401  (optional: asynctts[metrics])
+    except ImportError as err:
+        raise ConfigError(
+            f"metrics_port={port} needs prometheus_client, which is not installed ({err}):"
+            " pip install 'asynctts[metrics]'"
+        ) from None
+
+
+def check_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """What `Solver(metrics_port=port, metrics_host=host)` would refuse, checked now: a bad
+    port, prometheus_client missing, an address it cannot listen on (a port in use).
+
+    Raises:
+        ConfigError: naming the port, the host and what to do.
+    """
+    _check_metrics_port(port)
+    from asynctts.metrics import check_listenable
+
+    check_listenable(host, port)
+
+
 def _as_item(index: int, item: ProblemItem) -> tuple[str, str]:
     if isinstance(item, str):
         return f"p{index}", item
@@ -652,15 +750,28 @@ def _scorer_for(endpoint: Endpoint, transport: Transport) -> ScoringClient:
     return LogprobPRM(endpoint, transport)
 
 
-async def _check_model(transport: Transport, endpoint: Endpoint) -> int | None:
-    """Check that the endpoint answers and serves its model; return the model's context
-    length when the server says it (vLLM's `max_model_len`).
+async def _check_model(
+    transport: Transport, endpoint: Endpoint, url: str | None = None, root: str | None = None
+) -> int | None:
+    """Check that the endpoint (`url` of it, at `root`, when it has several) answers and
+    serves its model; return the model's context length when the server says it (vLLM's
+    `max_model_len`).
 
     The check gives up after `endpoint.check_timeout_s`, retries included, each attempt
     waiting at most `CHECK_ATTEMPT_TIMEOUT_S`. Its failures are `EndpointUnreachable`, whose
     message carries the transport's: the transport error is not chained, it would only repeat
     that message under a second traceback.
+
+    Several URLs are checked at once. One serving another model fails the check
+    (`ModelNotFound` naming it); one that does not answer (or not like an OpenAI-compatible
+    server) is skipped with a logged warning, for the transport's health checks to bring
+    back, unless none answers (`EndpointUnreachable` naming each). The context is the
+    smallest the servers report.
     """
+    if url is None:
+        if len(endpoint.urls) > 1:
+            return await _check_each(transport, endpoint)
+        url = endpoint.urls[0]  # checked here, not one call down: a traceback line less
     budget = endpoint.check_timeout_s
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -669,33 +780,60 @@ async def _check_model(transport: Transport, endpoint: Endpoint) -> int | None:
             "/v1/models",
             attempt_timeout_s=min(CHECK_ATTEMPT_TIMEOUT_S, budget),
             deadline_s=budget,
+            root=root,
         )
     except TimedOut as err:
         tries = f"{err.attempts} attempt{'s' if err.attempts > 1 else ''}"
         raise EndpointUnreachable(
-            endpoint.base_url,
+            url,
             f"it did not answer GET /v1/models within {loop.time() - started:.1f} s "
             f"({tries}; Endpoint.check_timeout_s={budget})",
         ) from None
     except BadResponse as err:
         raise EndpointUnreachable(
-            endpoint.base_url, f"it does not answer like an OpenAI-compatible server: {err}"
+            url, f"it does not answer like an OpenAI-compatible server: {err}"
         ) from None
     except (ConnectFailed, HostNotFound, TLSFailed) as err:
-        raise EndpointUnreachable(endpoint.base_url, str(err)) from None
+        raise EndpointUnreachable(url, str(err)) from None
     except TransportError as err:
-        raise EndpointUnreachable(endpoint.base_url, f"GET /v1/models failed: {err}") from None
+        raise EndpointUnreachable(url, f"GET /v1/models failed: {err}") from None
     try:
         served = [str(m["id"]) for m in listing["data"]]
     except (KeyError, TypeError):
-        raise EndpointUnreachable(
-            endpoint.base_url, f"GET /v1/models answered {str(listing)[:200]!r}"
-        ) from None
+        raise EndpointUnreachable(url, f"GET /v1/models answered {str(listing)[:200]!r}") from None
     if endpoint.model not in served:
-        raise ModelNotFound(endpoint.base_url, endpoint.model, served)
+        raise ModelNotFound(url, endpoint.model, served)
     entry = listing["data"][served.index(endpoint.model)]
     context = entry.get("max_model_len") if isinstance(entry, dict) else None
     return context if isinstance(context, int) and not isinstance(context, bool) else None
+
+
+async def _check_each(transport: Transport, endpoint: Endpoint) -> int | None:
+    """`_check_model` of an endpoint with several URLs, all at once."""
+    urls = list(zip(endpoint.urls, endpoint.root_urls, strict=True))
+    outcomes = await asyncio.gather(
+        *(_check_model(transport, endpoint, url, root) for url, root in urls),
+        return_exceptions=True,
+    )
+    contexts: list[int | None] = []
+    unreachable: list[tuple[str, str, EndpointUnreachable]] = []
+    for (url, root), outcome in zip(urls, outcomes, strict=True):
+        if isinstance(outcome, EndpointUnreachable):
+            unreachable.append((url, root, outcome))
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            contexts.append(outcome)
+    if not contexts:
+        raise EndpointUnreachable(
+            ", ".join(endpoint.urls),
+            f"none of its {len(urls)} URLs answered: "
+            + "; ".join(f"{url}: {error.reason}" for url, _, error in unreachable),
+        )
+    for url, root, error in unreachable:
+        transport.skip_url(root, f"{url} failed its check at open: {error.reason}")
+    known = [context for context in contexts if context is not None]
+    return min(known) if known else None
 
 
 async def solve(
@@ -741,11 +879,19 @@ async def solve_many(
     max_problems_in_flight: int = 64,
     calibration: Calibration | None = None,
     budget_tokens: float | None = None,
+    on_progress: ProgressCallback | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> AsyncIterator[Solution]:
     """Solve many problems concurrently in this event loop; yields each `Solution` as it
-    finishes (see `Solver.solve_many`)."""
+    finishes (see `Solver.solve_many`; `metrics_port` and `metrics_host` as for `Solver`)."""
     async with Solver(
-        policy=policy, prm=prm, sampling=sampling, system_prompt=system_prompt
+        policy=policy,
+        prm=prm,
+        sampling=sampling,
+        system_prompt=system_prompt,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     ) as solver:
         async for solution in solver.solve_many(
             problems,
@@ -755,5 +901,6 @@ async def solve_many(
             max_problems_in_flight=max_problems_in_flight,
             calibration=calibration,
             budget_tokens=budget_tokens,
+            on_progress=on_progress,
         ):
             yield solution

@@ -1,10 +1,14 @@
 """`Endpoint`: where a model is served and how to talk to it. A frozen value; it opens
-nothing. The API key is read from the environment when needed and never shown."""
+nothing. The API key is read from the environment when needed and never shown.
+
+Several URLs (`base_url=[...]`) are several servers of the same model; which one a request
+goes to is the transport's business (asynctts/url_pool.py)."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -19,7 +23,18 @@ class Endpoint:
     """An OpenAI-compatible server (vLLM or any other) and the limits to respect on it.
 
     Args:
-        base_url: e.g. "http://127.0.0.1:8000/v1" (a trailing "/v1" is optional).
+        base_url: e.g. "http://127.0.0.1:8000/v1" (a trailing "/v1" is optional), or a list
+            of such URLs, each a server of the same `model` (kept as a tuple): every request of
+            a problem goes to one of them, chosen by rendezvous hashing of the problem id, so
+            the problem's shared prefixes stay in that server's cache, and a server that fails
+            is skipped until it answers again (see `down_cooldown_s`). At open, each URL's
+            `/v1/models` is checked: a URL serving another model fails the open
+            (`ModelNotFound`); one that does not answer is skipped with a logged warning, and
+            the open fails (`EndpointUnreachable`) only when none answers. The limits below
+            (in-flight cap, rates, adaptation, Retry-After pauses) hold for the endpoint as a
+            whole, all its URLs together: set `max_in_flight` to the sum of the servers'
+            capacities. For more than a few servers, put a router in front of them and give
+            its one URL.
         model: the served model name, checked against the server's `/v1/models`.
         mode: policy endpoints only. "completions" renders the chat template on the client
             (needs the tokenizer, or `prompt_format`); "chat" sends messages and continues
@@ -78,9 +93,13 @@ class Endpoint:
             (from `/metrics`, read every `metrics_interval_s` off the request path) is above
             this; None (default) never reads `/metrics`. Needs adaptation on.
         metrics_interval_s: seconds between two reads of `/metrics`.
+        down_cooldown_s: several URLs only: a URL whose request failed at the connection
+            (refused, dropped, timed out) or with a second 5xx in a row is skipped for this
+            long; then a health check (GET /v1/models) brings it back, or skips it for as long
+            again.
     """
 
-    base_url: str
+    base_url: str | Sequence[str]
     model: str
     mode: Literal["completions", "chat"] = "completions"
     scoring: Literal["pooling", "logprob"] = "pooling"
@@ -104,14 +123,19 @@ class Endpoint:
     adaptive_min_in_flight: int = 1
     adaptive_max_waiting: int | None = None
     metrics_interval_s: float = 1.0
+    down_cooldown_s: float = 5.0
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(
-                f"Endpoint base_url {self.base_url!r} needs a scheme and a host, "
-                "e.g. 'http://127.0.0.1:8000/v1'"
-            )
+        if not isinstance(self.base_url, str):
+            object.__setattr__(self, "base_url", _url_list(self.base_url))
+        for url in self.urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(
+                    f"Endpoint base_url {url!r} needs a scheme and a host, "
+                    "e.g. 'http://127.0.0.1:8000/v1'"
+                )
+        _check_distinct(self.urls)
         if not self.model:
             raise ConfigError(f"Endpoint {self.base_url}: model name is empty")
         if self.mode not in ("completions", "chat"):
@@ -135,6 +159,7 @@ class Endpoint:
             "check_timeout_s",
             "metrics_interval_s",
             "backoff_base_s",
+            "down_cooldown_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"Endpoint {name}={getattr(self, name)}: need > 0")
@@ -165,18 +190,43 @@ class Endpoint:
                     f"Endpoint {self.base_url}: adaptive_max_waiting={waiting} needs "
                     "adaptation, which is off for this endpoint; set adaptive_concurrency=True"
                 )
+            if len(self.urls) > 1:
+                raise ConfigError(
+                    f"Endpoint adaptive_max_waiting={waiting} watches one server's queue; "
+                    f"with {len(self.urls)} URLs leave it None (the cap still adapts to "
+                    "429/503), or put a router in front of the servers"
+                )
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """`base_url` as a tuple: one URL, or each of several."""
+        return (self.base_url,) if isinstance(self.base_url, str) else tuple(self.base_url)
 
     @property
     def root_url(self) -> str:
-        """The server root: routes such as /v1/completions and /pooling hang off it."""
-        return self.base_url.rstrip("/").removesuffix("/v1")
+        """The server root: routes such as /v1/completions and /pooling hang off it.
+
+        Raises:
+            ConfigError: the endpoint has several URLs (see `root_urls`).
+        """
+        if not isinstance(self.base_url, str):
+            raise ConfigError(
+                f"Endpoint with {len(self.urls)} URLs has no single root_url; use root_urls"
+            )
+        return _root(self.base_url)
+
+    @property
+    def root_urls(self) -> tuple[str, ...]:
+        """The server root of each URL, in the order of `urls`."""
+        return tuple(_root(url) for url in self.urls)
 
     @property
     def adapts_concurrency(self) -> bool:
-        """Whether the in-flight cap adapts (`adaptive_concurrency`, None resolved by host)."""
+        """Whether the in-flight cap adapts (`adaptive_concurrency`, None resolved by host:
+        fixed when every URL is a loopback one)."""
         if self.adaptive_concurrency is not None:
             return self.adaptive_concurrency
-        return not _is_loopback(urlsplit(self.base_url).hostname or "")
+        return not all(_is_loopback(urlsplit(url).hostname or "") for url in self.urls)
 
     @property
     def tokenizer_name(self) -> str:
@@ -191,6 +241,41 @@ class Endpoint:
                 f"Endpoint {self.base_url}: API key variable {self.api_key_env} is not set"
             )
         return key or None
+
+
+def _root(url: str) -> str:
+    return url.rstrip("/").removesuffix("/v1")
+
+
+def _url_list(given: object) -> tuple[str, ...]:
+    """Several URLs as a tuple, each a string."""
+    if not isinstance(given, list | tuple):
+        raise ConfigError(
+            f"Endpoint base_url={given!r}: need a URL or a list of URLs, "
+            "e.g. 'http://127.0.0.1:8000/v1'"
+        )
+    if not given:
+        raise ConfigError("Endpoint base_url is an empty list: give one URL or several")
+    for url in given:
+        if not isinstance(url, str):
+            raise ConfigError(
+                f"Endpoint base_url entry {url!r} is a {type(url).__name__}, not a URL string"
+            )
+    return tuple(given)
+
+
+def _check_distinct(urls: tuple[str, ...]) -> None:
+    """Each server once: URLs with the same root (scheme, host and path alike, "/v1" or a
+    trailing slash aside) are one server listed twice."""
+    seen: dict[str, str] = {}
+    for url in urls:
+        root = _root(url).lower()
+        if root in seen:
+            raise ConfigError(
+                f"Endpoint base_url lists {seen[root]!r} and {url!r}, the same server; "
+                "list each server once"
+            )
+        seen[root] = url
 
 
 def _is_loopback(host: str) -> bool:

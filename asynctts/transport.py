@@ -20,13 +20,21 @@ Rules:
   call can instead carry its own per-attempt timeout and a deadline for all its attempts and
   the waits between them (the model check at open): no attempt outlives the deadline, and no
   retry starts whose wait would end past it.
-- Every attempt, successful or not, is recorded in the ledger of every `Charge` of the call.
+- Every attempt, successful or not, is recorded in the ledger of every `Charge` of the call;
+  those records, and nothing else, go to the `observe` hook (metrics) when there is one.
 - Adaptive concurrency (`Endpoint.adapts_concurrency`): every attempt's status is reported to
   an `AIMDController` (concurrency.py) as its slot is released, and the gate is resized to the
   controller's cap. The server's queue is read from `/metrics` by one background task, at most
   every `Endpoint.metrics_interval_s` and only when `adaptive_max_waiting` is set; that read
   takes no slot, is never retried or billed, stops for good on a server without the metric,
   and ends when the transport closes. With a fixed cap the hot path pays one `is None` test.
+- Several URLs (`Endpoint.base_url=[...]`): each attempt of a call carrying an affinity key
+  (the problem id) goes to the URL `url_pool.UrlPool` picks: the key's rendezvous choice
+  among the URLs that are up, so a problem stays on one server and a retry after a
+  connection failure goes to its next one. The cap, the rates, adaptation and pauses stay
+  endpoint-wide (simplest, and a safe bound: no server gets more than the cap). The health
+  check of a down URL is a GET /v1/models off the request path: no slot, no retry, no
+  ledger. With one URL there is no pool and no per-attempt cost.
 - The API key goes into the Authorization header and nowhere else: not in logs, reprs, errors
   or the ledger.
 - Nothing here knows what a step, a path or a model is: bodies are opaque JSON.
@@ -75,6 +83,7 @@ from asynctts.errors import (
     TransportError,
 )
 from asynctts.ledger import Attempt, Charge
+from asynctts.url_pool import UrlPool
 
 __all__ = ["FifoLimiter", "Transport", "TransportStatistics"]
 
@@ -85,6 +94,7 @@ RETRY_AFTER_CAP_S: Final = 120.0
 _MESSAGE_FALLBACK_CHARS: Final = 300
 # aiohttp reads a timeout of 0 as "no timeout": an attempt at its deadline still gets this much
 _SHORTEST_TIMEOUT_S: Final = 0.001
+_HEALTH_CHECK_TIMEOUT: Final = aiohttp.ClientTimeout(total=4.0)
 _CONTEXT_LENGTH_MARKERS: Final = ("maximum context length", "max_model_len", "context length")
 _JSON_HEADERS: Final = {"Content-Type": "application/json"}
 
@@ -126,6 +136,8 @@ class _Request:
     expect: int  # _OBJECT, _ANY_JSON or _TEXT
     timeout: aiohttp.ClientTimeout  # per attempt
     deadline: float | None  # clock() time by which every attempt has ended, if any
+    affinity: str | None  # several URLs: the key that picks one per attempt
+    root: str | None  # several URLs: the one every attempt goes to (the model check)
 
 
 class _State(enum.Enum):
@@ -241,6 +253,8 @@ class Transport:
         clock: time source for ledgers and the endpoint-wide pause (inject for tests).
         sleep: how to wait for a retry or a pause (inject for tests).
         rng: source of backoff jitter (inject for tests).
+        observe: called after each attempt of a charged request with the ledger records
+            written for it (one per charge), e.g. to export metrics (asynctts/metrics.py).
     """
 
     def __init__(
@@ -251,10 +265,19 @@ class Transport:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        observe: Callable[[Sequence[Attempt]], None] | None = None,
     ) -> None:
         self._endpoint = endpoint
+        self._observe = observe
         self._name = name
-        self._url = endpoint.root_url
+        self._roots = roots = endpoint.root_urls
+        self._url = roots[0] if len(roots) == 1 else ", ".join(roots)
+        self._pool = None
+        if len(roots) > 1:
+            self._pool = UrlPool(
+                roots, cooldown_s=endpoint.down_cooldown_s, check=self._healthy, clock=clock
+            )
+        self._pool_urls: dict[tuple[str, str], URL] = {}
         self._clock = clock
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
@@ -292,8 +315,21 @@ class Transport:
 
     @property
     def url(self) -> str:
-        """The endpoint's root URL (routes are appended to it)."""
+        """The endpoint's root URL (routes are appended to it); several are joined by ", "."""
         return self._url
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The root URL of each server of the endpoint."""
+        return self._roots
+
+    def skip_url(self, root: str, reason: str) -> None:
+        """Mark one of several URLs down (it failed its check at open) until a health check
+        brings it back."""
+        if self._pool is None:
+            raise ValueError(f"{root}: only an endpoint with several URLs can skip one")
+        self._pool.failed(root)
+        self._log.warning("url skipped", url=root, reason=reason, cooldown_s=self._pool.cooldown_s)
 
     async def __aenter__(self) -> Transport:
         if self._state is not _State.UNOPENED:
@@ -361,6 +397,8 @@ class Transport:
     async def aclose(self) -> None:
         """Close the session; later calls raise `RuntimeError`. Closing twice is harmless."""
         self._state = _State.CLOSED
+        if self._pool is not None:
+            await self._pool.aclose()
         task, self._metrics_task = self._metrics_task, None
         if task is not None:
             task.cancel()
@@ -421,6 +459,7 @@ class Transport:
         *,
         charges: Sequence[Charge] = (),
         tokens_hint: int = 0,
+        affinity: str | None = None,
     ) -> Coroutine[Any, Any, dict[str, Any]]:
         """POST `body` as JSON to `route` ("/v1/completions", "/pooling", ...): awaits to the
         response's JSON object.
@@ -434,6 +473,8 @@ class Transport:
             body: the JSON object to send.
             charges: the ledgers billed for every attempt, with their shares of the usage.
             tokens_hint: the request's expected token count for the tokens-per-minute rate.
+            affinity: an endpoint with several URLs sends every request with the same key
+                (a problem id) to the same server while it is up; None: to each in turn.
 
         Returns:
             The response's JSON object.
@@ -451,7 +492,16 @@ class Transport:
         except TypeError as error:
             raise TypeError(f"{self._url}{route}: request body is not JSON: {error}") from error
         call: Coroutine[Any, Any, dict[str, Any]] = self._call(
-            "POST", route, data, _JSON_HEADERS, charges, tokens_hint, _OBJECT, self._timeout, None
+            "POST",
+            route,
+            data,
+            _JSON_HEADERS,
+            charges,
+            tokens_hint,
+            _OBJECT,
+            self._timeout,
+            None,
+            affinity,
         )
         return call
 
@@ -461,6 +511,7 @@ class Transport:
         *,
         attempt_timeout_s: float | None = None,
         deadline_s: float | None = None,
+        root: str | None = None,
     ) -> Any:
         """GET `route` ("/v1/models") and return its JSON; retried like `post_json`, charged to
         no ledger.
@@ -472,12 +523,18 @@ class Transport:
             deadline_s: give up this many seconds from now, attempts and the waits between
                 them included: the attempt running then is cut short, and no retry starts
                 whose wait would end past it.
+            root: one of `urls` that every attempt goes to, whether up or down (the model
+                check of each server); None: as `post_json` without a key.
         """
+        if root is not None and root not in self._roots:
+            raise ValueError(f"root {root!r} is not one of this endpoint's URLs {self._roots}")
         timeout = self._timeout
         if attempt_timeout_s is not None:
             timeout = aiohttp.ClientTimeout(total=attempt_timeout_s)
         deadline = None if deadline_s is None else self._clock() + deadline_s
-        return await self._call("GET", route, None, None, (), 0, _ANY_JSON, timeout, deadline)
+        return await self._call(
+            "GET", route, None, None, (), 0, _ANY_JSON, timeout, deadline, None, root
+        )
 
     async def get_text(self, route: str) -> str:
         """GET `route` ("/metrics") and return its body as text; retried like `post_json`."""
@@ -495,12 +552,15 @@ class Transport:
         expect: int,
         attempt_timeout: aiohttp.ClientTimeout,
         deadline: float | None,
+        affinity: str | None = None,
+        root: str | None = None,
     ) -> Any:
         url = self._urls.get(route)
         if url is None:
             if not route.startswith("/"):
                 raise ValueError(f"route {route!r} for {self._url}: must start with '/'")
-            url = self._urls[route] = URL(self._url + route)
+            # several URLs: the attempts pick theirs, this one is not used
+            url = self._urls[route] = URL(self._roots[0] + route)
         request = _Request(
             method,
             route,
@@ -512,6 +572,8 @@ class Transport:
             expect,
             attempt_timeout,
             deadline,
+            affinity,
+            root,
         )
         self._requests += 1
         try:
@@ -579,6 +641,10 @@ class Transport:
         if attempt > 1:
             self._retries += 1
         route = request.route
+        base, url, pool = self._url, request.url, self._pool
+        if pool is not None:  # chosen as the attempt starts: the URLs' health is current
+            base = request.root or pool.choose(request.affinity)
+            url = self._pool_url(base, route)
         controller = self._controller
         ticket = 0 if controller is None else controller.started()
         start_s = self._clock()
@@ -594,7 +660,7 @@ class Transport:
                 try:
                     async with session.request(
                         request.method,
-                        request.url,
+                        url,
                         data=request.data,
                         headers=request.headers,
                         timeout=timeout,
@@ -611,26 +677,28 @@ class Transport:
             # TimeoutError first: aiohttp's timeout errors are also connection errors; DNS and
             # TLS errors before the connection errors they derive from.
             except TimeoutError as error:
-                raise TimedOut(f"{self._url}{route}: {_timed_out(error, timeout)}") from None
+                raise TimedOut(f"{base}{route}: {_timed_out(error, timeout)}") from None
             except aiohttp.ClientConnectorDNSError as error:
                 raise HostNotFound(
-                    f"{self._url}{route}: cannot resolve host {error.host!r} "
+                    f"{base}{route}: cannot resolve host {error.host!r} "
                     f"({error.strerror}); check the host name in the URL"
                 ) from None
             except aiohttp.ClientSSLError as error:  # raised by the handshake only
-                raise TLSFailed(f"{self._url}{route}: {_tls_failure(error)}") from None
+                raise TLSFailed(f"{base}{route}: {_tls_failure(error)}") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as error:
                 raise ConnectFailed(
-                    f"{self._url}{route}: connection failed "
+                    f"{base}{route}: connection failed "
                     f"{'before' if status is None else 'during'} the response: {_describe(error)}"
                 ) from None
             except aiohttp.ClientError as error:  # e.g. a response that is not valid HTTP
-                raise BadResponse(f"{self._url}{route}: {_describe(error)}") from error
+                raise BadResponse(f"{base}{route}: {_describe(error)}") from error
             if 200 <= status < 300:
-                result = self._decode(route, status, raw, request.expect)
+                result = self._decode(base, route, status, raw, request.expect)
             else:
-                raise self._status_error(route, status, raw, retry_after)
+                raise self._status_error(base, route, status, raw, retry_after)
         except TransportError as error:
+            if pool is not None and request.root is None:
+                self._url_failed(pool, base, error)
             self._record(request, attempt, start_s, status, _describe(error), None)
             retry_after_s = getattr(error, "retry_after_s", None)
             if retry_after_s is not None:
@@ -639,9 +707,51 @@ class Transport:
         except asyncio.CancelledError:
             self._record(request, attempt, start_s, status, "CancelledError", None)
             raise
+        if pool is not None and request.root is None and pool.succeeded(base):
+            self._log.info("url back", url=base)
         if request.charges:
             self._record(request, attempt, start_s, status, None, result)
         return result
+
+    def _pool_url(self, base: str, route: str) -> URL:
+        url = self._pool_urls.get((base, route))
+        if url is None:
+            url = self._pool_urls[base, route] = URL(base + route)
+        return url
+
+    def _url_failed(self, pool: UrlPool, base: str, error: TransportError) -> None:
+        """Tell the pool how `base` failed: at the connection, with a 5xx, or not its fault."""
+        if isinstance(error, ConnectFailed | TimedOut | HostNotFound | TLSFailed):
+            down = pool.failed(base)
+        elif isinstance(error, ServerError) and error.status >= 500:
+            down = pool.failed(base, server_error=True)
+        else:
+            return
+        if down:
+            self._log.warning(
+                "url down", url=base, reason=_describe(error), cooldown_s=pool.cooldown_s
+            )
+
+    async def _healthy(self, root: str) -> bool:
+        """The health check of a down URL: whether GET /v1/models answers 200 (no slot, no
+        retry, no ledger)."""
+        session = self._session
+        if session is None:
+            return False
+        try:
+            async with session.get(
+                self._pool_url(root, "/v1/models"), timeout=_HEALTH_CHECK_TIMEOUT
+            ) as reply:
+                status = reply.status
+                await reply.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            self._log.debug("health check failed", url=root, reason=_describe(error))
+            return False
+        if status != 200:
+            self._log.debug("health check failed", url=root, status=status)
+            return False
+        self._log.info("url back", url=root)
+        return True
 
     def _adapt(self, controller: AIMDController, ticket: int, status: int | None) -> None:
         before = controller.cap
@@ -751,27 +861,26 @@ class Transport:
             reason=_describe(error) if error is not None else None,
         )
 
-    def _decode(self, route: str, status: int, raw: bytes, expect: int) -> Any:
+    def _decode(self, base: str, route: str, status: int, raw: bytes, expect: int) -> Any:
         if expect == _TEXT:
             return raw.decode("utf-8", errors="replace")
         try:
             result = orjson.loads(raw)
         except orjson.JSONDecodeError as error:
             raise BadResponse(
-                f"{self._url}{route}: HTTP {status}: the body is not JSON ({error}): "
-                f"{_excerpt(raw)!r}"
+                f"{base}{route}: HTTP {status}: the body is not JSON ({error}): {_excerpt(raw)!r}"
             ) from error
         if expect == _OBJECT and not isinstance(result, dict):
             raise BadResponse(
-                f"{self._url}{route}: HTTP {status}: expected a JSON object, got "
+                f"{base}{route}: HTTP {status}: expected a JSON object, got "
                 f"{type(result).__name__}: {_excerpt(raw)!r}"
             )
         return result
 
     def _status_error(
-        self, route: str, status: int, raw: bytes, retry_after: str | None
+        self, base: str, route: str, status: int, raw: bytes, retry_after: str | None
     ) -> TransportError:
-        message = f"{self._url}{route}: HTTP {status}: {_server_message(raw)}"
+        message = f"{base}{route}: HTTP {status}: {_server_message(raw)}"
         retry_after_s = _parse_retry_after(retry_after) if retry_after else None
         if status == 429:
             return RateLimited(message, retry_after_s)
@@ -792,24 +901,29 @@ class Transport:
     ) -> None:
         end_s = self._clock()
         prompt, cached, completion = _usage(result)
+        observe = self._observe
+        records: list[Attempt] = []
         for charge in request.charges:
             share = charge.share
-            charge.ledger.record(
-                Attempt(
-                    endpoint=self._name,
-                    route=request.route,
-                    branches=charge.branches,
-                    attempt=attempt,
-                    start_s=start_s,
-                    end_s=end_s,
-                    status=status,
-                    error=error,
-                    prompt_tokens=prompt * share,
-                    cached_tokens=cached * share,
-                    completion_tokens=completion * share,
-                    share=share,
-                )
+            record = Attempt(
+                endpoint=self._name,
+                route=request.route,
+                branches=charge.branches,
+                attempt=attempt,
+                start_s=start_s,
+                end_s=end_s,
+                status=status,
+                error=error,
+                prompt_tokens=prompt * share,
+                cached_tokens=cached * share,
+                completion_tokens=completion * share,
+                share=share,
             )
+            charge.ledger.record(record)
+            if observe is not None:
+                records.append(record)
+        if observe is not None and records:
+            observe(records)  # the very records the ledgers hold: metrics cannot drift from them
 
 
 def _request_limiter(rate_per_s: float | None) -> AsyncLimiter | None:

@@ -48,13 +48,24 @@ ALLOWED: dict[str, set[str]] = {
         "asynctts.errors",
         "asynctts.search",
     },
+    "asynctts.url_pool": set(),
     "asynctts.transport": {
         "asynctts.errors",
         "asynctts.ledger",
         "asynctts.endpoint",
         "asynctts.concurrency",
+        "asynctts.url_pool",
     },
     "asynctts.equivalence": {"asynctts.answers", "asynctts.errors"},
+    "asynctts.progress": {"asynctts.ledger"},
+    # metrics: imported by api only when a Solver is given a metrics port (prometheus_client
+    # stays optional); it reads ledger records and transport statistics, and sends nothing
+    "asynctts.metrics": {
+        "asynctts.errors",
+        "asynctts.ledger",
+        "asynctts.solution",
+        "asynctts.transport",
+    },
     # run as `python -m` by equivalence, which must not import it (runpy would warn of two copies)
     "asynctts.verify_worker": set(),
     "asynctts.backends": {
@@ -154,5 +165,6 @@ def test_importing_asynctts_loads_no_heavy_optional_dependency() -> None:
     loaded = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout
-    for heavy in ("transformers", "matplotlib", "datasets", "torch", "sympy", "math_verify"):
+    heavy_modules = ("transformers", "matplotlib", "datasets", "torch", "sympy", "math_verify")
+    for heavy in (*heavy_modules, "prometheus_client"):
         assert f"'{heavy}'" not in loaded, heavy

@@ -177,7 +177,9 @@ def derive_seed(base: int, problem_id: str, key: tuple[int, ...]) -> int:
 
 class PostJson(Protocol):
     """The part of `asynctts.transport.Transport` the backends use. It retries inside and
-    raises `asynctts.errors.TransportError` subclasses when it gives up."""
+    raises `asynctts.errors.TransportError` subclasses when it gives up. `affinity` is the
+    problem id a request is sent for: an endpoint with several servers keeps a problem's
+    requests on one of them."""
 
     async def post_json(
         self,
@@ -186,6 +188,7 @@ class PostJson(Protocol):
         *,
         charges: Sequence[Charge] = (),
         tokens_hint: int = 0,
+        affinity: str | None = None,
     ) -> dict[str, Any]: ...
 
 

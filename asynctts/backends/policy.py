@@ -438,6 +438,7 @@ class PolicyClient:
                     body,
                     charges=(charge,),
                     tokens_hint=prompt_chars // 4 + n * self._sampling.max_tokens,
+                    affinity=ctx.problem_id,
                 )
             decoded = decode_choices(
                 response,
@@ -449,7 +450,7 @@ class PolicyClient:
             )
         except ContextLengthExceeded as exc:
             if not path.steps:
-                raise PromptTooLong(self._endpoint.base_url, str(exc)) from exc
+                raise PromptTooLong(", ".join(self._endpoint.urls), str(exc)) from exc
             log.info(
                 "context_full",
                 problem_id=ctx.problem_id,
@@ -472,7 +473,9 @@ class PolicyClient:
             try:
                 async with ctx.hold(len(bodies)):  # one token each
                     without, with_delimiter = [
-                        await self._transport.post_json(CHAT_ROUTE, body, charges=(charge,))
+                        await self._transport.post_json(
+                            CHAT_ROUTE, body, charges=(charge,), affinity=ctx.problem_id
+                        )
                         for body in bodies
                     ]
                 self._trims = decode_trim_probe(without, with_delimiter)

@@ -103,6 +103,15 @@ def coalesced_charges(jobs: Sequence[ScoreJob]) -> list[Charge]:
     ]
 
 
+def main_problem(jobs: Sequence[ScoreJob]) -> str:
+    """The problem a batch is sent for (its affinity): the one with the most input characters.
+    A batch mixing problems cannot go to each one's server; its largest part keeps its cache."""
+    chars: dict[str, int] = {}
+    for job in jobs:
+        chars[job.problem_id] = chars.get(job.problem_id, 0) + len(job.prompt)
+    return max(chars, key=chars.__getitem__)
+
+
 def encode_pooling(model: str, prompts: Sequence[str]) -> dict[str, Any]:
     return {"model": model, "input": list(prompts)}
 
@@ -362,6 +371,7 @@ class _CoalescedPRM(Generic[_PromptT]):
             self._encode(unique),
             charges=coalesced_charges(jobs),
             tokens_hint=sum(len(job.prompt) for job in unique) // 4,
+            affinity=main_problem(jobs),
         )
         outcomes = self._decode(response, unique)
         return [outcomes[first_of[job.prompt]] for job in jobs]
@@ -391,6 +401,7 @@ class _CoalescedPRM(Generic[_PromptT]):
             self._encode_one(job),
             charges=coalesced_charges(same),
             tokens_hint=len(job.prompt) // 4,
+            affinity=job.problem_id,
         )
         return self._decode(response, [job])[0]
 

@@ -36,6 +36,7 @@ __all__ = [
     "endpoints_of",
     "escapes",
     "non_negative_int",
+    "port_number",
     "positive_int",
     "sampling_of",
     "strategy_settings_of",
@@ -74,6 +75,14 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0..65535 (0: any free one)."""
+    value = _int_at_least(text, 0)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0..65535)")
+    return value
 
 
 def _int_at_least(text: str, least: int) -> int:
@@ -246,7 +255,11 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
         help="endpoints file (JSON or TOML with 'policy' and optionally 'prm', as"
         " servers/launch.py writes it)",
     )
-    ends.add_argument("--policy-url", help="the policy's base URL, e.g. http://127.0.0.1:8000/v1")
+    ends.add_argument(
+        "--policy-url",
+        help="the policy's base URL, e.g. http://127.0.0.1:8000/v1; several servers of the"
+        " model: their URLs separated by commas (each problem stays on one of them)",
+    )
     ends.add_argument("--policy-model", help="the policy's served model name")
     ends.add_argument(
         "--mode",
@@ -268,7 +281,10 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"variable holding the policy's API key (default: {DEFAULT_API_KEY_ENV}, may be"
         " unset)",
     )
-    ends.add_argument("--prm-url", help="the PRM's base URL (default: --policy-url)")
+    ends.add_argument(
+        "--prm-url",
+        help="the PRM's base URL, or several separated by commas (default: --policy-url)",
+    )
     ends.add_argument("--prm-model", help="the PRM's served model name (default: no PRM)")
     ends.add_argument(
         "--scoring",
@@ -335,7 +351,7 @@ def endpoints_of(args: argparse.Namespace) -> tuple[Endpoint, Endpoint | None]:
     if not args.policy_url or not args.policy_model:
         raise ConfigError("give --policy-url and --policy-model (or --endpoints FILE)")
     policy = Endpoint(
-        base_url=args.policy_url,
+        base_url=url_list(args.policy_url),
         model=args.policy_model,
         **_given(mode=args.mode, tokenizer=args.tokenizer, prompt_format=args.prompt_format),
         **_given(api_key_env=args.api_key_env),
@@ -346,13 +362,21 @@ def endpoints_of(args: argparse.Namespace) -> tuple[Endpoint, Endpoint | None]:
             raise ConfigError("--prm-url needs --prm-model")
         return policy, None
     prm = Endpoint(
-        base_url=args.prm_url or args.policy_url,
+        base_url=url_list(args.prm_url or args.policy_url),
         model=args.prm_model,
         **_given(scoring=args.scoring, tokenizer=args.prm_tokenizer),
         **_given(prompt_format=args.prm_prompt_format, api_key_env=args.prm_api_key_env),
         **limits,
     )
     return policy, prm
+
+
+def url_list(text: str) -> str | list[str]:
+    """A URL flag's value: one URL, or a list of the comma-separated ones (blanks ignored, so
+    "a, b" and "a,b," read alike; an empty list is the `Endpoint` check's error)."""
+    if "," not in text:
+        return text
+    return [url.strip() for url in text.split(",") if url.strip()]
 
 
 def _given(**fields: Any) -> dict[str, Any]:

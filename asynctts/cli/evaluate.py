@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from asynctts.api import check_metrics
 from asynctts.cli.arguments import (
     add_endpoint_arguments,
     add_sampling_arguments,
@@ -36,6 +37,7 @@ from asynctts.cli.arguments import (
     add_stepwise_arguments,
     endpoints_of,
     non_negative_int,
+    port_number,
     positive_int,
     sampling_of,
     strategy_settings_of,
@@ -208,6 +210,20 @@ def add_how_arguments(how: argparse._ArgumentGroup) -> None:
     )
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
     how.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="serve Prometheus metrics (requests, retries, failures, tokens, in flight, latency,"
+        " problems) at http://HOST:PORT/metrics while the run goes on; needs"
+        " `pip install 'asynctts[metrics]'` (default: none)",
+    )
+    how.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address --metrics-port listens on (0.0.0.0: every interface)",
+    )
+    how.add_argument(
         "--log-level",
         default="INFO",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -318,7 +334,8 @@ def run_options_of(args: argparse.Namespace) -> RunOptions:
     """The `RunOptions` of `add_run_dir_arguments`' and `add_how_arguments`' flags.
 
     Raises:
-        ConfigError: a resume-only flag without --resume.
+        ConfigError: a resume-only flag without --resume; a --metrics-port that cannot be
+            served (prometheus_client missing, the port in use).
     """
     for flag, given in (
         ("--retry-errors", args.retry_errors),
@@ -326,6 +343,8 @@ def run_options_of(args: argparse.Namespace) -> RunOptions:
     ):
         if given and not args.resume:
             raise ConfigError(f"{flag} only applies with --resume")
+    if args.metrics_port is not None:
+        check_metrics(args.metrics_port, args.metrics_host)
     return RunOptions(
         resume=args.resume,
         retry_errors=args.retry_errors,
@@ -333,6 +352,8 @@ def run_options_of(args: argparse.Namespace) -> RunOptions:
         max_problems_in_flight=args.max_problems_in_flight,
         progress=not args.no_progress,
         grading_workers=args.grading_workers,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
 
 

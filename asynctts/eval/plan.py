@@ -474,14 +474,13 @@ def endpoint_identity(endpoint: Endpoint | None) -> dict[str, Any] | None:
 
 
 def endpoint_info(endpoint: Endpoint | None) -> dict[str, Any] | None:
-    """Where the endpoint was and its limits, with any credentials in the URL removed."""
+    """Where the endpoint was (a list when several URLs) and its limits, with any credentials
+    in the URLs removed."""
     if endpoint is None:
         return None
-    parts = urlsplit(endpoint.base_url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    urls = [_without_credentials(url) for url in endpoint.urls]
     return {
-        "base_url": urlunsplit((parts.scheme, netloc, parts.path, "", "")),
+        "base_url": urls[0] if isinstance(endpoint.base_url, str) else urls,
         "api_key_env": endpoint.api_key_env,  # the variable's name, never its value
         "max_in_flight": endpoint.max_in_flight,
         "rate_per_s": endpoint.rate_per_s,
@@ -489,6 +488,13 @@ def endpoint_info(endpoint: Endpoint | None) -> dict[str, Any] | None:
         "max_attempts": endpoint.max_attempts,
         "total_timeout_s": endpoint.total_timeout_s,
     }
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -114,6 +114,8 @@ class RunOptions:
         max_problems_in_flight: problems solved at once.
         progress: show a progress bar on stderr.
         grading_workers: math-verify worker processes (grading and answer grouping).
+        metrics_port: serve the run's Prometheus metrics on this port (`Solver`); None: none.
+        metrics_host: the address they are served on.
     """
 
     resume: bool = False
@@ -122,6 +124,8 @@ class RunOptions:
     max_problems_in_flight: int = 64
     progress: bool = True
     grading_workers: int = 2
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.max_problems_in_flight < 1:
@@ -184,6 +188,8 @@ async def run_eval(
                 sampling=plan.sampling,
                 system_prompt=plan.system_prompt,
                 equivalence=equivalence,
+                metrics_port=opts.metrics_port,
+                metrics_host=opts.metrics_host,
             ) as solver,
         ):
             # the results of this session an oracle job reads (the journal's events are the

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +20,7 @@ import pytest
 from asynctts import Endpoint, EndpointUnreachable, SolveFailed, Solver, solve
 from asynctts.testing import Fault, SimProblem, SimulatedServer
 
-from helpers_endpoints import policy_of
+from helpers_endpoints import closed_port, policy_of, silent_port
 
 PROBLEM = "What is $6 \\times 7$?"
 CHECK_TIMEOUT_S = 2.0
@@ -45,20 +44,9 @@ async def server() -> AsyncIterator[SimulatedServer]:
 
 
 @pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port whose socket listens and never accepts: the kernel completes the TCP handshake,
-    and no byte ever comes back."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield listener.getsockname()[1]
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+def quiet_port() -> Iterator[int]:
+    with silent_port() as port:
+        yield port
 
 
 async def run_script(url: str, check_timeout_s: float = CHECK_TIMEOUT_S) -> tuple[list[str], float]:
@@ -100,8 +88,8 @@ async def test_a_closed_port_is_retried_then_one_clear_error() -> None:
     assert elapsed < CHECK_TIMEOUT_S + STARTUP_MARGIN_S
 
 
-async def test_a_server_that_never_answers_fails_the_model_check_in_time(silent_port: int) -> None:
-    url = f"http://127.0.0.1:{silent_port}/v1"
+async def test_a_server_that_never_answers_fails_the_model_check_in_time(quiet_port: int) -> None:
+    url = f"http://127.0.0.1:{quiet_port}/v1"
     lines, elapsed = await run_script(url)
     check_shape(
         lines,

@@ -20,6 +20,7 @@ class Call:
     body: dict[str, Any]
     charges: tuple[Charge, ...]
     tokens_hint: int
+    affinity: str | None = None
 
 
 @dataclass
@@ -34,8 +35,9 @@ class ScriptedTransport:
         *,
         charges: Sequence[Charge] = (),
         tokens_hint: int = 0,
+        affinity: str | None = None,
     ) -> dict[str, Any]:
-        self.calls.append(Call(route, dict(body), tuple(charges), tokens_hint))
+        self.calls.append(Call(route, dict(body), tuple(charges), tokens_hint, affinity))
         await asyncio.sleep(0)
         answer = self.reply(route, body)
         if isinstance(answer, BaseException):

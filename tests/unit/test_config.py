@@ -50,6 +50,17 @@ def test_toml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "secret" not in repr(policy)
 
 
+def test_several_urls_in_json_and_toml(tmp_path: Path) -> None:
+    urls = ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"]
+    from_json = load_endpoints(write(tmp_path, {"policy": {**POLICY, "base_url": urls}}))
+    text = f'[policy]\nbase_url = {json.dumps(urls)}\nmodel = "m"\ndown_cooldown_s = 2.5\n'
+    from_toml = load_endpoints(write(tmp_path, text, "endpoints.toml"))
+    assert from_json["policy"].base_url == from_toml["policy"].base_url == tuple(urls)
+    assert from_toml["policy"].down_cooldown_s == 2.5
+    with pytest.raises(ConfigError, match=r"f\.json: policy: Endpoint base_url is an empty list"):
+        endpoints_from({"policy": {**POLICY, "base_url": []}}, where="f.json")
+
+
 def test_unknown_keys_are_named(tmp_path: Path) -> None:
     path = write(tmp_path, {"policy": {**POLICY, "modle": "x", "temprature": 1}})
     with pytest.raises(ConfigError) as caught:

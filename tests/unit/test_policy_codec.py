@@ -323,6 +323,7 @@ async def test_children_extend_the_path_in_index_order() -> None:
     assert call.body["prompt"] == "S|Q?|a\n\n"
     assert call.body["seed"] == seed
     assert call.tokens_hint == len("S|Q?|a\n\n") // 4 + 2 * 100
+    assert call.affinity == "p1"  # several servers: the problem's requests stay on one
 
 
 async def test_one_charge_names_the_children() -> None:

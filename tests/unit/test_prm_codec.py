@@ -265,6 +265,7 @@ async def test_concurrent_problems_share_one_pooling_request() -> None:
         Charge(b, ("0",), share=len("Q2|ddd<t>") / total),
     )
     assert call.tokens_hint == total // 4
+    assert call.affinity == "1"  # several servers: the batch goes with its largest problem
     await prm.aclose()
 
 
