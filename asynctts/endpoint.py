@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -16,6 +17,8 @@ from urllib.parse import urlsplit
 from asynctts.errors import ConfigError
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
+_OWN_HEADERS = frozenset({"authorization", "content-type", "content-length", "host"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +100,14 @@ class Endpoint:
             (refused, dropped, timed out) or with a second 5xx in a row is skipped for this
             long; then a health check (GET /v1/models) brings it back, or skips it for as long
             again.
+        affinity_header: the HTTP header that carries a request's affinity key (its problem
+            id; a PRM batch sends its main problem's), so that a router in front of several
+            servers keeps a problem's requests on one of them, where its prefixes are cached.
+            vllm-router's consistent_hash and sticky_least_loaded policies read
+            "X-Session-ID" (the default); on /v1/completions they ignore body fields, and
+            without the header every token-id prompt of one length hashes alike. A key that is
+            not printable ASCII is sent percent-encoded. A server without a router ignores
+            it. None sends no header (the problem ids stay on the client).
     """
 
     base_url: str | Sequence[str]
@@ -124,6 +135,7 @@ class Endpoint:
     adaptive_max_waiting: int | None = None
     metrics_interval_s: float = 1.0
     down_cooldown_s: float = 5.0
+    affinity_header: str | None = "X-Session-ID"
 
     def __post_init__(self) -> None:
         if not isinstance(self.base_url, str):
@@ -167,7 +179,23 @@ class Endpoint:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"Endpoint {name}={value}: need > 0 or None")
+        self._check_affinity_header()
         self._check_adaptive()
+
+    def _check_affinity_header(self) -> None:
+        header = self.affinity_header
+        if header is None:
+            return
+        if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
+            raise ConfigError(
+                f"Endpoint affinity_header={header!r}: need an HTTP header name "
+                "(letters, digits and !#$%&'*+-.^_`|~), e.g. 'X-Session-ID', or None"
+            )
+        if header.lower() in _OWN_HEADERS:
+            raise ConfigError(
+                f"Endpoint affinity_header={header!r}: asynctts sets that header itself; "
+                "choose another, e.g. 'X-Session-ID'"
+            )
 
     def _check_adaptive(self) -> None:
         adaptive = self.adaptive_concurrency

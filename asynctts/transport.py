@@ -35,6 +35,10 @@ Rules:
   endpoint-wide (simplest, and a safe bound: no server gets more than the cap). The health
   check of a down URL is a GET /v1/models off the request path: no slot, no retry, no
   ledger. With one URL there is no pool and no per-attempt cost.
+- Affinity for a router: a POST carrying an affinity key sends it in the header
+  `Endpoint.affinity_header` names (X-Session-ID by default), whatever the number of URLs,
+  so vllm-router keeps a problem on one server. No other per-request id header is sent: the
+  router would hash a changing one and scatter the problem.
 - The API key goes into the Authorization header and nowhere else: not in logs, reprs, errors
   or the ledger.
 - Nothing here knows what a step, a path or a model is: bodies are opaque JSON.
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import random
 import time
 from collections import deque
@@ -51,8 +56,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Final
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -278,6 +284,7 @@ class Transport:
                 roots, cooldown_s=endpoint.down_cooldown_s, check=self._healthy, clock=clock
             )
         self._pool_urls: dict[tuple[str, str], URL] = {}
+        self._affinity_header = endpoint.affinity_header
         self._clock = clock
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
@@ -474,7 +481,8 @@ class Transport:
             charges: the ledgers billed for every attempt, with their shares of the usage.
             tokens_hint: the request's expected token count for the tokens-per-minute rate.
             affinity: an endpoint with several URLs sends every request with the same key
-                (a problem id) to the same server while it is up; None: to each in turn.
+                (a problem id) to the same server while it is up; None: to each in turn. The
+                key also goes in the `Endpoint.affinity_header` header, for a router.
 
         Returns:
             The response's JSON object.
@@ -491,11 +499,14 @@ class Transport:
             data = orjson.dumps(body if type(body) is dict else dict(body))
         except TypeError as error:
             raise TypeError(f"{self._url}{route}: request body is not JSON: {error}") from error
+        headers: Mapping[str, str] = _JSON_HEADERS
+        if affinity is not None and self._affinity_header is not None:
+            headers = _affinity_headers(self._affinity_header, affinity)
         call: Coroutine[Any, Any, dict[str, Any]] = self._call(
             "POST",
             route,
             data,
-            _JSON_HEADERS,
+            headers,
             charges,
             tokens_hint,
             _OBJECT,
@@ -924,6 +935,14 @@ class Transport:
                 records.append(record)
         if observe is not None and records:
             observe(records)  # the very records the ledgers hold: metrics cannot drift from them
+
+
+@functools.lru_cache(maxsize=4096)
+def _affinity_headers(name: str, key: str) -> Mapping[str, str]:
+    """The headers of a POST carrying affinity `key` (cached: a problem sends many). A key that
+    is not printable ASCII, which a header cannot carry as is, is percent-encoded."""
+    value = key if key.isascii() and key.isprintable() else quote(key, safe="")
+    return MappingProxyType({**_JSON_HEADERS, name: value})
 
 
 def _request_limiter(rate_per_s: float | None) -> AsyncLimiter | None:

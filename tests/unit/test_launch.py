@@ -246,3 +246,141 @@ def test_model_cache_dir_is_outside_the_repository(monkeypatch: pytest.MonkeyPat
     assert launch.model_cache_dir() == Path("/tmp/xdg/asynctts/models")
     monkeypatch.setenv("ASYNCTTS_MODEL_CACHE", "/elsewhere")
     assert launch.model_cache_dir() == Path("/elsewhere")
+
+
+# --- replicas and routers ---------------------------------------------------------------------
+
+
+def test_replicas_take_consecutive_ports_and_routers_the_roles_ports(tmp_path: Path) -> None:
+    specs = launch.cpu_profile(python=tmp_path, say=lambda _: None, policy_model="/m")
+    servers, routers = launch.fleet(specs, replicas=2)
+    assert [(s.name, s.port) for s in servers] == [
+        ("policy-0", 8010), ("policy-1", 8011), ("prm-0", 8012), ("prm-1", 8013)
+    ]  # fmt: skip
+    assert [(r.name, r.port, r.metrics_port, r.workers) for r in routers] == [
+        ("policy-router", 8000, 29000, ("http://127.0.0.1:8010", "http://127.0.0.1:8011")),
+        ("prm-router", 8001, 29001, ("http://127.0.0.1:8012", "http://127.0.0.1:8013")),
+    ]
+    assert [r.upstream.served_name for r in routers] == [s.served_name for s in specs]
+    # one replica and no workers: the plain servers, as without routers
+    assert launch.fleet(specs) == (specs, [])
+
+
+def test_router_command_sets_policy_metrics_health_circuit_and_retries() -> None:
+    spec = launch.RouterSpec(
+        upstream=launch.ServerSpec(role="prm", model="m", served_name="x"),
+        workers=("http://10.0.0.2:8001", "http://10.0.0.3:8001"),
+        port=8001,
+        metrics_port=29001,
+        policy="round_robin",
+    )
+    args = launch.router_command(spec, Path("/venv/bin/vllm-router"))
+    assert args[0] == "/venv/bin/vllm-router"
+    assert args[args.index("--worker-urls") + 1 : args.index("--policy")] == list(spec.workers)
+    assert flag(args, "--policy") == "round_robin"
+    assert (flag(args, "--port"), flag(args, "--prometheus-port")) == ("8001", "29001")
+    assert int(flag(args, "--health-check-interval-secs")) < 60
+    assert flag(args, "--cb-failure-threshold") == "3"
+    assert flag(args, "--retry-max-retries") == "5" and "--disable-retries" not in args
+
+
+def test_remote_workers_get_a_router_and_no_server(tmp_path: Path) -> None:
+    specs = launch.cpu_profile(python=tmp_path, say=lambda _: None, policy_model="/m")
+    workers = {"policy": ["http://10.0.0.2:8000/v1", "http://10.0.0.3:8000/"]}
+    servers, routers = launch.fleet(specs, replicas=2, workers=workers)
+    assert [s.name for s in servers] == ["prm-0", "prm-1"]
+    assert [s.port for s in servers] == [8010, 8011]
+    assert routers[0].workers == ("http://10.0.0.2:8000", "http://10.0.0.3:8000")
+    assert [r.name for r in routers] == ["policy-router", "prm-router"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"replicas": 0}, r"--replicas 0: need >= 1"),
+        ({"policy": "fastest"}, r"--router-policy 'fastest': choose one of \['consistent_hash'"),
+        ({"workers": {"judge": ["http://h:1"]}}, r"workers for \['judge'\]: this profile's roles"),
+        ({"workers": {"policy": ["h:8000"]}}, r"policy worker 'h:8000': need a URL with a scheme"),
+        (
+            {"workers": {"prm": ["http://h:1", "http://h:1/v1"]}},
+            r"prm workers list a server twice",
+        ),
+    ],
+)
+def test_bad_fleets_are_refused(tmp_path: Path, kw: dict[str, object], message: str) -> None:
+    specs = launch.cpu_profile(python=tmp_path, say=lambda _: None, policy_model="/m")
+    with pytest.raises(launch.LaunchError, match=message):
+        launch.fleet(specs, **kw)
+
+
+def test_gpu_replicas_split_the_roles_gpus() -> None:
+    specs = launch.gpu_profile(policy_gpus="0,1", prm_gpus="2,3,4,5", tensor_parallel=2)
+    servers, _ = launch.fleet(specs, replicas=2)
+    gpus = [(s.name, dict(s.env)["CUDA_VISIBLE_DEVICES"]) for s in servers]
+    assert gpus == [("policy-0", "0"), ("policy-1", "1"), ("prm-0", "2,3"), ("prm-1", "4,5")]
+    with pytest.raises(launch.LaunchError, match=r"policy: 3 replicas cannot share GPU\(s\) 0,1"):
+        launch.fleet(specs, replicas=3)
+
+
+def test_state_and_endpoints_files_point_at_the_routers(tmp_path: Path) -> None:
+    specs = launch.cpu_profile(python=tmp_path, say=lambda _: None, policy_model="/m")
+    server_specs, router_specs = launch.fleet(specs, replicas=2)
+    started = [
+        launch.Router(spec, pid=10 + i, log_path=tmp_path / "r.log", started_s=1.0)
+        for i, spec in enumerate(router_specs)
+    ] + [
+        launch.Server(spec, port=spec.port, pid=20 + i, log_path=tmp_path / "s.log", started_s=2.0)
+        for i, spec in enumerate(server_specs)
+    ]
+    launch.write_state(tmp_path, started)
+    restored = launch.read_state(tmp_path)
+    assert [(s.name, s.pid, s.port) for s in restored] == [(s.name, s.pid, s.port) for s in started]
+    front = restored[0]
+    assert isinstance(front, launch.Router)
+    assert front.spec.workers == router_specs[0].workers
+    assert (front.spec.policy, front.spec.metrics_port) == ("consistent_hash", 29000)
+    path = tmp_path / "endpoints.json"
+    launch.write_json(path, launch.endpoints_config(started))
+    endpoints = load_endpoints(path)
+    assert endpoints["policy"].base_url == "http://127.0.0.1:8000/v1"
+    assert endpoints["prm"].base_url == "http://127.0.0.1:8001/v1"
+    assert endpoints["prm"].scoring == "logprob" and endpoints["policy"].tokenizer == "/m"
+
+
+def test_dry_run_prints_replicas_and_routers(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(launch.ROUTER_ENV, "/opt/router/bin/vllm-router")
+    code = launch.main(
+        ["--run-dir", str(tmp_path), "start", "--profile", "cpu", "--policy-model", "/m",
+         "--replicas", "2", "--prm-workers", "http://10.0.0.9:8001", "--router-policy",
+         "round_robin", "--dry-run"]
+    )  # fmt: skip
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "policy-0", "policy-1", "policy-router", "prm-router"
+    ]  # fmt: skip
+    assert "--port 8010" in lines[0] and "--port 8011" in lines[1]
+    assert lines[2].startswith("policy-router: /opt/router/bin/vllm-router --host 127.0.0.1")
+    assert "--worker-urls http://10.0.0.9:8001 --policy round_robin" in lines[3]
+
+
+def test_the_router_is_found_next_to_the_vllm_python_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(launch.ROUTER_ENV, raising=False)
+    assert launch.router_executable(Path("/v/bin/python")) == Path("/v/bin/vllm-router")
+    monkeypatch.setenv(launch.ROUTER_ENV, "/elsewhere/vllm-router")
+    assert launch.router_executable(Path("/v/bin/python")) == Path("/elsewhere/vllm-router")
+
+
+def test_a_missing_router_is_refused_with_how_to_get_it(tmp_path: Path) -> None:
+    spec = launch.RouterSpec(
+        upstream=launch.ServerSpec(role="policy", model="m", served_name="x"),
+        workers=("http://127.0.0.1:1",),
+        port=1,
+        metrics_port=2,
+    )
+    with pytest.raises(launch.LaunchError, match=r"vllm-router not found at .*make venv-vllm"):
+        launch.start_routers([spec], run_dir=tmp_path, router=tmp_path / "vllm-router")

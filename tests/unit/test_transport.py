@@ -1112,6 +1112,60 @@ async def test_cancellation_propagates_and_releases_the_slot(serve: Serve) -> No
     assert [(a.status, a.error) for a in ledger.attempts] == [(None, "CancelledError")]
 
 
+# --- affinity for a router ---------------------------------------------------------------------
+
+
+async def test_the_affinity_key_goes_in_the_session_header_and_no_other_id(serve: Serve) -> None:
+    """vllm-router hashes X-Session-ID (or, failing it, a request id header): the problem id
+    goes there, a call without one sends none, and no changing id header is ever sent."""
+    server = Scripted()
+    url = await serve(server)
+    async with Transport(Endpoint(base_url=url, model="m"), name="policy") as t:
+        await t.post_json(ROUTE, {"prompt": "a"}, affinity="problem-7")
+        await t.post_json("/pooling", {"input": ["a"]}, affinity="problem-7")
+        await t.post_json(ROUTE, {"prompt": "b"})
+        await t.post_json(ROUTE, {"prompt": "c"}, affinity="π/2 ≠ 1")
+        await t.get_json("/v1/models")
+    sent = [headers for _, _, headers, _ in server.seen]
+    assert [h.get("X-Session-ID") for h in sent] == [
+        "problem-7",
+        "problem-7",
+        None,
+        "%CF%80%2F2%20%E2%89%A0%201",  # not ASCII: percent-encoded
+        None,
+    ]
+    ids = {"x-request-id", "x-correlation-id", "x-trace-id", "request-id", "x-user-id"}
+    assert all(ids.isdisjoint(name.lower() for name in h) for h in sent)
+    assert all(h["Content-Type"] == "application/json" for h in sent[:4])
+
+
+async def test_the_affinity_header_can_be_renamed_or_turned_off(serve: Serve) -> None:
+    server = Scripted()
+    url = await serve(server)
+    for header in ("X-User-Id", None):
+        async with Transport(
+            Endpoint(base_url=url, model="m", affinity_header=header), name="prm"
+        ) as t:
+            await t.post_json("/pooling", {"input": ["a"]}, affinity="q1")
+    renamed, off = (headers for _, _, headers, _ in server.seen)
+    assert renamed["X-User-Id"] == "q1" and "X-Session-ID" not in renamed
+    assert not {"X-Session-ID", "X-User-Id"} & set(off)
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("", r"affinity_header='': need an HTTP header name"),
+        ("X Session", r"affinity_header='X Session': need an HTTP header name"),
+        ("X-Session:", r"affinity_header='X-Session:': need an HTTP header name"),
+        ("authorization", r"affinity_header='authorization': asynctts sets that header itself"),
+    ],
+)
+def test_a_bad_affinity_header_is_a_config_error(header: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Endpoint(base_url="http://127.0.0.1:8000/v1", model="m", affinity_header=header)
+
+
 # --- the API key -------------------------------------------------------------------------------
 
 
