@@ -1,6 +1,9 @@
 """What the benchmarks share: where results go, how a report is written, and a simulated server
 in its own process.
 
+Also: loading servers/launch.py as a module (it is a script, not part of the package) and
+reading a server's Prometheus /metrics.
+
 A report is one JSON file: the benchmark's name, its settings, the machine, the versions of the
 libraries it compares, and its rows. `SimServerProcess` runs a `SimulatedServer` in a spawned
 process, so the client's CPU is its own, and reads its counters over a pipe. Benchmarks run as
@@ -11,17 +14,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import multiprocessing
 import os
 import platform
 import resource
+import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any, Self
 
 import structlog
@@ -55,6 +61,35 @@ def write_report(
 
 
 # -- a simulated server in its own process ------------------------------------
+
+
+def load_launcher() -> ModuleType:
+    """servers/launch.py as a module (its `ServerSpec`, `start_servers`, ...)."""
+    path = Path(__file__).resolve().parents[1] / "servers" / "launch.py"
+    spec = importlib.util.spec_from_file_location("asynctts_launch", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError("cannot load servers/launch.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def metrics(root_url: str) -> dict[str, float]:
+    """Sums of a server's Prometheus samples by metric name (labels summed over)."""
+    with urllib.request.urlopen(root_url + "/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        try:
+            values[name] = values.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return values
 
 
 def quiet_logs() -> None:

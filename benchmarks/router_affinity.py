@@ -32,23 +32,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from asynctts import BeamSearch, Endpoint, Sampling, Solver
 from asynctts.eval.data import packaged_math500
 from asynctts.testing import LatencyModel, SimProblem
 
-from harness import SimServerProcess, add_output_argument, quiet_logs, write_report
+from harness import (
+    SimServerProcess,
+    add_output_argument,
+    load_launcher,
+    metrics,
+    quiet_logs,
+    write_report,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT / "tests" / "vllm" / "build_models.py"
@@ -62,39 +65,12 @@ POLICY_FORMAT = "{system}\n\nProblem: {problem}\n\nSolution:\n"
 PRM_FORMAT = "Problem: {problem}\n\nSolution:\n{solution}"
 
 
-def load_launcher() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("asynctts_launch", ROOT / "servers" / "launch.py")
-    if spec is None or spec.loader is None:
-        raise RuntimeError("cannot load servers/launch.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 launch = load_launcher()
 
 
 def problems(count: int) -> list[dict[str, Any]]:
     rows = packaged_math500().read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in rows[:count]]
-
-
-def metrics(root_url: str) -> dict[str, float]:
-    """Sums of a server's Prometheus samples by metric name (labels summed over)."""
-    with urllib.request.urlopen(root_url + "/metrics", timeout=30) as reply:
-        text = reply.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        try:
-            values[name] = values.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
-    return values
 
 
 def counter(values: dict[str, float], name: str) -> float | None:

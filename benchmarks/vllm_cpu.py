@@ -36,18 +36,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -65,9 +61,8 @@ from asynctts.backends.context import derive_seed
 from asynctts.backends.policy import encode_completions
 from asynctts.backends.templates import PolicyPrompt, load_tokenizer
 
-from harness import add_output_argument, quiet_logs, write_report
+from harness import add_output_argument, load_launcher, metrics, quiet_logs, write_report
 
-ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
 CLIENTS = ("bare", "solve_many", "vllm_bench")
 # vllm bench drops requests with fewer output tokens than this (datasets.is_valid_sequence)
@@ -85,38 +80,11 @@ main(parser.parse_args(sys.argv[1:]))
 """
 
 
-def load_launcher() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("asynctts_launch", ROOT / "servers" / "launch.py")
-    if spec is None or spec.loader is None:
-        raise RuntimeError("cannot load servers/launch.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def problems(count: int) -> list[tuple[str, str]]:
     return [
         (f"p{i}", f"What is {17 + 7 * i} + {28 + 5 * i}? Then multiply the result by {i + 2}.")
         for i in range(count)
     ]
-
-
-def metrics(root_url: str) -> dict[str, float]:
-    """Sums of vLLM's Prometheus counters and gauges by metric name (labels summed over)."""
-    with urllib.request.urlopen(root_url + "/metrics", timeout=30) as reply:
-        text = reply.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        try:
-            values[name] = values.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
-    return values
 
 
 def counter(values: dict[str, float], name: str) -> float:
