@@ -53,8 +53,8 @@ from asynctts.calibration import (
     ProbeRecord,
     ProblemRecord,
     build_table,
-    probe_sizes,
 )
+from asynctts.cli.calibrate import probes_of_flags
 from asynctts.errors import BranchLost
 from asynctts.eval.bootstrap import mean_interval
 from asynctts.eval.data import Problem, load_dataset
@@ -242,10 +242,7 @@ async def main() -> None:
         return
     budgets = sorted(args.n)
     fixed_budgets = sorted(set(args.fixed_n) | set(budgets))
-    if args.probe is None or len(args.probe) == 1:
-        probes = probe_sizes(None if args.probe is None else args.probe[0], budgets)
-    else:
-        probes = probe_sizes(dict(zip(args.n, args.probe, strict=True)), budgets)
+    probes = probes_of_flags(args.probe, args.n)
     data = random.Random(0).sample(load_dataset().problems, args.problems)
     sim = SimModel({p.problem: math500_problem(p.problem, p.answer, p.level) for p in data})
     started = time.perf_counter()

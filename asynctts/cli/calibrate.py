@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -58,7 +59,12 @@ from asynctts.eval.calibration_run import (
 from asynctts.eval.report import REPORT_TEXT, RunData, load_run, write_report
 from asynctts.search.difficulty import SETTLE_RULES
 
-__all__ = ["CALIBRATE_DESCRIPTION", "add_calibrate_arguments", "calibrate_async"]
+__all__ = [
+    "CALIBRATE_DESCRIPTION",
+    "add_calibrate_arguments",
+    "calibrate_async",
+    "probes_of_flags",
+]
 
 CALIBRATE_DESCRIPTION = (
     "Run every strategy at budgets N over a calibration set (the best-of-N family once at the"
@@ -142,7 +148,7 @@ def prepare_calibration(args: argparse.Namespace) -> PreparedCalibration:
     Raises:
         ConfigError: any bad input, named.
     """
-    probes = _probes_of(args.probe, args.n)
+    probes = probes_of_flags(args.probe, args.n)
     if args.folds < 2:
         raise ConfigError(f"--folds {args.folds}: need >= 2 (cross-validation within each bin)")
     if not 0.5 < args.confidence < 1.0:
@@ -170,8 +176,13 @@ def prepare_calibration(args: argparse.Namespace) -> PreparedCalibration:
     )
 
 
-def _probes_of(given: list[int] | None, budgets: list[int]) -> dict[int, int]:
-    """Budget -> probe size from --probe (none, one, or one per --n)."""
+def probes_of_flags(given: Sequence[int] | None, budgets: Sequence[int]) -> dict[int, int]:
+    """Budget -> probe size from --probe (none, one, or one per --n in its order).
+
+    Raises:
+        ConfigError: a count that fits neither, repeated budgets with one size each, or a
+            size `probe_sizes` refuses.
+    """
     if given is None or len(given) == 1:
         sizes = probe_sizes(None if given is None else given[0], budgets)
     elif len(given) == len(budgets):
