@@ -3,8 +3,10 @@ state and endpoints files, and stopping a process group by PID."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -205,6 +207,76 @@ def test_a_recycled_pid_is_not_signalled(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.wait()
+
+
+def _runs(pid: int, program: bytes) -> bool:
+    """`pid`'s command line starts with `program` (a zombie's is empty)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(program)
+    except OSError:
+        return False
+
+
+def _engines(pgid: int) -> list[int]:
+    """The members of group `pgid` whose process is named like vLLM's engine."""
+    return [pid for pid in launch.group_members(pgid) if _runs(pid, b"VLLM::EngineCore\0")]
+
+
+def test_stop_finds_what_a_killed_server_left_in_its_group(tmp_path: Path) -> None:
+    """A SIGKILLed vLLM API server leaves its engine processes running in its process group;
+    `stop` reads the state file and stops them, and no group without a vLLM process."""
+    engine = "exec -a VLLM::EngineCore sleep 60"
+    script = (
+        f"import subprocess, time; subprocess.Popen(['bash', '-c', {engine!r}]); time.sleep(60)"
+    )
+    leader = subprocess.Popen(
+        [sys.executable, "-c", script, launch.VLLM_MODULE], start_new_session=True
+    )
+    # a group that lost its leader but holds no vLLM process: left alone
+    stranger = subprocess.Popen(["bash", "-c", "sleep 60 & exec sleep 60"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not (engines := _engines(leader.pid)):
+            assert time.monotonic() < deadline, "the stand-in server did not start its engine"
+            time.sleep(0.01)
+        (engine_pid,) = engines
+        server = launch.Server(
+            launch.ServerSpec(role="policy", model="m", served_name="x", replica=0),
+            port=1,
+            pid=leader.pid,
+            log_path=tmp_path / "log",
+            started_s=time.time(),
+        )
+        left_alone = launch.Server(
+            launch.ServerSpec(role="prm", model="m", served_name="y"),
+            port=2,
+            pid=stranger.pid,
+            log_path=tmp_path / "log",
+            started_s=time.time(),
+        )
+        launch.write_state(tmp_path, [server, left_alone])
+        for process in (leader, stranger):
+            process.kill()
+            process.wait()
+        restored = launch.read_state(tmp_path)
+        assert not any(s.alive() for s in restored)
+        assert launch.leftovers(stranger.pid) == [] and launch.group_members(stranger.pid)
+        said: list[str] = []
+        launch.stop_servers(restored, timeout_s=1, say=said.append)
+        assert said == [f"policy-0: pid {leader.pid} was gone; stopped the 1 process it left"]
+        deadline = time.monotonic() + 10
+        while engine_pid in _engines(leader.pid):
+            assert time.monotonic() < deadline, "the orphaned engine is still running"
+            time.sleep(0.05)
+        assert launch.group_members(stranger.pid), "a group without vLLM was signalled"
+    finally:
+        for pgid in (leader.pid, stranger.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        for process in (leader, stranger):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_endpoints_file_round_trips_through_asynctts_config(tmp_path: Path) -> None:
