@@ -75,9 +75,11 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -383,14 +385,43 @@ def running(
     say: Say = print,
 ) -> Iterator[list[Server | Router]]:
     """Servers (and routers) for the duration of a `with` block (tests, the demo, benchmarks);
-    stopped on any exit."""
-    started = start_fleet(
-        specs, routers, run_dir=run_dir, python=python, router=router, timeout_s=timeout_s, say=say
-    )
+    stopped on any exit, a SIGTERM of this program included (see `sigterm_as_exit`)."""
+    with sigterm_as_exit():
+        started = start_fleet(
+            specs,
+            routers,
+            run_dir=run_dir,
+            python=python,
+            router=router,
+            timeout_s=timeout_s,
+            say=say,
+        )
+        try:
+            yield started
+        finally:
+            stop_servers(started, say=say)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit in the block, so `finally` clauses stop the servers: the
+    default action ends the program at once and leaves them running. Only where this program
+    has not set a handler of its own, and in the main thread (where signal handlers run)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
     try:
-        yield started
+        yield
     finally:
-        stop_servers(started, say=say)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # --- state and endpoints files ------------------------------------------------------------

@@ -99,7 +99,7 @@ class Server(Launched):
         smoke_test(self)
 
 
-def cpu_flags(*, kv_cache_mib: int, max_model_len: int) -> tuple[str, ...]:
+def cpu_flags(*, kv_cache_mib: int, max_model_len: int, block_size: int = 32) -> tuple[str, ...]:
     """The flags that work for vLLM on the CPU here (docs/design.md, section 6)."""
     return (
         "--dtype",
@@ -113,6 +113,12 @@ def cpu_flags(*, kv_cache_mib: int, max_model_len: int) -> tuple[str, ...]:
         # Generator does not use offset"): never split a prompt
         "--max-num-batched-tokens",
         "16384",
+        # prefixes are cached in whole blocks; the CPU default (128 tokens) leaves most of a
+        # search step uncached (beam search on the tiny models: 77% of prompt tokens cached
+        # at 128, 91% at 32; benchmarks/router_affinity.py). The CPU attention takes
+        # multiples of 32 only (16, the GPU default, fails at start).
+        "--block-size",
+        str(block_size),
         # usage.prompt_tokens_details.cached_tokens: the ledger's prefix-cache figure
         "--enable-prompt-tokens-details",
     )

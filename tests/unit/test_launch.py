@@ -54,6 +54,7 @@ def test_cpu_profile_serves_the_model_as_policy_and_logprob_judge(tmp_path: Path
         assert flag(spec.vllm_args, "--max-num-batched-tokens") == "16384"
         assert flag(spec.vllm_args, "--kv-cache-memory-bytes") == str(512 * 2**20)
         assert flag(spec.vllm_args, "--max-model-len") == "2048"
+        assert flag(spec.vllm_args, "--block-size") == "32"
 
 
 def test_gpu_profile_shares_one_gpu_by_splitting_memory() -> None:
@@ -456,3 +457,29 @@ def test_a_missing_router_is_refused_with_how_to_get_it(tmp_path: Path) -> None:
     )
     with pytest.raises(launch.LaunchError, match=r"vllm-router not found at .*make venv-vllm"):
         launch.start_routers([spec], run_dir=tmp_path, router=tmp_path / "vllm-router")
+
+
+def test_a_sigterm_stops_what_running_started() -> None:
+    """A program under `running` that gets SIGTERM leaves through its `finally` clauses (where
+    `running` stops the servers), and the default action is back afterwards."""
+    script = f"""
+import os, signal, sys, time
+sys.path.insert(0, {str(ROOT / "servers")!r})
+import launch
+try:
+    with launch.sigterm_as_exit():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        finally:
+            print("finally ran")
+except SystemExit as leaving:
+    print("exit", leaving.code)
+print("default again:", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert done.stdout.splitlines() == ["finally ran", "exit 143", "default again: True"], (
+        done.stderr
+    )
