@@ -1,17 +1,17 @@
 """Real vLLM servers on the CPU for the `vllm`-marked tests, started once per session.
 
 The tiny models come from build_models.py (run in the vLLM venv, cached outside the repo by
-a hash of that script, so reruns skip training). Four servers start in parallel through the
+a hash of that script, so reruns skip training). Five servers start in parallel through the
 launcher's Python API: the tiny policy, the tiny pooling PRM, the tiny policy again under a
-chat template that trims message bodies, and a second policy that one test kills in the
-middle of a solve. Without `.venv-vllm` the tests are skipped, except under
-CI, where that is a failure (`make test` creates the venv first).
+chat template that trims message bodies, and two more copies of the policy that tests kill
+in the middle of a solve (one alone, one behind a router with the policy). Without
+`.venv-vllm` the tests are skipped, except under CI, where that is a failure (`make test`
+creates the venv first).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,17 +20,12 @@ import pytest
 
 from asynctts import Endpoint
 
-from helpers_vllm import BUILD_SCRIPT, Fleet, Models, fleet_specs, launch
+from helpers_vllm import BUILD_SCRIPT, Fleet, Models, fleet_specs, installed, launch
 
 
 def _vllm_python() -> Path:
     python = Path(launch.VLLM_PYTHON)
-    if not python.is_file():
-        message = f"{python} missing: run `make venv-vllm` to install vLLM for the CPU"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return python
+    return installed(python, f"{python} missing: run `make venv-vllm` to install vLLM for the CPU")
 
 
 @pytest.fixture(scope="session")

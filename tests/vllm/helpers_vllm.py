@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import aiohttp
+import pytest
 
 from asynctts import Endpoint
 from asynctts.config import load_endpoints
@@ -66,18 +70,40 @@ class Fleet:
         return self.servers[role]
 
 
+async def metric_sum(root_url: str, name: str) -> float:
+    """The Prometheus sample `name` at `root_url`/metrics (a vLLM server, a router), summed
+    over its labels."""
+    async with aiohttp.ClientSession() as session, session.get(root_url + "/metrics") as response:
+        text = await response.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and line[len(name)] in "{ "
+    )
+
+
+def installed(path: Path, message: str) -> Path:
+    """`path` if it exists; else the test is skipped with `message`, or failed under CI (where
+    `make test` installs everything first)."""
+    if not path.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 def fleet_specs(models: Models) -> list[Any]:
     flags = launch.cpu_flags(kv_cache_mib=128, max_model_len=MAX_MODEL_LEN)
-    policy_fields = (("tokenizer", str(models.policy)),)
+    policy = launch.ServerSpec(
+        role="policy",
+        model=str(models.policy),
+        served_name="tiny-policy",
+        vllm_args=flags,
+        endpoint=(("tokenizer", str(models.policy)),),
+        memory_gib=1.5,
+    )
     return [
-        launch.ServerSpec(
-            role="policy",
-            model=str(models.policy),
-            served_name="tiny-policy",
-            vllm_args=flags,
-            endpoint=policy_fields,
-            memory_gib=1.5,
-        ),
+        policy,
         launch.ServerSpec(
             role="prm",
             model=str(models.prm),
@@ -106,13 +132,9 @@ def fleet_specs(models: Models) -> list[Any]:
             endpoint=(("tokenizer", str(models.trimming_tokenizer)),),
             memory_gib=1.5,
         ),
+        # a second replica of the policy: behind a router with it, and SIGKILLed, by
+        # test_router_failover.py
+        replace(policy, role="replica"),
         # killed by test_killing_the_policy_server_mid_solve_is_recorded_not_a_hang
-        launch.ServerSpec(
-            role="victim",
-            model=str(models.policy),
-            served_name="tiny-policy",
-            vllm_args=flags,
-            endpoint=policy_fields,
-            memory_gib=1.5,
-        ),
+        replace(policy, role="victim"),
     ]

@@ -39,7 +39,7 @@ from asynctts.ledger import Ledger
 from asynctts.transport import Transport
 
 from build_models import SYSTEM_PROMPT as TRAINED_SYSTEM_PROMPT
-from helpers_vllm import MAX_MODEL_LEN, Fleet
+from helpers_vllm import MAX_MODEL_LEN, Fleet, metric_sum
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1500)]
 
@@ -293,14 +293,8 @@ async def test_a_problem_longer_than_the_context_is_prompt_too_long(
 
 
 async def finished_requests(root_url: str) -> float:
-    """Requests the server has completed (vLLM's Prometheus counter, summed over labels)."""
-    async with aiohttp.ClientSession() as session, session.get(root_url + "/metrics") as response:
-        text = await response.text()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("vllm:request_success_total")
-    )
+    """Requests the server has completed."""
+    return await metric_sum(root_url, "vllm:request_success_total")
 
 
 async def test_killing_the_policy_server_mid_solve_is_recorded_not_a_hang(
