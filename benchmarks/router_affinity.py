@@ -70,6 +70,9 @@ ROUTER_POLICIES = ("consistent_hash", "round_robin")  # measured by default
 # also follows X-Session-ID, placing each new problem on the replica with the fewest: an
 # answer to consistent_hash's uneven split of few problems
 OTHER_POLICIES = ("sticky_least_loaded", "cache_aware")
+# not a router policy: the policy as one vLLM server with two engines behind vLLM's own
+# data-parallel balancer (it places each request on the engine with the least load)
+DATA_PARALLEL = "vllm_data_parallel"
 PRM_KINDS = ("pooling", "logprob")
 MAX_MODEL_LEN = 1024  # the tiny models' longest beam-search prompt here is ~600 tokens
 PRM_KV_CACHE_MIB = 128  # 65k tokens: the PRM's cache is not what --kv-cache-mib varies
@@ -215,28 +218,41 @@ def real_fleet(
     kv_cache_mib: int,
     block_size: int,
 ) -> Iterator[Fleet]:
-    """Two vLLM replicas per role behind a router each."""
-    servers, routers = launch.fleet(
+    """Two vLLM replicas per role behind a router each; with DATA_PARALLEL for the router
+    policy, the policy is one vLLM server with two engines (--data-parallel-size 2, vLLM's own
+    balancer) and no router, the PRM as in the other runs (behind consistent_hash)."""
+    specs = (
         tiny_specs(models, prm_kind, kv_cache_mib, block_size)
         if models is not None
-        else smollm2_specs(kv_cache_mib, block_size),
+        else smollm2_specs(kv_cache_mib, block_size)
+    )
+    data_parallel = router_policy == DATA_PARALLEL
+    policy = next(spec for spec in specs if spec.role == "policy")
+    servers, routers = launch.fleet(
+        [spec for spec in specs if not (data_parallel and spec.role == "policy")],
         replicas=2,
         replica_port=0,
         metrics_port=0,
-        policy=router_policy,
+        policy="consistent_hash" if data_parallel else router_policy,
     )
+    if data_parallel:
+        servers.append(
+            replace(
+                policy,
+                vllm_args=(*policy.vllm_args, "--data-parallel-size", "2"),
+                memory_gib=2 * policy.memory_gib,
+            )
+        )
     with launch.running(servers, routers=routers, run_dir=run_dir, say=print) as started:
         fronts = [s for s in started if isinstance(s, launch.Router)]
+        workers = {r.spec.role: list(r.spec.workers) for r in fronts}
         pids: dict[str, list[int]] = {}
         for server in started:
             if isinstance(server, launch.Server):
                 pids.setdefault(server.spec.role, []).append(server.pid)
-        yield Fleet(
-            launch.endpoints_config(started),
-            {r.spec.role: list(r.spec.workers) for r in fronts},
-            fronts,
-            pids,
-        )
+                if server.spec.replica is None:
+                    workers[server.spec.role] = [server.root_url]
+        yield Fleet(launch.endpoints_config(started), workers, fronts, pids)
 
 
 @contextlib.contextmanager
@@ -331,8 +347,10 @@ def measure(
 
     rows = []
     for role, role_urls in fleet.workers.items():
-        front = next(f for f in fleet.fronts if f.spec.role == role)
-        router_metrics = metrics(f"http://127.0.0.1:{front.spec.metrics_port}")
+        front = next((f for f in fleet.fronts if f.spec.role == role), None)
+        router_metrics = (
+            {} if front is None else metrics(f"http://127.0.0.1:{front.spec.metrics_port}")
+        )
         queries = [rise(url, "vllm:prefix_cache_queries") for url in role_urls]
         hits = [rise(url, "vllm:prefix_cache_hits") for url in role_urls]
         read = [rise(url, "vllm:prompt_tokens") for url in role_urls]
@@ -371,9 +389,10 @@ def main() -> None:
     parser.add_argument(
         "--policies",
         nargs="+",
-        choices=ROUTER_POLICIES + OTHER_POLICIES,
+        choices=(*ROUTER_POLICIES, *OTHER_POLICIES, DATA_PARALLEL),
         default=ROUTER_POLICIES,
-        help="router policies to measure, each with a fresh fleet",
+        help=f"router policies to measure, each with a fresh fleet ({DATA_PARALLEL}: the "
+        "policy as one vLLM server with --data-parallel-size 2, no router)",
     )
     parser.add_argument("--prm-kinds", nargs="+", choices=PRM_KINDS, default=PRM_KINDS)
     parser.add_argument(
@@ -407,6 +426,8 @@ def main() -> None:
     quiet_logs()
     items = problems(args.problems)
     kinds = ["pooling"] if args.sim else list(args.prm_kinds)
+    if args.sim and DATA_PARALLEL in args.policies:
+        parser.error(f"{DATA_PARALLEL}: vLLM's own data parallelism needs real mode")
     if not args.sim and args.model == "smollm2" and kinds != ["logprob"]:
         parser.error("--model smollm2 has a logprob judge only: pass --prm-kinds logprob")
     caches: list[tuple[int | None, int | None]] = (
