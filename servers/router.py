@@ -30,11 +30,8 @@ from supervise import (
 from vllm_server import ServerSpec, smoke_test
 
 ROUTER_VERSION = "0.1.17"  # the vllm-router pinned in requirements-vllm.txt
-
 ROUTER_ENV = "ASYNCTTS_VLLM_ROUTER"  # another vllm-router executable (e.g. a venv of its own)
-
 ROUTER_TITLE = b"vllm::router"  # the router renames its process: `ps` shows this, not its name
-
 ROUTER_POLICIES = (
     "consistent_hash",
     "sticky_least_loaded",
@@ -43,11 +40,8 @@ ROUTER_POLICIES = (
     "power_of_two",
     "random",
 )
-
 DEFAULT_ROUTER_POLICY = "consistent_hash"
-
 REPLICA_PORT = 8010  # the first replica's port (routers take the roles' own ports)
-
 ROUTER_METRICS_PORT = 29000  # the policy router's Prometheus port; the PRM router's is next
 
 ROUTER_FLAGS = (
