@@ -23,9 +23,8 @@ from supervise import (
     cmdline,
     free_port,
     spawn,
-    stop_servers,
+    start_all,
     url_host,
-    wait_ready,
 )
 from vllm_server import ServerSpec, smoke_test
 
@@ -280,34 +279,20 @@ def start_routers(
         for url in spec.workers:
             check_worker(spec, url)
     run_dir.mkdir(parents=True, exist_ok=True)
-    routers: list[Router] = []
-    try:
-        for spec in specs:
-            log_path = run_dir / f"{spec.name}.log"
-            process = spawn(
-                router_command(spec, router),
-                log_path=log_path,
-                env=dict(os.environ),
-                cwd=run_dir,
-            )
-            routers.append(
-                Router(
-                    spec=spec,
-                    pid=process.pid,
-                    log_path=log_path,
-                    started_s=time.time(),
-                    process=process,
-                )
-            )
-            say(
-                f"{spec.name}: {spec.policy} over {len(spec.workers)} workers on "
-                f"{spec.host}:{spec.port}, metrics on :{spec.metrics_port} (log: {log_path})"
-            )
-        wait_ready(routers, timeout_s, say)
-    except BaseException:
-        stop_servers(routers, say=lambda _: None)
-        raise
-    return routers
+
+    def start(spec: RouterSpec) -> tuple[Router, str]:
+        process, log_path = spawn(
+            router_command(spec, router), name=spec.name, run_dir=run_dir, env=dict(os.environ)
+        )
+        started = Router(
+            spec=spec, pid=process.pid, log_path=log_path, started_s=time.time(), process=process
+        )
+        return started, (
+            f"{spec.name}: {spec.policy} over {len(spec.workers)} workers on "
+            f"{spec.host}:{spec.port}, metrics on :{spec.metrics_port} (log: {log_path})"
+        )
+
+    return start_all(specs, start, timeout_s=timeout_s, say=say)
 
 
 def router_workers(router: Router, timeout_s: float = 5.0) -> list[tuple[str, bool]]:

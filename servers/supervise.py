@@ -21,11 +21,13 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 LOG_TAIL_LINES = 30
 
 Say = Callable[[str], None]
+S = TypeVar("S")
+L = TypeVar("L", bound="Launched")
 
 
 class LaunchError(RuntimeError):
@@ -136,20 +138,41 @@ def cmdline(pid: int) -> bytes:
 
 
 def spawn(
-    argv: Sequence[str], *, log_path: Path, env: dict[str, str], cwd: Path
-) -> subprocess.Popen[bytes]:
-    """Start `argv` in its own process group (stop signals all of it), its output in
-    `log_path`."""
+    argv: Sequence[str], *, name: str, run_dir: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start `argv` in `run_dir`, in its own process group (stop signals all of it), its
+    output in RUN_DIR/<name>.log: (the process, its log)."""
+    log_path = run_dir / f"{name}.log"
     with log_path.open("wb") as log:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             list(argv),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            cwd=cwd,
+            cwd=run_dir,
             start_new_session=True,
         )
+    return process, log_path
+
+
+def start_all(
+    specs: Sequence[S], start: Callable[[S], tuple[L, str]], *, timeout_s: float, say: Say
+) -> list[L]:
+    """`start` each spec (it spawns one process and says what it started), then wait until
+    every one is ready. On any failure, every process started here is stopped before the
+    error goes on."""
+    started: list[L] = []
+    try:
+        for spec in specs:
+            process, message = start(spec)
+            started.append(process)
+            say(message)
+        wait_ready(started, timeout_s, say)
+    except BaseException:
+        stop_servers(started, say=lambda _: None)
+        raise
+    return started
 
 
 def wait_ready(started: Sequence[Launched], timeout_s: float, say: Say) -> None:

@@ -22,8 +22,7 @@ from supervise import (
     cmdline,
     free_port,
     spawn,
-    stop_servers,
-    wait_ready,
+    start_all,
 )
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
@@ -207,32 +206,18 @@ def start_servers(
         if spec.model.startswith(("/", ".")) and not Path(spec.model).is_dir():
             raise LaunchError(f"{spec.name}: model directory {spec.model} does not exist")
     run_dir.mkdir(parents=True, exist_ok=True)
-    servers: list[Server] = []
-    try:
-        for spec, port in zip(specs, ports, strict=True):
-            log_path = run_dir / f"{spec.name}.log"
-            process = spawn(
-                command(spec, port, python),
-                log_path=log_path,
-                env=server_env(spec),
-                cwd=run_dir,
-            )
-            servers.append(
-                Server(
-                    spec,
-                    port,
-                    pid=process.pid,
-                    log_path=log_path,
-                    started_s=time.time(),
-                    process=process,
-                )
-            )
-            say(f"{spec.name}: starting {spec.model} on {spec.host}:{port} (log: {log_path})")
-        wait_ready(servers, timeout_s, say)
-    except BaseException:
-        stop_servers(servers, say=lambda _: None)
-        raise
-    return servers
+
+    def start(spec_port: tuple[ServerSpec, int]) -> tuple[Server, str]:
+        spec, port = spec_port
+        process, log_path = spawn(
+            command(spec, port, python), name=spec.name, run_dir=run_dir, env=server_env(spec)
+        )
+        server = Server(
+            spec, port, pid=process.pid, log_path=log_path, started_s=time.time(), process=process
+        )
+        return server, f"{spec.name}: starting {spec.model} on {spec.host}:{port} (log: {log_path})"
+
+    return start_all(list(zip(specs, ports, strict=True)), start, timeout_s=timeout_s, say=say)
 
 
 def _post(server: Launched, route: str, body: Mapping[str, Any], timeout_s: float) -> Any:
