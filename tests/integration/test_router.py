@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -22,7 +21,6 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -34,26 +32,14 @@ from asynctts.errors import RequestRejected
 from asynctts.testing import LatencyModel, SimProblem, SimulatedServer
 from asynctts.transport import Transport
 
+import launch
 from helpers_endpoints import POLICY_FORMAT, PRM_FORMAT, closed_port
 
 pytestmark = pytest.mark.router
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPLETIONS = "/v1/completions"
 
 
-def _load_launcher() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "asynctts_launch_router", ROOT / "servers" / "launch.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-launch = _load_launcher()
 SIM = launch.ServerSpec(role="policy", model="sim", served_name="sim-policy")
 
 

@@ -4,7 +4,6 @@ state and endpoints files, and stopping a process group by PID."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -13,27 +12,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from asynctts.config import load_endpoints
 
+import launch
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "launch_under_test", ROOT / "servers" / "launch.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-launch = _load()
 
 
 def flag(args: tuple[str, ...] | list[str], name: str) -> str:

@@ -1,15 +1,12 @@
-"""Shared by the real-vLLM tests: the launcher (loaded from servers/launch.py), the tiny
-models' location and the servers the session starts."""
+"""Shared by the real-vLLM tests: the launcher (servers/launch.py, importable as `launch`
+through pytest's pythonpath), the tiny models' location and the servers the session starts."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -18,21 +15,10 @@ import pytest
 from asynctts import Endpoint
 from asynctts.config import load_endpoints
 
-ROOT = Path(__file__).resolve().parents[2]
+import launch
+
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build_models.py"
 MAX_MODEL_LEN = 2048
-
-
-def _load_launcher() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("asynctts_launch", ROOT / "servers" / "launch.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-launch = _load_launcher()
 
 
 @dataclass(frozen=True)
