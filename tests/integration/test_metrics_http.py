@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 from asynctts import BestOfN, ConfigError, Progress, Solution, Solver, Usage
 from asynctts.testing import Fault, LatencyModel, SimProblem, SimulatedServer
 
-from helpers_endpoints import endpoints
+from helpers_endpoints import closed_port, endpoints
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 DOOMED = "What is the smallest positive multiple of $7$ that ends in the digit $9$?"
@@ -283,8 +283,7 @@ async def test_eval_serves_metrics_while_it_runs(
     records = [r for r in math500 if r["answer"].isdigit()][:8]
     data = write_data(tmp_path / "data.jsonl", records)
     problems = {r["problem"]: SimProblem(answer=r["answer"], n_steps=3) for r in records}
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]  # free once closed
+    port = closed_port()
     url = f"http://127.0.0.1:{port}/metrics"
     # slow enough to be watched: every engine iteration takes 3 ms
     latency = LatencyModel.constant(0.003)

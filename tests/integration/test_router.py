@@ -18,14 +18,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from asynctts import Endpoint, EndpointUnreachable, ModelNotFound, Solution, Solver
+from asynctts import Endpoint, EndpointUnreachable, ModelNotFound, Solver
 from asynctts.config import load_endpoints
 from asynctts.equivalence import Equivalence
 from asynctts.errors import RequestRejected
@@ -33,11 +32,17 @@ from asynctts.testing import LatencyModel, SimProblem, SimulatedServer
 from asynctts.transport import Transport
 
 import launch
-from helpers_endpoints import POLICY_FORMAT, PRM_FORMAT, closed_port
+from helpers_endpoints import (
+    COMPLETIONS,
+    beam_search_all,
+    closed_port,
+    endpoints_at,
+    numbered,
+    server_pair,
+    servers_by_problem,
+)
 
 pytestmark = pytest.mark.router
-
-COMPLETIONS = "/v1/completions"
 
 
 SIM = launch.ServerSpec(role="policy", model="sim", served_name="sim-policy")
@@ -93,45 +98,10 @@ def problems(math500: list[dict[str, Any]]) -> dict[str, SimProblem]:
     return {r["problem"]: SimProblem(answer=r["answer"], n_steps=3) for r in math500[200:220]}
 
 
-def items(problems: dict[str, SimProblem]) -> list[tuple[str, str]]:
-    return [(f"q{i}", text) for i, text in enumerate(problems)]
-
-
-def endpoints(url: str, **kw: Any) -> dict[str, Endpoint]:
-    return {
-        "policy": Endpoint(base_url=url, model="sim-policy", prompt_format=POLICY_FORMAT, **kw),
-        "prm": Endpoint(base_url=url, model="sim-prm", prompt_format=PRM_FORMAT, **kw),
-    }
-
-
-async def solve(
-    url: str, problems: dict[str, SimProblem], equivalence: Equivalence, **kw: Any
-) -> dict[str, Solution]:
-    ends = endpoints(url, **kw)
-    async with Solver(policy=ends["policy"], prm=ends["prm"], equivalence=equivalence) as solver:
-        solutions = solver.solve_many(items(problems), strategy="beam_search", n=4, seed=0)
-        return {sol.problem_id: sol async for sol in solutions}
-
-
-def workers_of(servers: Sequence[SimulatedServer]) -> dict[str, set[int]]:
-    """Problem text -> the workers (by index) that answered its generations. (A PRM batch may
-    mix problems and goes where its main problem does.)"""
-    seen: dict[str, set[int]] = defaultdict(set)
-    for index, server in enumerate(servers):
-        for record in server.stats.records:
-            if record.route == COMPLETIONS and record.problem is not None:
-                seen[record.problem].add(index)
-    return seen
-
-
 @pytest.fixture
 async def pair(problems: dict[str, SimProblem]) -> AsyncIterator[list[SimulatedServer]]:
-    latency = LatencyModel.zero(per_request_jitter_s=0.005)
-    async with (
-        SimulatedServer(prm_model="sim-prm", problems=problems, latency=latency, seed=1) as a,
-        SimulatedServer(prm_model="sim-prm", problems=problems, latency=latency, seed=2) as b,
-    ):
-        yield [a, b]
+    async with server_pair(problems, jitter_s=0.005) as servers:
+        yield servers
 
 
 # --- affinity ------------------------------------------------------------------------------
@@ -145,12 +115,14 @@ async def test_the_session_header_keeps_each_problem_on_one_worker(
     tmp_path: Path,
 ) -> None:
     async with router(router_bin, [s.url for s in pair], tmp_path) as front:
-        sticky = await solve(front.base_url, problems, equivalence)
-        seen = workers_of(pair)
+        sticky = await beam_search_all(front.base_url, problems, equivalence)
+        seen = servers_by_problem(pair)
         for server in pair:
             server.reset_stats()
-        scattered = await solve(front.base_url, problems, equivalence, affinity_header=None)
-        unsticky = workers_of(pair)
+        scattered = await beam_search_all(
+            front.base_url, problems, equivalence, affinity_header=None
+        )
+        unsticky = servers_by_problem(pair)
     for solutions in (sticky, scattered):
         assert len(solutions) == 20 and all(s.ok and not s.lost for s in solutions.values())
     # with the header: every generation of a problem on one worker, both workers used
@@ -235,7 +207,7 @@ async def test_a_worker_killed_mid_run_loses_no_problem(
         with sim_process(problems, tmp_path) as (victim_url, victim_pid):
             async with router(router_bin, [survivor.url, victim_url], tmp_path) as front:
                 run = asyncio.create_task(
-                    solve(front.base_url, problems, equivalence, backoff_base_s=0.1)
+                    beam_search_all(front.base_url, problems, equivalence, backoff_base_s=0.1)
                 )
                 async with asyncio.timeout(60):
                     while len(survivor.stats.records) < 30:  # noqa: ASYNC110 - watching a server
@@ -291,10 +263,10 @@ async def test_workers_serving_another_model_and_routers_that_do_not_answer(
                 f"{front.root_url}/add_worker?url={other.url}", method="POST"
             )
             await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=10).close())
-            policy = endpoints(front.base_url)["policy"]
+            policy = endpoints_at(front.base_url)["policy"]
             try:
                 async with Solver(policy=policy, equivalence=equivalence) as solver:
-                    runs = solver.solve_many(items(problems), strategy="majority", n=2, seed=0)
+                    runs = solver.solve_many(numbered(problems), strategy="majority", n=2, seed=0)
                     solutions = [sol async for sol in runs]
             except ModelNotFound as refused:
                 assert str(refused) == (
@@ -313,7 +285,9 @@ async def test_workers_serving_another_model_and_routers_that_do_not_answer(
             await other.stop()
             started = time.monotonic()
             with pytest.raises(EndpointUnreachable) as gone:
-                async with Solver(policy=endpoints(front.base_url, backoff_base_s=0.05)["policy"]):
+                async with Solver(
+                    policy=endpoints_at(front.base_url, backoff_base_s=0.05)["policy"]
+                ):
                     pass
             assert time.monotonic() - started < 20
             assert f"endpoint {front.base_url} is unreachable: GET /v1/models failed" in str(
@@ -323,7 +297,7 @@ async def test_workers_serving_another_model_and_routers_that_do_not_answer(
     # a router URL where nothing listens
     nowhere = f"http://127.0.0.1:{closed_port()}/v1"
     with pytest.raises(EndpointUnreachable, match="connection failed"):
-        async with Solver(policy=endpoints(nowhere, backoff_base_s=0.05)["policy"]):
+        async with Solver(policy=endpoints_at(nowhere, backoff_base_s=0.05)["policy"]):
             pass
 
 

@@ -6,22 +6,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from asynctts import Endpoint, EndpointUnreachable, ModelNotFound, Solution, SolveFailed, Solver
+from asynctts import EndpointUnreachable, ModelNotFound, SolveFailed, Solver
 from asynctts.equivalence import Equivalence
 from asynctts.errors import ConnectFailed
-from asynctts.testing import Fault, LatencyModel, SimProblem, SimulatedServer
+from asynctts.testing import Fault, SimProblem, SimulatedServer
 from asynctts.url_pool import rendezvous_order
 
-from helpers_endpoints import POLICY_FORMAT, PRM_FORMAT, closed_port, silent_port
-
-COMPLETIONS = "/v1/completions"
+from helpers_endpoints import (
+    COMPLETIONS,
+    beam_search_all,
+    closed_port,
+    endpoints_at,
+    numbered,
+    server_pair,
+    servers_by_problem,
+    silent_port,
+)
 
 
 @pytest.fixture
@@ -31,32 +37,8 @@ def problems(math500: list[dict[str, Any]]) -> dict[str, SimProblem]:
 
 @pytest.fixture
 async def pair(problems: dict[str, SimProblem]) -> AsyncIterator[list[SimulatedServer]]:
-    latency = LatencyModel.zero(per_request_jitter_s=0.01)
-    async with (
-        SimulatedServer(prm_model="sim-prm", problems=problems, latency=latency, seed=1) as a,
-        SimulatedServer(prm_model="sim-prm", problems=problems, latency=latency, seed=2) as b,
-    ):
-        yield [a, b]
-
-
-def endpoints(urls: Sequence[str], **kw: Any) -> dict[str, Endpoint]:
-    return {
-        "policy": Endpoint(base_url=urls, model="sim-policy", prompt_format=POLICY_FORMAT, **kw),
-        "prm": Endpoint(base_url=urls, model="sim-prm", prompt_format=PRM_FORMAT, **kw),
-    }
-
-
-def items(problems: dict[str, SimProblem]) -> list[tuple[str, str]]:
-    return [(f"q{i}", text) for i, text in enumerate(problems)]
-
-
-async def run(
-    urls: Sequence[str], problems: dict[str, SimProblem], equivalence: Equivalence, **kw: Any
-) -> dict[str, Solution]:
-    ends = endpoints(urls, **kw)
-    async with Solver(policy=ends["policy"], prm=ends["prm"], equivalence=equivalence) as solver:
-        solutions = solver.solve_many(items(problems), strategy="beam_search", n=4, seed=0)
-        return {sol.problem_id: sol async for sol in solutions}
+    async with server_pair(problems, jitter_s=0.01) as servers:
+        yield servers
 
 
 def first_choice(problem_id: str, servers: Sequence[SimulatedServer]) -> SimulatedServer:
@@ -64,31 +46,21 @@ def first_choice(problem_id: str, servers: Sequence[SimulatedServer]) -> Simulat
     return by_root[rendezvous_order(problem_id, tuple(by_root))[0]]
 
 
-def servers_of(servers: Sequence[SimulatedServer]) -> dict[str, set[int]]:
-    """Problem text -> the servers (by index) that answered its generation requests."""
-    seen: dict[str, set[int]] = defaultdict(set)
-    for index, server in enumerate(servers):
-        for record in server.stats.records:
-            if record.route == COMPLETIONS and record.problem is not None:
-                seen[record.problem].add(index)
-    return seen
-
-
 async def test_each_problem_stays_on_one_server_and_results_match_one_server(
     pair: list[SimulatedServer], problems: dict[str, SimProblem], equivalence: Equivalence
 ) -> None:
-    alone = await run([pair[0].base_url], problems, equivalence)
+    alone = await beam_search_all([pair[0].base_url], problems, equivalence)
     pair[0].reset_stats()
-    spread = await run([s.base_url for s in pair], problems, equivalence)
+    spread = await beam_search_all([s.base_url for s in pair], problems, equivalence)
     assert sorted(spread) == sorted(alone) and len(spread) == 20
     for pid, sol in spread.items():
         assert sol.ok and not sol.lost
         assert sol.ledger.totals().retries == 0
         # the same seeded requests, wherever they ran: the same search
         assert [c.text for c in sol.candidates] == [c.text for c in alone[pid].candidates]
-    seen = servers_of(pair)
+    seen = servers_by_problem(pair)
     assert len(seen) == 20
-    for pid, text in items(problems):
+    for pid, text in numbered(problems):
         assert seen[text] == {pair.index(first_choice(pid, pair))}, pid
     counts = [sum(1 for where in seen.values() if where == {i}) for i in (0, 1)]
     assert min(counts) >= 5, counts
@@ -121,7 +93,7 @@ async def test_a_server_stopped_mid_run_loses_no_problem(
 
     stopper = asyncio.create_task(stop_when_holding())
     with capture_logs() as logs:
-        solutions = await run(
+        solutions = await beam_search_all(
             [s.base_url for s in pair],
             problems,
             equivalence,
@@ -147,7 +119,7 @@ async def test_a_server_stopped_mid_run_loses_no_problem(
     failed = [a.error or "" for sol in solutions.values() for a in sol.ledger.attempts if a.error]
     assert failed and all(error.startswith("ConnectFailed: ") for error in failed)
     # the victim's problems went on on the other server
-    texts = dict(items(problems))
+    texts = dict(numbered(problems))
     after = {
         r.problem for r in pair[0].stats.records if r.route == COMPLETIONS and r.start_s > stopped_s
     }
@@ -160,7 +132,7 @@ async def test_another_model_at_any_url_fails_the_open(pair: list[SimulatedServe
     async with SimulatedServer(model="other-model") as other:
         urls = [pair[0].base_url, other.base_url]
         with pytest.raises(ModelNotFound) as caught:
-            async with Solver(policy=endpoints(urls)["policy"]):
+            async with Solver(policy=endpoints_at(urls)["policy"]):
                 pass
     assert str(caught.value) == (
         f"endpoint {other.base_url} does not serve model 'sim-policy'; it serves ['other-model']"
@@ -177,15 +149,15 @@ async def test_a_silent_url_is_skipped_with_a_warning(
     pair: list[SimulatedServer], problems: dict[str, SimProblem], quiet_port: int
 ) -> None:
     silent = f"http://127.0.0.1:{quiet_port}/v1"
-    policy = endpoints([silent, pair[0].base_url], check_timeout_s=1.0)["policy"]
+    policy = endpoints_at([silent, pair[0].base_url], check_timeout_s=1.0)["policy"]
     started = time.monotonic()
     with capture_logs() as logs:
         async with Solver(policy=policy) as solver:
             assert time.monotonic() - started < 15  # the check's 1 s, far from a hang
-            solutions = solver.solve_many(items(problems), strategy="majority", n=2, seed=0)
+            solutions = solver.solve_many(numbered(problems), strategy="majority", n=2, seed=0)
             done = [sol async for sol in solutions]
     assert len(done) == 20 and all(sol.ok and sol.ledger.totals().retries == 0 for sol in done)
-    assert len(servers_of(pair)) == 20  # every problem ran on the server that answers
+    assert len(servers_by_problem(pair)) == 20  # every problem ran on the server that answers
     (skipped,) = [e for e in logs if e["event"] == "url skipped"]
     assert skipped["url"] == f"http://127.0.0.1:{quiet_port}"
     assert skipped["reason"].startswith(f"{silent} failed its check at open: it did not answer")
@@ -193,7 +165,7 @@ async def test_a_silent_url_is_skipped_with_a_warning(
 
 async def test_no_url_answering_is_one_clear_error(quiet_port: int) -> None:
     silent, closed = f"http://127.0.0.1:{quiet_port}/v1", f"http://127.0.0.1:{closed_port()}/v1"
-    policy = endpoints([silent, closed], check_timeout_s=1.0, backoff_base_s=0.05)["policy"]
+    policy = endpoints_at([silent, closed], check_timeout_s=1.0, backoff_base_s=0.05)["policy"]
     started = time.monotonic()
     with pytest.raises(EndpointUnreachable) as caught:
         async with Solver(policy=policy):
@@ -212,9 +184,9 @@ async def test_a_url_down_at_open_comes_back_after_its_cooldown(
 ) -> None:
     late = pair[1]
     await late.stop()
-    policy = endpoints([s.base_url for s in pair], down_cooldown_s=0.1)["policy"]
+    policy = endpoints_at([s.base_url for s in pair], down_cooldown_s=0.1)["policy"]
     pid, text = next(
-        (pid, text) for pid, text in items(problems) if first_choice(pid, pair) is late
+        (pid, text) for pid, text in numbered(problems) if first_choice(pid, pair) is late
     )
     async with Solver(policy=policy) as solver:
         before = await solver.solve(text, problem_id=pid, strategy="majority", n=2, seed=0)
@@ -236,7 +208,7 @@ async def test_a_url_down_at_open_comes_back_after_its_cooldown(
 async def test_every_url_down_fails_the_request_after_its_attempts(
     pair: list[SimulatedServer], problems: dict[str, SimProblem]
 ) -> None:
-    policy = endpoints([s.base_url for s in pair], backoff_base_s=0.05)["policy"]
+    policy = endpoints_at([s.base_url for s in pair], backoff_base_s=0.05)["policy"]
     text = next(iter(problems))
     async with Solver(policy=policy) as solver:
         for server in pair:
